@@ -1,0 +1,3 @@
+"""Edge inference appliance for resource-limited clinics."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,175 @@
+"""One YAML file, validated into typed settings.
+
+Unknown keys, wrong types and impossible values are errors that name the dotted key and the line
+it sits on, so an admin editing the file on a device can fix it without reading code.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from appliance.errors import ConfigError
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII except backslash
+
+
+def check_ae_title(value: str) -> str:
+    """Return the AE title stripped of padding, or raise naming what is wrong with it."""
+    stripped = value.strip()
+    if not stripped or not _AE_TITLE.match(stripped):
+        raise ValueError(
+            f"AE title {value!r} must be 1-16 printable ASCII characters without a backslash"
+        )
+    return stripped
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReceiverSettings(_Section):
+    """The DICOM SCP that modalities push to."""
+
+    ae_title: str = "APPLIANCE"
+    bind_address: str = "0.0.0.0"
+    port: int = Field(11112, ge=1, le=65535)
+    allowed_calling_aets: list[str] = Field(default_factory=list)
+    allowed_networks: list[str] = Field(default_factory=list)
+    max_associations: int = Field(10, ge=1, le=200)
+    max_pdu_bytes: int = Field(0, ge=0, le=2**32 - 1)
+    acse_timeout_s: float = Field(30.0, gt=0, le=3600)
+    dimse_timeout_s: float = Field(60.0, gt=0, le=3600)
+    network_timeout_s: float = Field(60.0, gt=0, le=3600)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        return check_ae_title(value)
+
+    @field_validator("allowed_calling_aets")
+    @classmethod
+    def _calling_aets(cls, values: list[str]) -> list[str]:
+        return [check_ae_title(v) for v in values]
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not an IP address or network") from exc
+        return values
+
+    @field_validator("max_pdu_bytes")
+    @classmethod
+    def _pdu(cls, value: int) -> int:
+        if 0 < value < 4096:
+            raise ValueError("must be 0 (unlimited) or at least 4096")
+        return value
+
+
+class StorageSettings(_Section):
+    """Where the store lives and how much disk it must leave free."""
+
+    data_dir: Path | None = None
+    cache_dir: Path | None = None
+    free_space_floor_mb: int = Field(512, ge=0)
+
+
+class JobSettings(_Section):
+    """How the worker's job queue treats crashed and failing jobs."""
+
+    max_attempts: int = Field(3, ge=1, le=20)
+    lease_s: float = Field(120.0, ge=5, le=3600)
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Settings(_Section):
+    """All settings of one appliance."""
+
+    site_name: str = "Clinic"
+    receiver: ReceiverSettings = Field(default_factory=ReceiverSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read and validate the YAML file at `path`; with no path, the built-in defaults."""
+    if path is None:
+        return Settings()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration file: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: the configuration file is not UTF-8 text") from exc
+    return parse_settings(text, str(path))
+
+
+def parse_settings(text: str, source: str = "<config>") -> Settings:
+    """Validate YAML `text`; errors name `source`, the line and the dotted key."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}{line}: not valid YAML: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}:1: the top level must be a mapping of sections")
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, root, source)) from exc
+
+
+def _describe(exc: ValidationError, root: yaml.Node | None, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [p for p in err["loc"] if not isinstance(p, str) or not p.startswith("function-")]
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        line = _line_of(root, loc)
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{source}:{line}: {key}: {message}")
+    return "\n".join(lines)
+
+
+def _line_of(node: yaml.Node | None, loc: list[Any]) -> int:
+    """The 1-based line of the deepest node along `loc` that exists in the file."""
+    line = 1
+    for part in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        node = _child(node, part)
+    if node is not None:
+        line = node.start_mark.line + 1
+    return line
+
+
+def _child(node: yaml.Node, part: Any) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if key.value == str(part):
+                # An unknown key is reported at the key itself.
+                return value if not isinstance(value, yaml.ScalarNode) or value.value else key
+        return None
+    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        child: yaml.Node = node.value[part]
+        return child
+    return None

@@ -1,0 +1,41 @@
+"""Where the appliance keeps its data and caches.
+
+Order: the config file, then systemd's $STATE_DIRECTORY / $CACHE_DIRECTORY, then `./var/` under
+the current directory (the quick start's default).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.config import Settings
+
+
+@dataclass(frozen=True)
+class Paths:
+    data_dir: Path
+    cache_dir: Path
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "appliance.sqlite3"
+
+    @property
+    def spool(self) -> Path:
+        return self.data_dir / "spool"
+
+
+def resolve_paths(settings: Settings, environ: dict[str, str] | None = None) -> Paths:
+    """Pick the data and cache folders for these settings and environment."""
+    env = os.environ if environ is None else environ
+    data = settings.storage.data_dir or _from_env(env, "STATE_DIRECTORY") or Path("var/data")
+    cache = settings.storage.cache_dir or _from_env(env, "CACHE_DIRECTORY") or Path("var/cache")
+    return Paths(data_dir=data.absolute(), cache_dir=cache.absolute())
+
+
+def _from_env(env: os._Environ[str] | dict[str, str], name: str) -> Path | None:
+    # systemd may pass several colon-separated folders; the first one is ours.
+    value = env.get(name, "").split(":")[0]
+    return Path(value) if value else None
