@@ -98,10 +98,10 @@ class Settings(_Section):
     """All settings of one appliance."""
 
     site_name: str = "Clinic"
-    receiver: ReceiverSettings = Field(default_factory=ReceiverSettings)
-    storage: StorageSettings = Field(default_factory=StorageSettings)
-    jobs: JobSettings = Field(default_factory=JobSettings)
-    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    receiver: ReceiverSettings = Field(default_factory=lambda: ReceiverSettings())
+    storage: StorageSettings = Field(default_factory=lambda: StorageSettings())
+    jobs: JobSettings = Field(default_factory=lambda: JobSettings())
+    logging: LoggingSettings = Field(default_factory=lambda: LoggingSettings())
 
 
 def load_settings(path: Path | None) -> Settings:
@@ -167,7 +167,10 @@ def _child(node: yaml.Node, part: Any) -> yaml.Node | None:
         for key, value in node.value:
             if key.value == str(part):
                 # An unknown key is reported at the key itself.
-                return value if not isinstance(value, yaml.ScalarNode) or value.value else key
+                chosen: yaml.Node = value
+                if isinstance(value, yaml.ScalarNode) and not value.value:
+                    chosen = key
+                return chosen
         return None
     if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
         child: yaml.Node = node.value[part]

@@ -1,0 +1,1 @@
+"""Sending DICOM: the SCU used by `appliance send`/`echo` (and later the sender role)."""

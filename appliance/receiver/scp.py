@@ -1,0 +1,205 @@
+"""The receiver role: a DICOM Storage SCP that answers success only for durably stored images.
+
+pynetdicom streams each incoming dataset to a file in the spool's tmp folder (so a 200 MB
+object is never held in memory); the C-STORE handler then checks it, and `Store.ingest` makes it
+durable and indexed before the handler returns the status.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from appliance.config import Settings
+from appliance.domain import Origin, Source, StoreStatus, is_valid_uid
+from appliance.errors import OutOfSpaceError, RejectedInput
+from appliance.imaging.header import read_header
+from appliance.receiver.net import ApplianceServer
+from appliance.store import Store
+
+log = logging.getLogger(__name__)
+
+TRANSFER_SYNTAXES = [
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old modalities)
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+]
+DUL_IDLE_SLEEP_S = 0.0002
+
+
+class Receiver:
+    """One running SCP bound to a store. `start()` returns once it is listening."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings.receiver
+        self.store = store
+        self.ae = self._make_ae()
+        self._server: ApplianceServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self._server is None:
+            raise RuntimeError("the receiver is not started")
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        # Stream datasets to files in the spool's tmp folder: same filesystem, so the final
+        # rename is atomic. This process is the receiver role only; the global is ours.
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        tempfile.tempdir = str(self.store.spool.tmp)
+        cfg = self.settings
+        server = self.ae.make_server(
+            (cfg.bind_address, cfg.port),
+            evt_handlers=self._handlers(),
+            server_class=ApplianceServer,
+            allowed_networks=[ipaddress.ip_network(n, strict=False) for n in cfg.allowed_networks],
+            on_refused=self._audit_refused_ip,
+        )
+        assert isinstance(server, ApplianceServer)
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="receiver-accept", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        self.ae.shutdown()
+
+    def _make_ae(self) -> AE:
+        cfg = self.settings
+        ae = AE(ae_title=cfg.ae_title)
+        for context in AllStoragePresentationContexts:
+            if context.abstract_syntax is not None:
+                ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification)
+        ae.maximum_pdu_size = cfg.max_pdu_bytes
+        ae.maximum_associations = cfg.max_associations
+        ae.acse_timeout = cfg.acse_timeout_s
+        ae.dimse_timeout = cfg.dimse_timeout_s
+        ae.network_timeout = cfg.network_timeout_s
+        ae.require_called_aet = True
+        ae.require_calling_aet = list(cfg.allowed_calling_aets)
+        return ae
+
+    def _handlers(self) -> list[Any]:
+        return [
+            (evt.EVT_CONN_OPEN, _handle_opened),
+            (evt.EVT_C_ECHO, _handle_echo),
+            (evt.EVT_C_STORE, _handle_store, [self]),
+            (evt.EVT_REJECTED, _handle_rejected, [self]),
+            (evt.EVT_CONN_CLOSE, _handle_closed, [self]),
+        ]
+
+    def accept(self, path: Path, sop_class: str, sop_instance: str, origin: Origin) -> int:
+        """Check and store one received file; return the C-STORE status for it."""
+        subject = f"instance:{sop_instance}" if is_valid_uid(sop_instance) else "instance:invalid"
+        try:
+            self.store.spool.check_space(path.stat().st_size)
+            header = read_header(path)
+            if (header.sop_class_uid, header.sop_instance_uid) != (sop_class, sop_instance):
+                return self._refuse(
+                    path,
+                    StoreStatus.SOP_MISMATCH,
+                    origin,
+                    subject,
+                    "the dataset's SOP Class/Instance UID differ from the request",
+                )
+            self.store.ingest(path, header, origin)
+        except OutOfSpaceError as exc:
+            return self._refuse(path, StoreStatus.OUT_OF_RESOURCES, origin, subject, str(exc))
+        except RejectedInput as exc:
+            return self._refuse(path, StoreStatus.CANNOT_UNDERSTAND, origin, subject, str(exc))
+        except OSError as exc:
+            # ENOSPC, EIO, a vanished folder: not stored, so the modality must keep its copy.
+            log.exception("storing a received image failed")
+            return self._refuse(
+                path,
+                StoreStatus.OUT_OF_RESOURCES,
+                origin,
+                subject,
+                f"could not write the image: {exc.strerror or exc}",
+            )
+        return StoreStatus.SUCCESS
+
+    def _refuse(
+        self, path: Path, status: StoreStatus, origin: Origin, subject: str, reason: str
+    ) -> int:
+        path.unlink(missing_ok=True)
+        log.warning("refused a C-STORE from %s: 0x%04X %s", origin.calling_aet, status, reason)
+        try:
+            self.store.audit(
+                origin.actor, "ingest.rejected", subject, status=f"0x{status:04X}", reason=reason
+            )
+        except Exception:
+            log.exception("could not audit a refused C-STORE")
+        return int(status)
+
+    def _audit_refused_ip(self, host: str) -> None:
+        self.store.audit(
+            f"ip:{host}",
+            "association.refused",
+            "receiver",
+            reason="source address not in receiver.allowed_networks",
+        )
+
+
+def _handle_opened(event: evt.Event) -> None:
+    # pynetdicom's DUL thread sleeps this long whenever it found nothing to do. Its 1 ms
+    # default, paid several times per C-STORE, was most of the per-image time for small images.
+    event.assoc.dul._run_loop_delay = DUL_IDLE_SLEEP_S
+
+
+def _handle_echo(event: evt.Event) -> int:
+    return int(StoreStatus.SUCCESS)
+
+
+def _handle_store(event: evt.Event, receiver: Receiver) -> int:
+    request = event.request
+    assert isinstance(request, C_STORE)
+    requestor = event.assoc.requestor
+    origin = Origin(Source.DICOM, calling_aet=requestor.ae_title, peer_address=requestor.address)
+    return receiver.accept(
+        Path(event.dataset_path),
+        str(request.AffectedSOPClassUID),
+        str(request.AffectedSOPInstanceUID),
+        origin,
+    )
+
+
+def _handle_rejected(event: evt.Event, receiver: Receiver) -> None:
+    requestor = event.assoc.requestor
+    receiver.store.audit(
+        f"ae:{requestor.ae_title}@{requestor.address}",
+        "association.rejected",
+        "receiver",
+        reason="calling or called AE title not allowed",
+    )
+
+
+def _handle_closed(event: evt.Event, receiver: Receiver) -> None:
+    # Transfers cut off mid-dataset leave a partial tmp file; remove those nobody is writing.
+    cfg = receiver.settings
+    receiver.store.spool.sweep_tmp(older_than_s=cfg.network_timeout_s + cfg.dimse_timeout_s)

@@ -1,0 +1,143 @@
+"""SQLite connection set-up and numbered, forward-only migrations.
+
+WAL mode lets the UI and worker read while the receiver writes; synchronous=FULL makes every
+commit durable before the C-STORE response that depends on it is sent.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+
+from appliance.errors import StoreError
+
+MIGRATIONS: list[str] = [
+    # 1: the index of received images, the worker's job queue and the audit trail.
+    """
+    CREATE TABLE patients (
+        id INTEGER PRIMARY KEY,
+        patient_key TEXT NOT NULL UNIQUE,
+        patient_id TEXT NOT NULL,
+        patient_name TEXT NOT NULL,
+        birth_date TEXT NOT NULL,
+        sex TEXT NOT NULL
+    );
+    CREATE TABLE studies (
+        id INTEGER PRIMARY KEY,
+        study_uid TEXT NOT NULL UNIQUE,
+        patient_ref INTEGER NOT NULL REFERENCES patients(id),
+        accession_number TEXT NOT NULL,
+        study_date TEXT NOT NULL,
+        study_time TEXT NOT NULL,
+        description TEXT NOT NULL,
+        first_received_at TEXT NOT NULL,
+        last_received_at TEXT NOT NULL
+    );
+    CREATE INDEX studies_by_patient ON studies(patient_ref);
+    CREATE INDEX studies_by_received ON studies(last_received_at);
+    CREATE TABLE series (
+        id INTEGER PRIMARY KEY,
+        series_uid TEXT NOT NULL UNIQUE,
+        study_ref INTEGER NOT NULL REFERENCES studies(id),
+        modality TEXT NOT NULL,
+        body_part TEXT NOT NULL,
+        series_number INTEGER,
+        description TEXT NOT NULL
+    );
+    CREATE INDEX series_by_study ON series(study_ref);
+    CREATE TABLE instances (
+        id INTEGER PRIMARY KEY,
+        sop_instance_uid TEXT NOT NULL UNIQUE,
+        series_ref INTEGER NOT NULL REFERENCES series(id),
+        sop_class_uid TEXT NOT NULL,
+        transfer_syntax_uid TEXT NOT NULL,
+        view_position TEXT NOT NULL,
+        photometric TEXT NOT NULL,
+        rows INTEGER,
+        columns INTEGER,
+        frames INTEGER NOT NULL,
+        instance_number INTEGER,
+        file_name TEXT NOT NULL UNIQUE,
+        size_bytes INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        source TEXT NOT NULL,
+        calling_aet TEXT NOT NULL,
+        peer_address TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'present' CHECK (state IN ('present', 'missing'))
+    );
+    CREATE INDEX instances_by_series ON instances(series_ref);
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        instance_ref INTEGER NOT NULL REFERENCES instances(id),
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL,
+        lease_owner TEXT,
+        lease_expires REAL,
+        heartbeat_at TEXT,
+        error TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX jobs_by_state ON jobs(state, id);
+    CREATE INDEX jobs_by_instance ON jobs(instance_ref);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_action ON audit(action, id);
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+    """,
+]
+
+
+def utc_now() -> str:
+    """Time as stored: UTC, ISO 8601 with microseconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open the database with the durability and concurrency settings every role needs."""
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=True)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, lock_path: Path) -> int:
+    """Apply the migrations this database has not seen; return the schema version.
+
+    Roles start together, so the check-and-apply runs under an exclusive file lock.
+    """
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _migrate_locked(conn)
+
+
+def _migrate_locked(conn: sqlite3.Connection) -> int:
+    current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if current > len(MIGRATIONS):
+        raise StoreError(
+            f"the database has schema version {current}, newer than this software "
+            f"({len(MIGRATIONS)}): upgrade the appliance instead of downgrading"
+        )
+    for version in range(current + 1, len(MIGRATIONS) + 1):
+        # executescript commits first; the version bump rides in the same script.
+        conn.executescript(
+            f"BEGIN IMMEDIATE;\n{MIGRATIONS[version - 1]}\nPRAGMA user_version={version};\nCOMMIT;"
+        )
+    return len(MIGRATIONS)

@@ -1,0 +1,210 @@
+"""The one way into the store, whatever the source (DICOM push, capture, import).
+
+Order matters for durability: the file is fsync'd and renamed into the spool (and the folder
+fsync'd) before the row that points at it is committed. A crash between the two leaves a file
+without a row, which start-up reconciliation indexes; never a row without its file.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+from appliance.domain import IngestOutcome, IngestResult, InstanceHeader, Origin
+from appliance.errors import OutOfSpaceError
+from appliance.store import audit, jobs
+from appliance.store.db import utc_now
+from appliance.store.spool import CommittedFile, Spool
+
+log = logging.getLogger(__name__)
+
+
+def ingest(
+    conn: sqlite3.Connection,
+    spool: Spool,
+    tmp_path: Path,
+    header: InstanceHeader,
+    origin: Origin,
+    max_attempts: int,
+) -> IngestResult:
+    """Store the file at `tmp_path` (in the spool's tmp folder) and index it; queue a job.
+
+    Idempotent per SOP Instance UID: identical bytes again are a duplicate (no new row, no new
+    job); different bytes replace the earlier file and are audited as such.
+    """
+    stored = spool.commit(tmp_path)
+    try:
+        result, old_file = _index(conn, header, origin, stored, max_attempts)
+    except sqlite3.OperationalError as exc:
+        spool.remove(stored.name)
+        if "full" in str(exc):
+            raise OutOfSpaceError(f"the database could not grow: {exc}") from exc
+        raise
+    except BaseException:
+        spool.remove(stored.name)
+        raise
+    if old_file is not None:
+        spool.remove(old_file)
+    log.debug(
+        "ingest %s instance %d (%s)", result.outcome.value, result.instance_id, origin.source.value
+    )
+    return result
+
+
+def _index(
+    conn: sqlite3.Connection,
+    header: InstanceHeader,
+    origin: Origin,
+    stored: CommittedFile,
+    max_attempts: int,
+) -> tuple[IngestResult, str | None]:
+    """Write the rows in one transaction; return the result and a file that is no longer used."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result, unused = _index_in_transaction(conn, header, origin, stored, max_attempts)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return result, unused
+
+
+def _index_in_transaction(
+    conn: sqlite3.Connection,
+    header: InstanceHeader,
+    origin: Origin,
+    stored: CommittedFile,
+    max_attempts: int,
+) -> tuple[IngestResult, str | None]:
+    existing = conn.execute(
+        "SELECT id, sha256, file_name, state FROM instances WHERE sop_instance_uid = ?",
+        (header.sop_instance_uid,),
+    ).fetchone()
+    subject = f"instance:{header.sop_instance_uid}"
+    if (
+        existing is not None
+        and existing["sha256"] == stored.sha256
+        and existing["state"] == "present"
+    ):
+        audit.append(conn, origin.actor, "ingest.duplicate", subject, instance=existing["id"])
+        return IngestResult(IngestOutcome.DUPLICATE, existing["id"], None), stored.name
+    series_id = _upsert_hierarchy(conn, header)
+    if existing is None:
+        instance_id = _insert_instance(conn, header, origin, stored, series_id)
+        outcome, unused = IngestOutcome.STORED, None
+    else:
+        instance_id = existing["id"]
+        _update_instance(conn, instance_id, header, origin, stored, series_id)
+        outcome, unused = IngestOutcome.REPLACED, existing["file_name"]
+    job_id = jobs.enqueue(conn, instance_id, max_attempts)
+    audit.append(
+        conn,
+        origin.actor,
+        f"ingest.{outcome.value}",
+        subject,
+        instance=instance_id,
+        job=job_id,
+        size=stored.size,
+        sha256=stored.sha256,
+        sop_class=header.sop_class_uid,
+        transfer_syntax=header.transfer_syntax_uid,
+    )
+    return IngestResult(outcome, instance_id, job_id), unused
+
+
+def _upsert_hierarchy(conn: sqlite3.Connection, h: InstanceHeader) -> int:
+    """Create or refresh the patient, study and series rows; return the series id."""
+    now = utc_now()
+    key = h.patient_id or f"name:{h.patient_name}"
+    patient = conn.execute(
+        "INSERT INTO patients (patient_key, patient_id, patient_name, birth_date, sex)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT(patient_key) DO UPDATE SET"
+        " patient_name = excluded.patient_name, birth_date = excluded.birth_date,"
+        " sex = excluded.sex RETURNING id",
+        (key, h.patient_id, h.patient_name, h.patient_birth_date, h.patient_sex),
+    ).fetchone()["id"]
+    study = conn.execute(
+        "INSERT INTO studies (study_uid, patient_ref, accession_number, study_date, study_time,"
+        " description, first_received_at, last_received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT(study_uid) DO UPDATE SET last_received_at = excluded.last_received_at"
+        " RETURNING id",
+        (
+            h.study_uid,
+            patient,
+            h.accession_number,
+            h.study_date,
+            h.study_time,
+            h.study_description,
+            now,
+            now,
+        ),
+    ).fetchone()["id"]
+    series: int = conn.execute(
+        "INSERT INTO series (series_uid, study_ref, modality, body_part, series_number,"
+        " description) VALUES (?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT(series_uid) DO UPDATE SET modality = excluded.modality RETURNING id",
+        (h.series_uid, study, h.modality, h.body_part, h.series_number, h.series_description),
+    ).fetchone()["id"]
+    return series
+
+
+_INSTANCE_COLUMNS = (
+    "series_ref, sop_class_uid, transfer_syntax_uid, view_position, photometric, rows, columns,"
+    " frames, instance_number, file_name, size_bytes, sha256, source, calling_aet, peer_address,"
+    " received_at, state"
+)
+
+
+def _instance_values(
+    h: InstanceHeader, origin: Origin, stored: CommittedFile, series_id: int
+) -> tuple[object, ...]:
+    return (
+        series_id,
+        h.sop_class_uid,
+        h.transfer_syntax_uid,
+        h.view_position,
+        h.photometric,
+        h.rows,
+        h.columns,
+        h.frames,
+        h.instance_number,
+        stored.name,
+        stored.size,
+        stored.sha256,
+        origin.source.value,
+        origin.calling_aet,
+        origin.peer_address,
+        utc_now(),
+        "present",
+    )
+
+
+def _insert_instance(
+    conn: sqlite3.Connection,
+    h: InstanceHeader,
+    origin: Origin,
+    stored: CommittedFile,
+    series_id: int,
+) -> int:
+    cur = conn.execute(
+        f"INSERT INTO instances (sop_instance_uid, {_INSTANCE_COLUMNS})"  # noqa: S608
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (h.sop_instance_uid, *_instance_values(h, origin, stored, series_id)),
+    )
+    return int(cur.lastrowid or 0)
+
+
+def _update_instance(
+    conn: sqlite3.Connection,
+    instance_id: int,
+    h: InstanceHeader,
+    origin: Origin,
+    stored: CommittedFile,
+    series_id: int,
+) -> None:
+    assignments = ", ".join(f"{c.strip()} = ?" for c in _INSTANCE_COLUMNS.split(","))
+    conn.execute(
+        f"UPDATE instances SET {assignments} WHERE id = ?",  # noqa: S608
+        (*_instance_values(h, origin, stored, series_id), instance_id),
+    )
