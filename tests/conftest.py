@@ -1,0 +1,147 @@
+"""Shared fixtures: settings on a temporary data folder, a store, and a live receiver on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from appliance.config import Settings
+from appliance.paths import Paths, resolve_paths
+from appliance.receiver import Receiver
+from appliance.store import Store, open_store
+
+REPO = Path(__file__).resolve().parent.parent
+
+needs_dcmtk = pytest.mark.skipif(
+    shutil.which("storescu") is None, reason="DCMTK is not installed (.ci/run installs it)"
+)
+
+
+def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
+    """Settings for tests: data under tmp_path, loopback on a free port, no free-space floor."""
+    data: dict[str, Any] = {
+        "storage": {"data_dir": str(tmp_path / "data"), "free_space_floor_mb": 0},
+        "receiver": {"bind_address": "127.0.0.1", "port": free_port()},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return Settings.model_validate(data)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Store]:
+    opened = open_store(settings)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def start_receiver(tmp_path: Path) -> Iterator[Callable[..., tuple[Receiver, Store]]]:
+    """Start an in-process receiver with the given config sections; stopped at teardown."""
+    started: list[tuple[Receiver, Store]] = []
+
+    def start(**sections: dict[str, Any]) -> tuple[Receiver, Store]:
+        settings = make_settings(tmp_path, **sections)
+        store = open_store(settings)
+        receiver = Receiver(settings, store)
+        receiver.start()
+        started.append((receiver, store))
+        return receiver, store
+
+    yield start
+    for receiver, store in started:
+        receiver.stop()
+        store.close()
+
+
+@pytest.fixture
+def receiver(start_receiver: Callable[..., tuple[Receiver, Store]]) -> tuple[Receiver, Store]:
+    return start_receiver()
+
+
+class ReceiverProcess:
+    """`appliance receiver` as a real child process, for crash and restart tests."""
+
+    def __init__(self, config: Path, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.paths: Paths = resolve_paths(settings)
+        self.process: subprocess.Popen[str] | None = None
+        self.output: list[str] = []
+
+    @property
+    def port(self) -> int:
+        return self.settings.receiver.port
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "--config", str(self.config), "receiver"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
+        )
+        deadline = time.monotonic() + timeout_s
+        assert self.process.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                break
+            self.output.append(line)
+            if "listening" in line:
+                return
+        self.stop()
+        raise AssertionError("receiver did not start:\n" + "".join(self.output))
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def receiver_process(tmp_path: Path) -> Iterator[Callable[..., ReceiverProcess]]:
+    """Factory for a receiver child process using a YAML file written to tmp_path."""
+    made: list[ReceiverProcess] = []
+
+    def make(**sections: dict[str, Any]) -> ReceiverProcess:
+        settings = make_settings(tmp_path, **sections)
+        config = tmp_path / "appliance.yaml"
+        config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+        proc = ReceiverProcess(config, settings)
+        made.append(proc)
+        return proc
+
+    yield make
+    for proc in made:
+        proc.stop()
