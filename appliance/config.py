@@ -9,10 +9,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from appliance.errors import ConfigError
 
@@ -29,6 +29,19 @@ def check_ae_title(value: str) -> str:
     return stripped
 
 
+def check_network(value: str) -> str:
+    """Return `value` if it is an IP address or network (CIDR), else raise quoting it."""
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an IP address or network") from exc
+    return value
+
+
+AETitle = Annotated[str, AfterValidator(check_ae_title)]
+NetworkText = Annotated[str, AfterValidator(check_network)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -39,8 +52,8 @@ class ReceiverSettings(_Section):
     ae_title: str = "APPLIANCE"
     bind_address: str = "0.0.0.0"
     port: int = Field(11112, ge=1, le=65535)
-    allowed_calling_aets: list[str] = Field(default_factory=list)
-    allowed_networks: list[str] = Field(default_factory=list)
+    allowed_calling_aets: list[AETitle] = Field(default_factory=list)
+    allowed_networks: list[NetworkText] = Field(default_factory=list)
     max_associations: int = Field(10, ge=1, le=200)
     max_pdu_bytes: int = Field(0, ge=0, le=2**32 - 1)
     acse_timeout_s: float = Field(30.0, gt=0, le=3600)
@@ -51,21 +64,6 @@ class ReceiverSettings(_Section):
     @classmethod
     def _ae_title(cls, value: str) -> str:
         return check_ae_title(value)
-
-    @field_validator("allowed_calling_aets")
-    @classmethod
-    def _calling_aets(cls, values: list[str]) -> list[str]:
-        return [check_ae_title(v) for v in values]
-
-    @field_validator("allowed_networks")
-    @classmethod
-    def _networks(cls, values: list[str]) -> list[str]:
-        for value in values:
-            try:
-                ipaddress.ip_network(value, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"{value!r} is not an IP address or network") from exc
-        return values
 
     @field_validator("max_pdu_bytes")
     @classmethod
@@ -141,38 +139,39 @@ def _describe(exc: ValidationError, root: yaml.Node | None, source: str) -> str:
     for err in exc.errors():
         loc = [p for p in err["loc"] if not isinstance(p, str) or not p.startswith("function-")]
         key = ".".join(str(p) for p in loc) or "(top level)"
-        line = _line_of(root, loc)
-        message = err["msg"]
-        if err["type"] == "extra_forbidden":
-            message = "unknown key"
+        unknown = err["type"] == "extra_forbidden"
+        line = _line_of(root, loc, at_key=unknown)
+        message = "unknown key" if unknown else err["msg"].removeprefix("Value error, ")
         lines.append(f"{source}:{line}: {key}: {message}")
     return "\n".join(lines)
 
 
-def _line_of(node: yaml.Node | None, loc: list[Any]) -> int:
-    """The 1-based line of the deepest node along `loc` that exists in the file."""
+def _line_of(node: yaml.Node | None, loc: list[Any], at_key: bool = False) -> int:
+    """The 1-based line of the deepest node along `loc` that exists in the file.
+
+    With `at_key`, the line of the last key itself (an unknown key is reported where it is
+    written, not where its value starts).
+    """
     line = 1
-    for part in loc:
+    for index, part in enumerate(loc):
         if node is None:
             break
         line = node.start_mark.line + 1
-        node = _child(node, part)
+        key, value = _child(node, part)
+        last = index == len(loc) - 1
+        node = key if (last and at_key and key is not None) else value
     if node is not None:
         line = node.start_mark.line + 1
     return line
 
 
-def _child(node: yaml.Node, part: Any) -> yaml.Node | None:
+def _child(node: yaml.Node, part: Any) -> tuple[yaml.Node | None, yaml.Node | None]:
+    """(key node, value node) of `part` inside a mapping or sequence node."""
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             if key.value == str(part):
-                # An unknown key is reported at the key itself.
-                chosen: yaml.Node = value
-                if isinstance(value, yaml.ScalarNode) and not value.value:
-                    chosen = key
-                return chosen
-        return None
+                return key, value
+        return None, None
     if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-        child: yaml.Node = node.value[part]
-        return child
-    return None
+        return None, node.value[part]
+    return None, None
