@@ -76,6 +76,7 @@ class Receiver:
             on_refused=self._audit_refused_ip,
         )
         assert isinstance(server, ApplianceServer)
+        self.ae._servers.append(server)  # as start_server does, so ae.shutdown() stops it
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, name="receiver-accept", daemon=True
@@ -83,10 +84,9 @@ class Receiver:
         self._thread.start()
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        """Stop listening and end the associations in progress."""
         self.ae.shutdown()
+        self._server = None
 
     def _make_ae(self) -> AE:
         cfg = self.settings
