@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up and run every check: lint, format, types, then the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+deploy/setup.sh --test
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+.venv/bin/pytest -q "$@"
