@@ -1,0 +1,70 @@
+"""`appliance run`: roles as child processes, restarted when they crash, stopped on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from appliance.dicomout.scu import Peer, echo
+from appliance.errors import ApplianceError
+
+from conftest import REPO, make_settings
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def answers(peer: Peer) -> bool:
+    try:
+        return echo(peer, timeout_s=2) == 0
+    except ApplianceError:
+        return False
+
+
+def receiver_pids(parent: int) -> list[int]:
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+@pytest.mark.slow
+def test_run_restarts_a_crashed_role_and_stops_cleanly(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    config = tmp_path / "appliance.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    peer = Peer("127.0.0.1", settings.receiver.port)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "--config", str(config), "run"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        wait_for(lambda: answers(peer))
+        [first] = receiver_pids(run.pid)
+        os.kill(first, signal.SIGKILL)  # a crash of the role, not of the supervisor
+        wait_for(lambda: receiver_pids(run.pid) not in ([], [first]) and answers(peer))
+        run.send_signal(signal.SIGINT)
+        output, _ = run.communicate(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0
+    assert "DICOM port" in output
+    assert "role receiver exited with status -9; restarting" in output
+    assert not answers(peer)
