@@ -5,11 +5,13 @@ Only the listed tags are parsed, so a large or hostile dataset costs a scan, not
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from appliance.domain import InstanceHeader, is_valid_uid
 from appliance.errors import RejectedInput
@@ -38,15 +40,23 @@ _TAGS = [
     "Columns",
     "NumberOfFrames",
 ]
+_UNDEFINED = 0xFFFFFFFF
 _REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
 def read_header(path: Path) -> InstanceHeader:
-    """Parse the header of the DICOM file at `path`, or raise RejectedInput saying why."""
+    """Parse the header of the DICOM file at `path`, or raise RejectedInput saying why.
+
+    Also checks that the pixel data is all there: a dataset cut off inside it parses fine
+    but could never be shown or analysed.
+    """
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
-        values = {name: _text(ds.get(name)) for name in _TAGS}
-        transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+        with path.open("rb") as handle:
+            ds = pydicom.dcmread(handle, stop_before_pixels=True, specific_tags=_TAGS)
+            values = {name: _text(ds.get(name)) for name in _TAGS}
+            transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+            if transfer_syntax != DeflatedExplicitVRLittleEndian:  # inflated elsewhere
+                _check_pixel_data(handle, transfer_syntax, path.stat().st_size)
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
         raise RejectedInput(f"cannot parse the dataset: {exc}") from exc
     except RecursionError as exc:
@@ -56,6 +66,40 @@ def read_header(path: Path) -> InstanceHeader:
             problem = "missing" if not values[name] else f"not a valid UID: {values[name]!r}"
             raise RejectedInput(f"{name} is {problem}")
     return _to_header(values, transfer_syntax)
+
+
+def _check_pixel_data(handle: BinaryIO, transfer_syntax: str, size: int) -> None:
+    """Raise RejectedInput if the Pixel Data element at the handle's position is cut off."""
+    head = handle.read(12)
+    order = ">" if transfer_syntax == ExplicitVRBigEndian else "<"
+    if len(head) < 12 or struct.unpack(f"{order}HH", head[:4]) != (0x7FE0, 0x0010):
+        return  # no (integer) pixel data: nothing to check here
+    if transfer_syntax == ImplicitVRLittleEndian:
+        length, start = struct.unpack("<I", head[4:8])[0], handle.tell() - 4
+    else:
+        length, start = struct.unpack(f"{order}I", head[8:12])[0], handle.tell()
+    if length != _UNDEFINED:
+        if start + length > size:
+            raise RejectedInput(f"pixel data is truncated: {size - start} of {length} bytes")
+        return
+    _check_fragments(handle, start, size)
+
+
+def _check_fragments(handle: BinaryIO, position: int, size: int) -> None:
+    """Walk encapsulated fragments to the sequence delimiter without reading their data."""
+    while True:
+        handle.seek(position)
+        item = handle.read(8)
+        if len(item) < 8:
+            raise RejectedInput("pixel data is truncated: the fragment sequence has no end")
+        group, element, length = struct.unpack("<HHI", item)
+        if (group, element) == (0xFFFE, 0xE0DD):
+            return
+        if (group, element) != (0xFFFE, 0xE000) or length == _UNDEFINED:
+            raise RejectedInput(f"pixel data is corrupt: unexpected tag at byte {position}")
+        position += 8 + length
+        if position > size:
+            raise RejectedInput("pixel data is truncated inside a fragment")
 
 
 def _to_header(v: dict[str, str], transfer_syntax: str) -> InstanceHeader:

@@ -1,20 +1,19 @@
 """The receiver role: a DICOM Storage SCP that answers success only for durably stored images.
 
 pynetdicom streams each incoming dataset to a file in the spool's tmp folder (so a 200 MB
-object is never held in memory); the C-STORE handler then checks it, and `Store.ingest` makes it
-durable and indexed before the handler returns the status.
+object is never held in memory; see incoming.py); the C-STORE handler then checks it, and
+`Store.ingest` makes it durable and indexed before the handler returns the status.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -22,6 +21,7 @@ from appliance.config import Settings
 from appliance.domain import Origin, Source, StoreStatus, is_valid_uid
 from appliance.errors import OutOfSpaceError, RejectedInput
 from appliance.imaging.header import read_header
+from appliance.receiver.incoming import IncomingFiles
 from appliance.receiver.net import ApplianceServer
 from appliance.store import Store
 
@@ -52,6 +52,7 @@ class Receiver:
         self.settings = settings.receiver
         self.store = store
         self.ae = self._make_ae()
+        self.incoming = IncomingFiles(store.spool.new_tmp_path)
         self._server: ApplianceServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -63,10 +64,7 @@ class Receiver:
         return str(host), int(port)
 
     def start(self) -> None:
-        # Stream datasets to files in the spool's tmp folder: same filesystem, so the final
-        # rename is atomic. This process is the receiver role only; the global is ours.
-        _config.STORE_RECV_CHUNKED_DATASET = True
-        tempfile.tempdir = str(self.store.spool.tmp)
+        self.incoming.install()
         cfg = self.settings
         server = self.ae.make_server(
             (cfg.bind_address, cfg.port),
@@ -117,7 +115,10 @@ class Receiver:
         """Check and store one received file; return the C-STORE status for it."""
         subject = f"instance:{sop_instance}" if is_valid_uid(sop_instance) else "instance:invalid"
         try:
-            self.store.spool.check_space(path.stat().st_size)
+            write_error = self.incoming.take_error(path)
+            if write_error is not None:
+                raise OutOfSpaceError(f"could not write the incoming image: {write_error}")
+            self.store.spool.check_space()  # the image itself is already on this disk
             header = read_header(path)
             if (header.sop_class_uid, header.sop_instance_uid) != (sop_class, sop_instance):
                 return self._refuse(

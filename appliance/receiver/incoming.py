@@ -1,0 +1,78 @@
+"""The files pynetdicom streams incoming C-STORE datasets into.
+
+pynetdicom writes each dataset to a `NamedTemporaryFile` as its fragments arrive. If the disk
+fills meanwhile, its write raises inside the association's reactor thread, which dies without
+answering: the modality waits for a timeout and the partial file stays on a full disk. Here the
+files live in the spool's tmp folder (same filesystem, so the final rename is atomic), a failed
+write is remembered and its partial bytes dropped at once, and the C-STORE handler answers 0xA700.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import _config, dimse_messages
+
+
+class IncomingFile:
+    """A write-only file that records the first write error instead of raising it."""
+
+    def __init__(self, path: Path, failures: IncomingFiles) -> None:
+        self.name = str(path)
+        self.file = self  # pynetdicom calls `.file.flush()`
+        self._raw = open(path, "wb", buffering=0)  # noqa: SIM115 - pynetdicom closes it
+        self._failures = failures
+        self._failed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        view = memoryview(data)
+        while view and not self._failed:
+            try:
+                written = self._raw.write(view) or 0
+            except OSError as exc:
+                self._fail(exc)
+                break
+            view = view[written:]
+        return len(data)
+
+    def flush(self) -> None:
+        """Writes are unbuffered; durability comes later from the spool's fsync."""
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def _fail(self, exc: OSError) -> None:
+        self._failed = True
+        self._failures.record(self.name, exc)
+        os.ftruncate(self._raw.fileno(), 0)  # give the space back while the transfer goes on
+
+
+class IncomingFiles:
+    """Creates incoming files where `new_path` says and remembers which ones failed to write."""
+
+    def __init__(self, new_path: Callable[[], Path]) -> None:
+        self._new_path = new_path
+        self._errors: dict[str, OSError] = {}
+        self._lock = threading.Lock()
+
+    def open(self, *args: Any, **kwargs: Any) -> IncomingFile:
+        """Stands in for NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")."""
+        return IncomingFile(self._new_path(), self)
+
+    def record(self, name: str, exc: OSError) -> None:
+        with self._lock:
+            self._errors[name] = exc
+
+    def take_error(self, path: Path) -> OSError | None:
+        """The write error of this file, if any (forgotten once taken)."""
+        with self._lock:
+            return self._errors.pop(str(path), None)
+
+    def install(self) -> None:
+        """Make pynetdicom stream C-STORE datasets into our files (receiver process only)."""
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        setattr(dimse_messages, "NamedTemporaryFile", self.open)  # noqa: B010
