@@ -1,9 +1,8 @@
-"""Shared fixtures: settings on a temporary data folder, a store, and a live receiver on loopback."""
+"""Shared fixtures: settings on a temporary data folder, a store, a live receiver on loopback."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from appliance.bench.peers import BenchError, dcmtk
 from appliance.config import Settings
 from appliance.paths import Paths, resolve_paths
 from appliance.receiver import Receiver
@@ -22,9 +22,16 @@ from appliance.store import Store, open_store
 
 REPO = Path(__file__).resolve().parent.parent
 
-needs_dcmtk = pytest.mark.skipif(
-    shutil.which("storescu") is None, reason="DCMTK is not installed (.ci/run installs it)"
-)
+
+def has_dcmtk() -> bool:
+    try:
+        dcmtk("storescu")
+    except BenchError:
+        return False
+    return True
+
+
+needs_dcmtk = pytest.mark.skipif(not has_dcmtk(), reason="DCMTK is not installed (.ci/run does)")
 
 
 def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
@@ -100,7 +107,11 @@ class ReceiverProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "appliance", "--config", str(self.config), "receiver"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=REPO,
         )
         deadline = time.monotonic() + timeout_s
         assert self.process.stdout is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import struct
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from appliance.receiver.scp import TRANSFER_SYNTAXES
 from appliance.samples import KINDS, sample_uid, write_sample
 from appliance.store import Store
 
-from conftest import ReceiverProcess, needs_dcmtk
+from conftest import ReceiverProcess, dcmtk, needs_dcmtk
 
 Started = tuple[Receiver, Store]
 
@@ -90,7 +91,16 @@ def test_storescu_push_is_stored_byte_identical(receiver: Started, samples: list
     rx, store = receiver
     host, port = rx.address
     result = subprocess.run(
-        ["storescu", "-aet", "MODALITY", "-aec", "APPLIANCE", host, str(port), *map(str, samples)],
+        [
+            dcmtk("storescu"),
+            "-aet",
+            "MODALITY",
+            "-aec",
+            "APPLIANCE",
+            host,
+            str(port),
+            *map(str, samples),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -151,7 +161,7 @@ def test_echoscu_and_our_echo(receiver: Started) -> None:
     rx, _ = receiver
     host, port = rx.address
     result = subprocess.run(
-        ["echoscu", "-aec", "APPLIANCE", host, str(port)], capture_output=True, timeout=30
+        [dcmtk("echoscu"), "-aec", "APPLIANCE", host, str(port)], capture_output=True, timeout=30
     )
     assert result.returncode == 0
     assert echo(peer_of(rx)) == 0
@@ -163,7 +173,12 @@ def test_wrong_called_ae_title_is_rejected(receiver: Started) -> None:
     ae.add_requested_context(KINDS["cr"].sop_class)
     assoc = ae.associate(*rx.address, ae_title="SOMEONE_ELSE")
     assert assoc.is_rejected
-    actions = [r[0] for r in store.conn.execute("SELECT action FROM audit")]
+    # pynetdicom sends the rejection before its EVT_REJECTED handlers run: poll for the row.
+    deadline = time.monotonic() + 10
+    actions: list[str] = []
+    while not actions and time.monotonic() < deadline:
+        actions = [r[0] for r in store.conn.execute("SELECT action FROM audit")]
+        time.sleep(0.02)
     assert actions == ["association.rejected"]
 
 

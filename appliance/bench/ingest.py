@@ -1,0 +1,298 @@
+"""`appliance bench ingest`: our receiver against DCMTK's storescp, side by side in one run.
+
+The same generated files are pushed with DCMTK's storescu to each receiver in turn (ours, theirs,
+ours, theirs...), and the medians are compared. The same run measures the machine's durable-write
+limit (the ceiling for a receiver that answers only once a file is on disk) and our receiver's
+resident memory while a big multi-frame object streams in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from appliance.bench.durable import durable_write_rate
+from appliance.bench.files import FileSet, make_large_set, make_memory_object, make_small_set
+from appliance.bench.memory import MemoryResult, RssSampler, status_mb
+from appliance.bench.peers import (
+    BenchError,
+    Receiver,
+    check_dcmtk,
+    run_ours,
+    run_storescp,
+    send,
+)
+from appliance.bench.results import (
+    OURS,
+    THEIRS,
+    DurableLimit,
+    IngestReport,
+    Throughput,
+    format_report,
+)
+
+Launcher = Callable[[Path], AbstractContextManager[Receiver]]
+LAUNCHERS: dict[str, Launcher] = {OURS: run_ours, THEIRS: run_storescp}
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    small: int = 500
+    large: int = 4
+    large_frames: int = 48  # 44 MB of ultrasound in the large set
+    memory_frames: int = 200  # 184 MB
+    repeat: int = 3
+    senders: tuple[int, ...] = (1, 2, 4)
+    skip_memory: bool = False
+    workdir: Path | None = None  # None: a temporary folder, removed at the end
+
+    def __post_init__(self) -> None:
+        if self.small < max(self.senders, default=1):
+            raise BenchError(
+                f"--small {self.small} is fewer files than {max(self.senders)} senders"
+            )
+        for name in ("small", "large", "repeat", "memory_frames"):
+            if getattr(self, name) < 1:
+                raise BenchError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.large_frames < 0 or min(self.senders, default=1) < 1:
+            raise BenchError("--large-frames must be >= 0 and every sender count >= 1")
+
+
+# The numeric options: flag, IngestOptions field, metavar, help.
+_COUNTS = (
+    ("--small", "small", "N", "small images (128x128 16-bit CT) in the small set"),
+    ("--large", "large", "N", "2048x2048 16-bit CR images in the large set"),
+    ("--large-frames", "large_frames", "N", "frames of the large set's ultrasound, 0 for none"),
+    ("--memory-frames", "memory_frames", "N", "frames of the memory test's object, 0.92 MB each"),
+    ("--repeat", "repeat", "R", "runs per receiver and set; the median is shown"),
+)
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `ingest` to the `bench` sub-commands."""
+    parser = commands.add_parser(
+        "ingest",
+        help="receiver throughput and memory against DCMTK storescp",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+    )
+    defaults = IngestOptions()
+    for flag, field, metavar, text in _COUNTS:
+        default = getattr(defaults, field)
+        parser.add_argument(
+            flag, type=int, default=default, metavar=metavar, help=f"{text} (default {default})"
+        )
+    senders = "concurrent storescu processes for the small set (default 1,2,4); 1 always runs"
+    parser.add_argument(
+        "--senders", type=_senders, default=defaults.senders, metavar="N,N...", help=senders
+    )
+    memory = "do not measure memory while receiving a big object"
+    parser.add_argument("--skip-memory", action="store_true", help=memory)
+    workdir = "keep the files and logs in a new folder under DIR"
+    parser.add_argument("--workdir", type=Path, metavar="DIR", help=workdir)
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    """The `bench ingest` handler: print the report on stdout and return 0.
+
+    A run that goes wrong raises BenchError, which the CLI reports like any ApplianceError.
+    """
+    options = IngestOptions(
+        small=args.small,
+        large=args.large,
+        large_frames=args.large_frames,
+        memory_frames=args.memory_frames,
+        repeat=args.repeat,
+        senders=args.senders,
+        skip_memory=args.skip_memory,
+        workdir=args.workdir,
+    )
+    run_ingest(options, sys.stdout)
+    return 0
+
+
+def run_ingest(
+    options: IngestOptions, out: TextIO, launchers: dict[str, Launcher] | None = None
+) -> IngestReport:
+    """Run the whole benchmark, print its report to `out` and return it.
+
+    `launchers` maps each receiver's name to what starts it; the default is ours and storescp.
+    """
+    peers = LAUNCHERS if launchers is None else launchers
+    check_dcmtk()
+    with _workdir(options.workdir) as workdir:
+        report = _measure(options, workdir, peers)
+    out.write(format_report(report))
+    out.flush()
+    return report
+
+
+def _measure(options: IngestOptions, workdir: Path, peers: dict[str, Launcher]) -> IngestReport:
+    progress("generating the small and large sets")
+    small = make_small_set(workdir / "files" / "small", options.small)
+    large = make_large_set(workdir / "files" / "large", options.large, options.large_frames)
+    runs = workdir / "runs"
+    probe = DurableProbe(small, runs / "durable")
+    throughput = measure_throughput(large, 1, peers, options.repeat, runs)
+    for senders in sorted({1, *options.senders}):
+        alongside = probe.measure if senders == 1 else None
+        throughput += measure_throughput(small, senders, peers, options.repeat, runs, alongside)
+    memory: tuple[MemoryResult, ...] = ()
+    sets: tuple[FileSet, ...] = (small, large)
+    if not options.skip_memory:
+        progress(f"generating the memory test's object ({options.memory_frames} frames)")
+        big = make_memory_object(workdir / "files" / "memory", options.memory_frames)
+        memory = tuple(
+            measure_memory(name, launch, big, runs / f"memory-{name}")
+            for name, launch in peers.items()
+        )
+        sets += (big,)
+    return IngestReport(sets, options.repeat, tuple(throughput), probe.result(), memory)
+
+
+def measure_throughput(
+    files: FileSet,
+    senders: int,
+    peers: dict[str, Launcher],
+    repeat: int,
+    folder: Path,
+    alongside: Callable[[], None] | None = None,
+) -> list[Throughput]:
+    """Each receiver in turn takes `files` from `senders` storescu, `repeat` times.
+
+    `alongside`, if given, runs after the receivers in each repetition.
+    """
+    seconds: dict[str, list[float]] = {name: [] for name in peers}
+    arrived: dict[str, list[int]] = {name: [] for name in peers}
+    for run in range(1, repeat + 1):
+        for name, launch in peers.items():
+            where = folder / f"{files.name}-{senders}-{run}-{name}"
+            elapsed, count = _one_run(launch, files, senders, where)
+            seconds[name].append(elapsed)
+            arrived[name].append(count)
+        times = ", ".join(f"{name} {seconds[name][-1]:.2f} s" for name in peers)
+        progress(f"{files.name} set, {senders} sender(s), run {run}/{repeat}: {times}")
+        if alongside is not None:
+            alongside()
+    return [
+        Throughput(
+            files.name,
+            senders,
+            name,
+            files.count,
+            min(arrived[name]),
+            files.total_bytes,
+            tuple(seconds[name]),
+        )
+        for name in peers
+    ]
+
+
+def _one_run(launch: Launcher, files: FileSet, senders: int, folder: Path) -> tuple[float, int]:
+    with launch(folder) as receiver:
+        settle()
+        elapsed = send(receiver, files.split(senders), folder)
+        count = check_arrived(receiver, files.count)
+    shutil.rmtree(receiver.accepted)
+    return elapsed, count
+
+
+def check_arrived(receiver: Receiver, expected: int) -> int:
+    """The number of files `receiver` accepted; raise unless it is `expected`."""
+    count = receiver.count_accepted()
+    if count != expected:
+        raise BenchError(
+            f"{receiver.name} accepted {count} files of {expected} sent "
+            f"(storescu reported success); see {receiver.log}"
+        )
+    return count
+
+
+class DurableProbe:
+    """The durable-write limit for the small files, measured next to the receivers' runs.
+
+    The disk's fsync rate drifts during a run (other writers, the host's cache), so the limit is
+    measured once per repetition, right after the receivers took the same files.
+    """
+
+    def __init__(self, small: FileSet, folder: Path) -> None:
+        self.small = small
+        self.folder = folder
+        self.rename: list[float] = []
+        self.synced: list[float] = []
+
+    def measure(self) -> None:
+        settle()
+        self.rename.append(durable_write_rate(self.small.paths, self.folder, sync_folder=False))
+        settle()
+        self.synced.append(durable_write_rate(self.small.paths, self.folder, sync_folder=True))
+        progress(f"durable-write limit: {self.rename[-1]:.0f} files/s")
+
+    def result(self) -> DurableLimit:
+        return DurableLimit(
+            self.small.count, statistics.median(self.rename), statistics.median(self.synced)
+        )
+
+
+def measure_memory(name: str, launch: Launcher, big: FileSet, folder: Path) -> MemoryResult:
+    """A receiver's resident memory before, during and after taking the one file of `big`."""
+    with launch(folder) as receiver:
+        progress(f"memory: sending {big.megabytes:.0f} MB to {name}")
+        settle()
+        before = status_mb(receiver.pid, "VmRSS")
+        sampler = RssSampler(receiver.pid)
+        sampler.start()
+        try:
+            elapsed = send(receiver, [big.paths], folder)
+        finally:
+            peak = sampler.stop()
+        check_arrived(receiver, 1)
+        hwm = status_mb(receiver.pid, "VmHWM")
+    shutil.rmtree(receiver.accepted)
+    return MemoryResult(name, big.megabytes, before, peak, hwm, elapsed)
+
+
+@contextmanager
+def _workdir(parent: Path | None) -> Iterator[Path]:
+    """A new folder under `parent`, kept; or a temporary one, removed at the end."""
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix="ingest-", dir=parent))
+        progress(f"working in {path} (kept)")
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="appliance-bench-") as name:
+        yield Path(name)
+
+
+def settle() -> None:
+    """Flush all dirty pages to disk now.
+
+    storescp does not fsync: without this, its unwritten data would be flushed during, and
+    billed to, the next timed step (on ext4 an fsync can wait for other files' data too).
+    """
+    os.sync()
+
+
+def progress(message: str) -> None:
+    print(f"bench ingest: {message}", file=sys.stderr, flush=True)
+
+
+def _senders(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError as exc:
+        message = f"{text!r} is not a comma-separated list of numbers"
+        raise argparse.ArgumentTypeError(message) from exc
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every sender count must be at least 1")
+    return counts
