@@ -1,6 +1,6 @@
 """Read the attributes the store indexes from a DICOM file, without touching the pixel data.
 
-Only the listed tags are parsed, so a large or hostile dataset costs a scan, not a full decode.
+Parsing stops at the pixel data, whose completeness is checked without reading it.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def read_header(path: Path) -> InstanceHeader:
     """
     try:
         with path.open("rb") as handle:
-            ds = pydicom.dcmread(handle, stop_before_pixels=True, specific_tags=_TAGS)
+            ds = pydicom.dcmread(handle, stop_before_pixels=True)
             values = {name: _text(ds.get(name)) for name in _TAGS}
             transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
             if transfer_syntax != DeflatedExplicitVRLittleEndian:  # inflated elsewhere

@@ -42,9 +42,6 @@ TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.4.91",  # JPEG 2000
     "1.2.840.10008.1.2.5",  # RLE Lossless
 ]
-DUL_IDLE_SLEEP_S = 0.0002
-
-
 class Receiver:
     """One running SCP bound to a store. `start()` returns once it is listening."""
 
@@ -104,7 +101,6 @@ class Receiver:
 
     def _handlers(self) -> list[Any]:
         return [
-            (evt.EVT_CONN_OPEN, _handle_opened),
             (evt.EVT_C_ECHO, _handle_echo),
             (evt.EVT_C_STORE, _handle_store, [self]),
             (evt.EVT_REJECTED, _handle_rejected, [self]),
@@ -165,12 +161,6 @@ class Receiver:
             "receiver",
             reason="source address not in receiver.allowed_networks",
         )
-
-
-def _handle_opened(event: evt.Event) -> None:
-    # pynetdicom's DUL thread sleeps this long whenever it found nothing to do. Its 1 ms
-    # default, paid several times per C-STORE, was most of the per-image time for small images.
-    event.assoc.dul._run_loop_delay = DUL_IDLE_SLEEP_S
 
 
 def _handle_echo(event: evt.Event) -> int:
