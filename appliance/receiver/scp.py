@@ -42,6 +42,8 @@ TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.4.91",  # JPEG 2000
     "1.2.840.10008.1.2.5",  # RLE Lossless
 ]
+
+
 class Receiver:
     """One running SCP bound to a store. `start()` returns once it is listening."""
 
