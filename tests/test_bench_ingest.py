@@ -1,4 +1,4 @@
-"""`appliance bench ingest` at tiny sizes, against our real receiver and DCMTK's storescp."""
+"""`appliance bench ingest` at tiny sizes: our real receiver, DCMTK's storescp, stock pynetdicom."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from appliance.bench.files import make_memory_object, make_small_set
-from appliance.bench.ingest import check_arrived, measure_memory
+from appliance.bench.ingest import Launcher, check_arrived, measure_memory
 from appliance.bench.peers import (
     BenchError,
     Receiver,
@@ -18,6 +18,7 @@ from appliance.bench.peers import (
     dcmtk,
     free_port,
     run_ours,
+    run_pynetdicom,
     send,
 )
 from appliance.cli import main
@@ -46,7 +47,7 @@ def _rows(output: str) -> dict[tuple[str, str, str], list[str]]:
     return rows
 
 
-def test_bench_ingest_prints_both_receivers_with_every_file_arrived(
+def test_bench_ingest_prints_all_three_receivers_with_every_file_arrived(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["bench", "ingest", "--small", "20", "--large", "1", "--large-frames", "2"]
@@ -57,23 +58,60 @@ def test_bench_ingest_prints_both_receivers_with_every_file_arrived(
     output = capsys.readouterr().out
     rows = _rows(output)
     expected = {("large", "1"): "2/2", ("small", "1"): "20/20", ("small", "2"): "20/20"}
-    assert set(rows) == {(s, n, r) for s, n in expected for r in ("ours", "storescp")}
+    receivers = ("ours", "storescp", "pynetdicom")
+    assert set(rows) == {(s, n, r) for s, n in expected for r in receivers}
     for (set_name, senders, _receiver), cells in rows.items():
         arrived, _mb, seconds, images_per_s, mb_per_s = cells[:5]
         assert arrived == expected[(set_name, senders)]
         assert float(seconds) > 0 and float(images_per_s) > 0 and float(mb_per_s) > 0
+    assert "ours/storescp  ours/pynetdicom" in output
     for set_name, senders in expected:
-        assert float(rows[(set_name, senders, "ours")][5]) > 0  # ours/storescp
+        ours_storescp, ours_pynetdicom = rows[(set_name, senders, "ours")][5:]
+        assert float(ours_storescp) > 0 and float(ours_pynetdicom) > 0
+        assert len(rows[(set_name, senders, "pynetdicom")]) == 5  # no ratios on its rows
+    assert "pynetdicom: stock pynetdicom SCP, same accepted contexts" in output
+    assert "Where our receiver's time per image goes" in output
     assert "Durable-write limit" in output and "of the limit" in output
+    assert "stock pynetdicom SCP ceiling on one association:" in output
+    assert "of the durable-write limit" in output
     assert "Resident memory" not in output
 
 
-def test_memory_is_sampled_while_our_receiver_takes_a_multiframe(tmp_path: Path) -> None:
+def test_peers_picks_the_receivers_and_a_report_without_ours_has_no_ratios(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["bench", "ingest", "--small", "2", "--large", "1", "--large-frames", "0"]
+    argv += ["--repeat", "1", "--senders", "1", "--skip-memory", "--peers", "pynetdicom"]
+
+    assert main([*argv, "--workdir", str(tmp_path)]) == 0
+
+    output = capsys.readouterr().out
+    assert set(_rows(output)) == {("large", "1", "pynetdicom"), ("small", "1", "pynetdicom")}
+    assert "ours/" not in output and "  ours:" not in output and "  storescp:" not in output
+    assert "Where our receiver's time" not in output
+    assert "stock pynetdicom SCP ceiling on one association:" in output
+
+
+@pytest.mark.parametrize("peers", ["ours,nobody", "ours,ours", ""])
+def test_peers_must_name_known_receivers_once(
+    peers: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["bench", "ingest", "--peers", peers])
+
+    assert caught.value.code == 2
+    assert "--peers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("name", "launch"), [("ours", run_ours), ("pynetdicom", run_pynetdicom)])
+def test_memory_is_sampled_while_a_receiver_takes_a_multiframe(
+    name: str, launch: Launcher, tmp_path: Path
+) -> None:
     big = make_memory_object(tmp_path / "files", frames=3)
 
-    result = measure_memory("ours", run_ours, big, tmp_path / "run")
+    result = measure_memory(name, launch, big, tmp_path / "run")
 
-    assert result.receiver == "ours"
+    assert result.receiver == name
     assert result.object_mb == pytest.approx(3 * 640 * 480 * 3 / 1e6, rel=0.01)
     assert 0 < result.before_mb <= result.hwm_mb
     assert result.sampled_peak_mb >= result.before_mb

@@ -1,9 +1,11 @@
-"""`appliance bench ingest`: our receiver against DCMTK's storescp, side by side in one run.
+"""`appliance bench ingest`: our receiver, DCMTK's storescp and stock pynetdicom, in one run.
 
-The same generated files are pushed with DCMTK's storescu to each receiver in turn (ours, theirs,
-ours, theirs...), and the medians are compared. The same run measures the machine's durable-write
-limit (the ceiling for a receiver that answers only once a file is on disk) and our receiver's
-resident memory while a big multi-frame object streams in.
+The same generated files are pushed with DCMTK's storescu to each receiver in turn (ours,
+storescp, pynetdicom, ours...), and the medians are compared. The stock pynetdicom SCP (same
+contexts, one plain write per dataset) splits our time into pynetdicom's own cost per message and
+our storage's. The same run measures the machine's durable-write limit (the ceiling for a
+receiver that answers only once a file is on disk) and each receiver's resident memory while a
+big multi-frame object streams in.
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ from appliance.bench.peers import (
     Receiver,
     check_dcmtk,
     run_ours,
+    run_pynetdicom,
     run_storescp,
     send,
 )
 from appliance.bench.results import (
     OURS,
+    RECEIVERS,
+    STOCK,
     THEIRS,
     DurableLimit,
     IngestReport,
@@ -41,7 +46,7 @@ from appliance.bench.results import (
 )
 
 Launcher = Callable[[Path], AbstractContextManager[Receiver]]
-LAUNCHERS: dict[str, Launcher] = {OURS: run_ours, THEIRS: run_storescp}
+LAUNCHERS: dict[str, Launcher] = {OURS: run_ours, THEIRS: run_storescp, STOCK: run_pynetdicom}
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,7 @@ class IngestOptions:
     memory_frames: int = 200  # 184 MB
     repeat: int = 3
     senders: tuple[int, ...] = (1, 2, 4)
+    peers: tuple[str, ...] = RECEIVERS
     skip_memory: bool = False
     workdir: Path | None = None  # None: a temporary folder, removed at the end
 
@@ -65,6 +71,12 @@ class IngestOptions:
                 raise BenchError(f"--{name.replace('_', '-')} must be at least 1")
         if self.large_frames < 0 or min(self.senders, default=1) < 1:
             raise BenchError("--large-frames must be >= 0 and every sender count >= 1")
+        unknown = [name for name in self.peers if name not in LAUNCHERS]
+        if unknown or not self.peers or len(set(self.peers)) != len(self.peers):
+            raise BenchError(
+                f"--peers {','.join(self.peers)!r}: name each of {', '.join(LAUNCHERS)} "
+                "at most once, and at least one"
+            )
 
 
 # The numeric options: flag, IngestOptions field, metavar, help.
@@ -81,7 +93,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add `ingest` to the `bench` sub-commands."""
     parser = commands.add_parser(
         "ingest",
-        help="receiver throughput and memory against DCMTK storescp",
+        help="receiver throughput and memory against DCMTK storescp and stock pynetdicom",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
     )
     defaults = IngestOptions()
@@ -93,6 +105,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     senders = "concurrent storescu processes for the small set (default 1,2,4); 1 always runs"
     parser.add_argument(
         "--senders", type=_senders, default=defaults.senders, metavar="N,N...", help=senders
+    )
+    peers = f"the receivers to run, in this order (default {','.join(defaults.peers)})"
+    parser.add_argument(
+        "--peers", type=_peers, default=defaults.peers, metavar="NAME,NAME...", help=peers
     )
     memory = "do not measure memory while receiving a big object"
     parser.add_argument("--skip-memory", action="store_true", help=memory)
@@ -113,6 +129,7 @@ def main(args: argparse.Namespace) -> int:
         memory_frames=args.memory_frames,
         repeat=args.repeat,
         senders=args.senders,
+        peers=args.peers,
         skip_memory=args.skip_memory,
         workdir=args.workdir,
     )
@@ -125,9 +142,10 @@ def run_ingest(
 ) -> IngestReport:
     """Run the whole benchmark, print its report to `out` and return it.
 
-    `launchers` maps each receiver's name to what starts it; the default is ours and storescp.
+    `launchers` maps each receiver's name to what starts it; the default is those of
+    `options.peers`.
     """
-    peers = LAUNCHERS if launchers is None else launchers
+    peers = {name: LAUNCHERS[name] for name in options.peers} if launchers is None else launchers
     check_dcmtk()
     with _workdir(options.workdir) as workdir:
         report = _measure(options, workdir, peers)
@@ -156,7 +174,8 @@ def _measure(options: IngestOptions, workdir: Path, peers: dict[str, Launcher]) 
             for name, launch in peers.items()
         )
         sets += (big,)
-    return IngestReport(sets, options.repeat, tuple(throughput), probe.result(), memory)
+    durable = probe.result()
+    return IngestReport(sets, options.repeat, tuple(peers), tuple(throughput), durable, memory)
 
 
 def measure_throughput(
@@ -285,6 +304,17 @@ def settle() -> None:
 
 def progress(message: str) -> None:
     print(f"bench ingest: {message}", file=sys.stderr, flush=True)
+
+
+def _peers(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(","))
+    unknown = [name for name in names if name not in LAUNCHERS]
+    if unknown:
+        choices = ", ".join(LAUNCHERS)
+        raise argparse.ArgumentTypeError(f"unknown receiver(s) {', '.join(unknown)}: {choices}")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r} names a receiver twice")
+    return names
 
 
 def _senders(text: str) -> tuple[int, ...]:

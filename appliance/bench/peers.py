@@ -1,4 +1,6 @@
-"""The two receivers under test (ours and DCMTK's storescp) and DCMTK's storescu as the sender.
+"""The receivers under test (ours, DCMTK's storescp, a stock pynetdicom SCP) and the sender.
+
+DCMTK's storescu sends to every receiver.
 
 Every run gets a fresh receiver process on a fresh folder, so that repeated runs of the same files
 are not answered as duplicates and every accepted file can be counted.
@@ -26,14 +28,17 @@ from appliance.errors import ApplianceError
 
 AE_TITLE = "APPLIANCE"
 CALLING_AE = "BENCH"
-PDU_BYTES = 131072  # the largest PDU DCMTK offers; both receivers get PDUs of this size
+PDU_BYTES = 131072  # the largest PDU DCMTK offers; every receiver gets PDUs of this size
+# The largest PDU our receiver, and the stock pynetdicom SCP, accept: 0 is no limit (pynetdicom's
+# maximum_pdu_size); storescu then sends PDU_BYTES.
+OUR_MAX_PDU = 0
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
 # Debian's DCMTK leaves Nagle's algorithm on, which stalls every small object on a delayed ACK
 # (tens of ms; 11 instead of ~1,000 images/s here). DCMTK reads this variable to turn it off, so
 # that storescu sends, and storescp receives, at their best.
 _DCMTK_ENV = {"TCP_NODELAY": "1"}
-# Exit statuses that mean "stopped by our SIGTERM": handled (ours) or killed by it (storescp).
+# Exit statuses that mean "stopped by our SIGTERM": handled (ours) or killed by it (the others).
 _STOPPED = (0, -signal.SIGTERM)
 
 
@@ -107,7 +112,7 @@ def run_ours(folder: Path) -> Iterator[Receiver]:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=_env())
     receiver = Receiver("ours", port, process.pid, folder / "data" / "spool", log, skip="tmp")
     with _stopped_at_exit(process, receiver):
-        _wait_for_line(process, log, "listening")
+        _wait_for_line(process, receiver, "listening")
         yield receiver
 
 
@@ -125,6 +130,23 @@ def run_storescp(folder: Path) -> Iterator[Receiver]:
     receiver = Receiver("storescp", port, process.pid, received, log)
     with _stopped_at_exit(process, receiver):
         _wait_for_echo(process, receiver)
+        yield receiver
+
+
+@contextmanager
+def run_pynetdicom(folder: Path) -> Iterator[Receiver]:
+    """A stock pynetdicom SCP (plainscp.py): our contexts, one plain write per dataset."""
+    received = folder / "received"
+    received.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = folder / "plainscp.log"
+    command = [sys.executable, "-m", "appliance.bench.plainscp", str(port), str(received)]
+    command.append(str(OUR_MAX_PDU))
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=_env())
+    receiver = Receiver("pynetdicom", port, process.pid, received, log)
+    with _stopped_at_exit(process, receiver):
+        _wait_for_line(process, receiver, "listening")
         yield receiver
 
 
@@ -171,7 +193,7 @@ def _config_yaml(data_dir: Path, port: int) -> str:
             "ae_title": AE_TITLE,
             "bind_address": "127.0.0.1",
             "port": port,
-            "max_pdu_bytes": 0,
+            "max_pdu_bytes": OUR_MAX_PDU,
         },
     }
     return yaml.safe_dump(settings, sort_keys=False)
@@ -189,14 +211,15 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _wait_for_line(process: subprocess.Popen[bytes], log: Path, marker: str) -> None:
+def _wait_for_line(process: subprocess.Popen[bytes], receiver: Receiver, marker: str) -> None:
     """Wait until the receiver writes `marker` to its log; raise if it exits or takes too long."""
     deadline = time.monotonic() + START_TIMEOUT_S
-    while marker.encode() not in log.read_bytes():
-        _check_alive(process, "our receiver", log)
+    while marker.encode() not in receiver.log.read_bytes():
+        _check_alive(process, receiver.name, receiver.log)
         if time.monotonic() > deadline:
             raise BenchError(
-                f"our receiver did not say {marker!r} within {START_TIMEOUT_S:.0f} s:\n{_tail(log)}"
+                f"{receiver.name} did not say {marker!r} within {START_TIMEOUT_S:.0f} s:\n"
+                f"{_tail(receiver.log)}"
             )
         time.sleep(0.05)
 

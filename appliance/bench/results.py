@@ -11,6 +11,16 @@ from appliance.bench.memory import SAMPLE_INTERVAL_S, MemoryResult
 
 OURS = "ours"
 THEIRS = "storescp"
+STOCK = "pynetdicom"
+RECEIVERS = (OURS, THEIRS, STOCK)
+# What each receiver is, for the report's header.
+DESCRIPTIONS = {
+    OURS: "python -m appliance receiver (each file fsync'd, renamed and recorded before its "
+    "response)",
+    THEIRS: "DCMTK storescp, single process (one association at a time), no fsync",
+    STOCK: "stock pynetdicom SCP, same accepted contexts, writes each dataset with one plain "
+    "write, no fsync, no index",
+}
 SMALL_RATE_TARGET = 0.5  # of the durable-write limit, on one association
 PEAK_RSS_TARGET_MB = 150.0
 
@@ -53,6 +63,7 @@ class DurableLimit:
 class IngestReport:
     sets: tuple[FileSet, ...]
     repeat: int
+    receivers: tuple[str, ...]  # those measured, in the order they ran
     throughput: tuple[Throughput, ...]
     durable: DurableLimit
     memory: tuple[MemoryResult, ...]  # empty when skipped
@@ -63,13 +74,18 @@ class IngestReport:
                 return row
         raise KeyError(f"no {receiver} result for {set_name} with {senders} senders")
 
+    def has(self, *receivers: str) -> bool:
+        return all(name in self.receivers for name in receivers)
+
 
 def format_report(report: IngestReport) -> str:
     parts = [
         _header(report),
         _throughput_table(report),
-        _durable_section(report),
     ]
+    if report.has(OURS, STOCK):
+        parts.append(_split_section(report))
+    parts.append(_durable_section(report))
     if report.memory:
         parts.append(_memory_table(report.memory))
     return "\n\n".join(parts) + "\n"
@@ -80,19 +96,18 @@ def _header(report: IngestReport) -> str:
         f"Ingest benchmark: DCMTK storescu -> receiver over loopback; median of {report.repeat} "
         "run(s),",
         "each on a fresh receiver and folder. MB = 10^6 bytes. DCMTK runs with TCP_NODELAY=1.",
-        f"  {OURS}: python -m appliance receiver (each file fsync'd, renamed and recorded "
-        "before its response)",
-        f"  {THEIRS}: DCMTK storescp, single process (one association at a time), no fsync",
     ]
+    lines += [f"  {name}: {DESCRIPTIONS.get(name, name)}" for name in report.receivers]
     lines += [f"  {s.name} set: {s.description}, {s.megabytes:.1f} MB" for s in report.sets]
     return "\n".join(lines)
 
 
 def _throughput_table(report: IngestReport) -> str:
     header = ("set", "senders", "receiver", "arrived", "MB", "median s", "images/s", "MB/s")
-    rows = [(*header, f"{OURS}/{THEIRS}")]
+    others = [name for name in (THEIRS, STOCK) if report.has(OURS, name)]
+    rows = [(*header, *(f"{OURS}/{name}" for name in others))]
     for row in report.throughput:
-        ratio = _ratio(report, row) if row.receiver == OURS else ""
+        ratios = [_ratio(report, row, name) if row.receiver == OURS else "" for name in others]
         rows.append(
             (
                 row.set_name,
@@ -103,33 +118,68 @@ def _throughput_table(report: IngestReport) -> str:
                 f"{row.median_s:.3f}",
                 f"{row.images_per_s:.1f}",
                 f"{row.mb_per_s:.1f}",
-                ratio,
+                *ratios,
             )
         )
     return _table(rows)
 
 
-def _ratio(report: IngestReport, ours: Throughput) -> str:
-    theirs = report.find(ours.set_name, ours.senders, THEIRS)
+def _ratio(report: IngestReport, ours: Throughput, other: str) -> str:
+    theirs = report.find(ours.set_name, ours.senders, other)
     return f"{ours.images_per_s / theirs.images_per_s:.2f}"
+
+
+def _split_section(report: IngestReport) -> str:
+    """Our time per image as the stock pynetdicom SCP's plus the rest, which is our own."""
+    title = (
+        "Where our receiver's time per image goes (median wall time / images): the stock\n"
+        "pynetdicom SCP's time, i.e. pynetdicom's own cost per message, plus the rest, i.e. our\n"
+        "storage path (streaming to the spool, header check, fsync, rename, SQLite row):"
+    )
+    rows = [("set", "senders", f"{OURS} ms", f"{STOCK} ms", "share", "rest ms", "share")]
+    for ours in report.throughput:
+        if ours.receiver != OURS:
+            continue
+        stock = report.find(ours.set_name, ours.senders, STOCK)
+        ours_ms, stock_ms = 1000 / ours.images_per_s, 1000 / stock.images_per_s
+        rest_ms = ours_ms - stock_ms
+        rows.append(
+            (
+                ours.set_name,
+                str(ours.senders),
+                f"{ours_ms:.2f}",
+                f"{stock_ms:.2f}",
+                f"{stock_ms / ours_ms:.0%}",
+                f"{rest_ms:.2f}",
+                f"{rest_ms / ours_ms:.0%}",
+            )
+        )
+    return title + "\n" + _table(rows)
 
 
 def _durable_section(report: IngestReport) -> str:
     limit = report.durable
-    ours = report.find("small", 1, OURS)
-    share = ours.images_per_s / limit.rename_per_s
-    verdict = "met" if share >= SMALL_RATE_TARGET else "NOT met"
-    return "\n".join(
-        [
-            f"Durable-write limit: {limit.rename_per_s:.0f} files/s (plain Python: write + fsync "
-            f"+ rename of the {limit.files} small files",
-            "  on the receivers' filesystem, measured after each one-sender small run)",
-            f"  with a folder fsync after each rename as well: {limit.folder_sync_per_s:.0f} "
-            "files/s",
+    lines = [
+        f"Durable-write limit: {limit.rename_per_s:.0f} files/s (plain Python: write + fsync "
+        f"+ rename of the {limit.files} small files",
+        "  on the receivers' filesystem, measured after each one-sender small run)",
+        f"  with a folder fsync after each rename as well: {limit.folder_sync_per_s:.0f} files/s",
+    ]
+    if report.has(OURS):
+        ours = report.find("small", 1, OURS)
+        share = ours.images_per_s / limit.rename_per_s
+        verdict = "met" if share >= SMALL_RATE_TARGET else "NOT met"
+        lines.append(
             f"  {OURS}, small set on one association: {ours.images_per_s:.0f} images/s = "
-            f"{share:.0%} of the limit (target >= {SMALL_RATE_TARGET:.0%}: {verdict})",
-        ]
-    )
+            f"{share:.0%} of the limit (target >= {SMALL_RATE_TARGET:.0%}: {verdict})"
+        )
+    if report.has(STOCK):
+        stock = report.find("small", 1, STOCK)
+        lines.append(
+            f"  stock pynetdicom SCP ceiling on one association: {stock.images_per_s:.0f} "
+            f"images/s = {stock.images_per_s / limit.rename_per_s:.0%} of the durable-write limit"
+        )
+    return "\n".join(lines)
 
 
 def _memory_table(results: Sequence[MemoryResult]) -> str:
@@ -176,4 +226,6 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 
 
 def _numeric(cell: str) -> bool:
-    return cell.replace(".", "", 1).replace("/", "", 1).isdigit()
+    """A number, a count like 20/20, or a percentage; negative ones too."""
+    digits = cell.removeprefix("-").removesuffix("%")
+    return digits.replace(".", "", 1).replace("/", "", 1).isdigit()
