@@ -20,15 +20,19 @@ from pynetdicom.transport import ThreadedAssociationServer
 log = logging.getLogger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+_FULL_CHUNK = 4096
 
 
 class QuickAckSocket(socket.socket):
     """A socket that asks the kernel to ACK at once after every read."""
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        quickack = getattr(socket, "TCP_QUICKACK", None)
-        if quickack is not None:
-            self.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+        # pynetdicom reads PDU bodies in 4 KiB chunks; a shorter read is a PDU header or the
+        # end of a PDU, where the peer may be waiting for our ACK. Skipping the call on the
+        # full chunks saves a system call per 4 KiB of large images.
+        if bufsize < _FULL_CHUNK and _QUICKACK is not None:
+            self.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
         return super().recv(bufsize, flags)
 
 
