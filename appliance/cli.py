@@ -30,9 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="store counts, disk and queue depth").set_defaults(
         func=cmd_status
     )
-    from appliance import bench  # the bench registers its own sub-commands
+    from appliance import bench  # these rooms register their own sub-commands
+    from appliance.runtime import commands as model_commands
 
     bench.register(sub)
+    model_commands.register(sub)  # model, infer
     return parser
 
 

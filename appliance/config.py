@@ -131,22 +131,23 @@ def parse_settings(text: str, source: str = "<config>") -> Settings:
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, root, source)) from exc
+        raise ConfigError(describe_errors(exc, root, source)) from exc
 
 
-def _describe(exc: ValidationError, root: yaml.Node | None, source: str) -> str:
+def describe_errors(exc: ValidationError, root: yaml.Node | None, source: str) -> str:
+    """One line per validation error: `source:line: dotted.key: message`."""
     lines = []
     for err in exc.errors():
         loc = [p for p in err["loc"] if not isinstance(p, str) or not p.startswith("function-")]
         key = ".".join(str(p) for p in loc) or "(top level)"
         unknown = err["type"] == "extra_forbidden"
-        line = _line_of(root, loc, at_key=unknown)
+        line = line_of(root, loc, at_key=unknown)
         message = "unknown key" if unknown else err["msg"].removeprefix("Value error, ")
         lines.append(f"{source}:{line}: {key}: {message}")
     return "\n".join(lines)
 
 
-def _line_of(node: yaml.Node | None, loc: list[Any], at_key: bool = False) -> int:
+def line_of(node: yaml.Node | None, loc: list[Any], at_key: bool = False) -> int:
     """The 1-based line of the deepest node along `loc` that exists in the file.
 
     With `at_key`, the line of the last key itself (an unknown key is reported where it is

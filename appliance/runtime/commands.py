@@ -1,0 +1,138 @@
+"""`appliance model list|verify|import` and `appliance infer`: the runtime's commands.
+
+Entry code kept beside the runtime so cli.py only has to call `register`; nothing else in the
+runtime imports it. Registering imports nothing heavy: every `appliance` command builds the
+whole parser, so ONNX, OpenCV and the explain room are imported only by the command that runs.
+`appliance infer` itself is in `runtime.infer_command`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from appliance.runtime.backends import BACKENDS, PRECISIONS
+from appliance.runtime.errors import PackageError
+from appliance.runtime.package import ModelPackage, find_packages, load_package
+
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"  # the bundled demos
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `model` and `infer` commands to the CLI's sub-commands."""
+    _add_model_commands(subparsers)
+    _add_infer_command(subparsers)
+
+
+def _add_infer_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "infer",
+        help="run models on DICOM, PNG or JPEG files; findings as JSON on stdout",
+        description="Run the applicable models on DICOM, PNG or JPEG files: findings as JSON "
+        "on stdout, overlay PNGs in --out. PNG/JPEG pictures carry no tags: --modality, "
+        "--body-part and --view say what they show (DICOM files use their own).",
+    )
+    parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    parser.add_argument(
+        "--model", type=Path, action="append", metavar="PKG", help="package folder (repeatable)"
+    )
+    add_models_dir(parser)
+    parser.add_argument("--backend", choices=BACKENDS, default="cpu")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument("--threads", type=int, default=0, help="0: one per core")
+    parser.add_argument("--cache-dir", type=Path, help="TensorRT engine cache")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="write overlay PNGs here")
+    parser.add_argument("--explain", choices=("positive", "all", "none"), default="positive")
+    parser.add_argument("--modality", default="", help="what a PNG/JPEG shows, e.g. CR")
+    parser.add_argument("--body-part", default="", help="e.g. CHEST (PNG/JPEG only)")
+    parser.add_argument("--view", default="", help="e.g. PA (PNG/JPEG only)")
+    parser.set_defaults(func=cmd_infer)
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from appliance.runtime import infer_command
+
+    return infer_command.cmd_infer(args)
+
+
+def _add_model_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("model", help="list, verify and import model packages")
+    commands = parser.add_subparsers(dest="model_command", metavar="COMMAND", required=True)
+    listing = commands.add_parser("list", help="packages in the models folders, and faults")
+    add_models_dir(listing)
+    listing.set_defaults(func=cmd_model_list)
+    verify = commands.add_parser(
+        "verify", help="check checksums, manifest and ONNX graphs of packages"
+    )
+    verify.add_argument("packages", nargs="+", type=Path, metavar="PKG")
+    verify.set_defaults(func=cmd_model_verify)
+    importing = commands.add_parser(
+        "import", help="check an ONNX file against a manifest and make a package of them"
+    )
+    importing.add_argument("onnx", type=Path, metavar="MODEL.onnx")
+    importing.add_argument("--manifest", type=Path, required=True, metavar="M.yaml")
+    importing.add_argument("--out", type=Path, required=True, metavar="DIR")
+    importing.add_argument("--int8", type=Path, metavar="MODEL.int8.onnx", help="INT8 graph")
+    importing.set_defaults(func=cmd_model_import)
+
+
+def add_models_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        action="append",
+        metavar="DIR",
+        help=f"folder of packages (repeatable; default {DEFAULT_MODELS_DIR})",
+    )
+
+
+def models_dirs(args: argparse.Namespace) -> list[Path]:
+    return list(args.models_dir or [DEFAULT_MODELS_DIR])
+
+
+def cmd_model_list(args: argparse.Namespace) -> int:
+    found = find_packages(models_dirs(args))
+    for entry in found:
+        if entry.package is not None:
+            print(_describe(entry.package))
+        else:
+            print(f"REFUSED {entry.folder}: {entry.error}")
+    if not found:
+        print(f"no packages in {', '.join(str(d) for d in models_dirs(args))}")
+    return 1 if any(entry.error for entry in found) else 0
+
+
+def _describe(package: ModelPackage) -> str:
+    m = package.manifest
+    banner = "  NOT FOR CLINICAL USE" if m.not_for_clinical_use else ""
+    return (
+        f"{m.name} {m.version}  {m.task}  [{', '.join(package.precisions)}]  "
+        f"{package.folder}{banner}"
+    )
+
+
+def cmd_model_verify(args: argparse.Namespace) -> int:
+    from appliance.runtime.graph import check_graph
+
+    failed = 0
+    for folder in args.packages:
+        try:
+            package = load_package(folder)
+            for precision in package.precisions:
+                check_graph(package.model_file(precision), package.manifest)
+        except PackageError as exc:
+            print(f"REFUSED {folder}:\n{exc}", file=sys.stderr)
+            failed += 1
+            continue
+        hashes = ", ".join(f"{p} sha256 {package.model_hash(p)[:16]}" for p in package.precisions)
+        print(f"OK {folder}: {package.manifest.identity} ({hashes})")
+    return 1 if failed else 0
+
+
+def cmd_model_import(args: argparse.Namespace) -> int:
+    from appliance.runtime.importing import import_model
+
+    package = import_model(args.onnx, args.manifest, args.out, args.int8)
+    print(f"imported {package.manifest.identity} into {package.folder}")
+    return 0
