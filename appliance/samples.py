@@ -87,7 +87,7 @@ def make_dataset(
     if spec.modality in ("CR", "DX"):
         ds.ViewPosition = "PA"
     _add_pixels(ds, spec, np.random.default_rng(seed), rows, columns, frames)
-    ds.file_meta = _file_meta(ds)
+    ds.file_meta = file_meta_for(ds)
     return ds
 
 
@@ -116,7 +116,8 @@ def _add_pixels(
     ds.PixelData = rng.integers(0, 2**spec.bits, count, dtype=dtype).tobytes()
 
 
-def _file_meta(ds: Dataset) -> FileMetaDataset:
+def file_meta_for(ds: Dataset) -> FileMetaDataset:
+    """File meta for `ds` in Explicit VR Little Endian (the samples' and phantoms' encoding)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
