@@ -31,19 +31,39 @@ def apply_window(
     values: npt.NDArray[Any], centre: float, width: float, function: str = "LINEAR"
 ) -> FloatArray:
     """Map modality values through a VOI window to float32 in [0, 1] (PS3.3 C.11.2.1.2)."""
-    window = Window(float(centre), float(width), function)
-    x = np.asarray(values, dtype=np.float32)
+    return _window(values, Window(float(centre), float(width), function), invert=False)
+
+
+def _window(values: npt.NDArray[Any], window: Window, invert: bool) -> FloatArray:
+    """`apply_window`, optionally followed by 1 - value (MONOCHROME1), in one new float32 array.
+
+    Linear functions are a multiply-add and a clip, all in place in float32: no float64 and no
+    full-size temporaries.
+    """
     c, w = window.centre, window.width
     if window.function == "SIGMOID":
-        out = 1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
-    elif window.function == "LINEAR_EXACT":
-        out = np.clip((x - c) / w + 0.5, 0.0, 1.0)
+        x = np.asarray(values, dtype=np.float32)
+        out = np.asarray(1.0 / (1.0 + np.exp(-4.0 * (x - c) / w)), dtype=np.float32)
+        return np.subtract(np.float32(1.0), out, out=out) if invert else out
+    if window.function == "LINEAR_EXACT":
+        scale, offset = 1.0 / w, 0.5 - c / w
     elif w == 1:
-        out = (x > c - 0.5).astype(np.float32)
+        x = np.asarray(values, dtype=np.float32)
+        return np.asarray((x <= c - 0.5) if invert else (x > c - 0.5), dtype=np.float32)
     else:
         # Clipping the standard's middle segment gives exactly its piecewise definition.
-        out = np.clip((x - (c - 0.5)) / (w - 1) + 0.5, 0.0, 1.0)
-    return np.asarray(out, dtype=np.float32)
+        scale, offset = 1.0 / (w - 1), 0.5 - (c - 0.5) / (w - 1)
+    if invert:  # 1 - clip(a x + b) == clip(-a x + 1 - b)
+        scale, offset = -scale, 1.0 - offset
+    out = _scaled(values, scale, offset)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _scaled(values: npt.NDArray[Any], scale: float, offset: float) -> FloatArray:
+    """`values * scale + offset` as a new float32 array, without temporaries."""
+    out: FloatArray = np.multiply(values, np.float32(scale), dtype=np.float32)
+    out += np.float32(offset)
+    return out
 
 
 def apply_voi_lut(values: npt.NDArray[Any], lut: VoiLut) -> FloatArray:
@@ -59,11 +79,17 @@ def apply_voi_lut(values: npt.NDArray[Any], lut: VoiLut) -> FloatArray:
 
 def full_range(values: npt.NDArray[Any]) -> FloatArray:
     """Min..max of the values to 0..1: the default when neither caller nor file gives a window."""
-    x = np.asarray(values, dtype=np.float32)
-    low, high = float(x.min()), float(x.max())
+    return _full_range(values, invert=False)
+
+
+def _full_range(values: npt.NDArray[Any], invert: bool) -> FloatArray:
+    x = np.asarray(values)
+    low, high = float(np.float32(x.min())), float(np.float32(x.max()))
     if high <= low:
-        return np.zeros(x.shape, dtype=np.float32)
-    return np.asarray((x - low) / (high - low), dtype=np.float32)
+        return np.full(x.shape, 1.0 if invert else 0.0, dtype=np.float32)
+    out: FloatArray = np.subtract(x, np.float32(low), dtype=np.float32)
+    out /= np.float32(high - low)
+    return np.subtract(np.float32(1.0), out, out=out) if invert else out
 
 
 def to_display(image: DecodedImage, window: Window | None = None) -> FloatArray:
@@ -74,24 +100,17 @@ def to_display(image: DecodedImage, window: Window | None = None) -> FloatArray:
     MONOCHROME2 twin display alike. RGB is scaled from 0..255.
     """
     if image.photometric == "RGB":
-        return np.asarray(image.pixels / np.float32(255.0), dtype=np.float32)
-    shown = _apply_voi(image, window)
-    if image.inverted:
-        shown = np.float32(1.0) - shown
-    return shown
-
-
-def _apply_voi(image: DecodedImage, window: Window | None) -> FloatArray:
+        scaled: FloatArray = np.divide(image.pixels, np.float32(255.0), dtype=np.float32)
+        return scaled
+    invert = image.inverted
+    if window is None and image.voi_lut is None:
+        window = image.window
     if window is not None:
-        return apply_window(image.pixels, window.centre, window.width, window.function)
+        return _window(image.pixels, window, invert)
     if image.voi_lut is not None:
-        return apply_voi_lut(image.pixels, image.voi_lut)
-    if image.window is not None:
-        file_window = image.window
-        return apply_window(
-            image.pixels, file_window.centre, file_window.width, file_window.function
-        )
-    return full_range(image.pixels)
+        shown = apply_voi_lut(image.pixels, image.voi_lut)
+        return np.subtract(np.float32(1.0), shown, out=shown) if invert else shown
+    return _full_range(image.pixels, invert)
 
 
 def voi_from_dataset(ds: Dataset, frame: int = 0) -> Voi:
