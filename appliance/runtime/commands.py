@@ -57,7 +57,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def _add_model_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("model", help="list, verify and import model packages")
+    parser = subparsers.add_parser(
+        "model", help="list, verify, import, quantize and validate model packages"
+    )
     commands = parser.add_subparsers(dest="model_command", metavar="COMMAND", required=True)
     listing = commands.add_parser("list", help="packages in the models folders, and faults")
     add_models_dir(listing)
@@ -75,6 +77,73 @@ def _add_model_commands(subparsers: argparse._SubParsersAction[argparse.Argument
     importing.add_argument("--out", type=Path, required=True, metavar="DIR")
     importing.add_argument("--int8", type=Path, metavar="MODEL.int8.onnx", help="INT8 graph")
     importing.set_defaults(func=cmd_model_import)
+    _add_quantize_command(commands)
+    _add_validate_command(commands)
+
+
+def _add_quantize_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    quantize = commands.add_parser(
+        "quantize",
+        help="make the package's INT8 graph, calibrated on this site's images",
+        description="Static INT8 QDQ quantization (per-channel QInt8 weights, MinMax ranges) of "
+        "the package's FP32 graph, calibrated on the DICOM, PNG and JPEG files in --calibration "
+        "as the runtime prepares them. Each variant tried is compared with FP32 on those images "
+        "(decision agreement at the manifest thresholds, mask pixel agreement, largest score "
+        "difference); the best is written as model.int8.onnx, named as files.int8 in the "
+        "manifest and the package is re-sealed. Ties go to reduce_range=yes (safe on AVX2 CPUs "
+        "without VNNI).",
+    )
+    quantize.add_argument("package", type=Path, metavar="PKG")
+    quantize.add_argument("--calibration", type=Path, required=True, metavar="DIR")
+    quantize.add_argument("--max-images", type=int, metavar="N", help="use at most N images")
+    quantize.add_argument("--variant", choices=("auto", "quint8", "qint8"), default="auto")
+    quantize.add_argument("--reduce-range", choices=("auto", "yes", "no"), default="auto")
+    quantize.add_argument("--threads", type=int, default=1, help="intra-op threads (0: all)")
+    quantize.set_defaults(func=cmd_model_quantize)
+
+
+def _add_validate_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    validate = commands.add_parser(
+        "validate",
+        help="measure a package on this site's labelled images (AUC, sensitivity, ...)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_VALIDATE_HELP,
+    )
+    validate.add_argument("package", type=Path, metavar="PKG")
+    validate.add_argument("--dataset", type=Path, required=True, metavar="DIR")
+    validate.add_argument("--labels", type=Path, metavar="CSV", help="default DIR/labels.csv")
+    validate.add_argument("--precision", choices=("fp32", "int8", "both"), default="both")
+    validate.add_argument(
+        "--sensitivity", type=float, default=0.9, help="target sensitivity (default 0.9)"
+    )
+    validate.add_argument("--out", type=Path, metavar="DIR", help="report folder")
+    validate.add_argument("--threads", type=int, default=1, help="intra-op threads (0: all)")
+    validate.set_defaults(func=cmd_model_validate)
+
+
+_VALIDATE_HELP = """\
+Measure a package on labelled images from this site.
+
+DIR holds DICOM, PNG or JPEG files and labels.csv (or --labels):
+
+  file,pleural_effusion,pneumothorax
+  img001.dcm,1,0
+  img002.png,0,0
+
+`file` names a file in DIR; every other column is a label name of the manifest's scores
+outputs, holding 0 or 1 (not every label needs a column). For a segmentation package the
+CSV instead has `file` and `area_mm2` (the true area of the mask label, 0 when absent).
+
+Classification: per label n, positives, AUC with a 95% DeLong interval, sensitivity and
+specificity at the manifest threshold (Wilson 95% intervals), the threshold reaching
+--sensitivity and the specificity there, and with --precision both the FP32/INT8 decision
+agreement and AUC difference. Segmentation: area error and presence decisions
+(area > 0). Writes report.json and roc-LABEL.png per label to --out
+(default ./validation-NAME-VERSION)."""
 
 
 def add_models_dir(parser: argparse.ArgumentParser) -> None:
@@ -128,6 +197,33 @@ def cmd_model_verify(args: argparse.Namespace) -> int:
         hashes = ", ".join(f"{p} sha256 {package.model_hash(p)[:16]}" for p in package.precisions)
         print(f"OK {folder}: {package.manifest.identity} ({hashes})")
     return 1 if failed else 0
+
+
+def cmd_model_quantize(args: argparse.Namespace) -> int:
+    from appliance.runtime import quantize
+
+    result = quantize.quantize_package(
+        args.package,
+        args.calibration,
+        max_images=args.max_images,
+        variants=quantize.candidate_variants(args.variant, args.reduce_range),
+        threads=args.threads,
+    )
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(quantize.format_table(result))
+    package = result.package
+    print(
+        f"wrote {package.model_file('int8')} (sha256 {package.model_hash('int8')[:16]}...); "
+        f"{package.manifest.identity} re-sealed"
+    )
+    return 0
+
+
+def cmd_model_validate(args: argparse.Namespace) -> int:
+    from appliance.runtime import validate
+
+    return validate.cmd_validate(args)
 
 
 def cmd_model_import(args: argparse.Namespace) -> int:

@@ -14,8 +14,7 @@ import hashlib
 import json
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +22,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import yaml
-from onnxruntime.quantization import (
-    CalibrationDataReader,
-    QuantFormat,
-    QuantType,
-    quantize_static,
-)
-from onnxruntime.quantization.shape_inference import quant_pre_process
 
 import appliance.phantoms as phantoms
+import appliance.runtime.quantize as runtime_quantize
 
 REPO = Path(__file__).resolve().parents[2]
 OPSET = 17
@@ -194,53 +187,12 @@ def _cpu_flags() -> set[str]:
 # --- quantization ------------------------------------------------------------------------
 
 
-class _Calibration(CalibrationDataReader):  # type: ignore[misc]
-    def __init__(self, name: str, inputs: np.ndarray, batch: int = 16) -> None:
-        self._batches: Iterator[dict[str, np.ndarray]] = iter(
-            {name: np.ascontiguousarray(inputs[i : i + batch], dtype=np.float32)}
-            for i in range(0, len(inputs), batch)
-        )
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
-
-
-@dataclass(frozen=True)
-class Variant:
-    activation: str  # "QUInt8" | "QInt8"
-    reduce_range: bool
-
-    @property
-    def slug(self) -> str:
-        return f"{self.activation.lower()}-{'rr' if self.reduce_range else 'full'}"
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "format": "QDQ",
-            "activations": self.activation,
-            "weights": "QInt8",
-            "per_channel": True,
-            "reduce_range": self.reduce_range,
-        }
-
-
-VARIANTS = tuple(Variant(a, r) for a in ("QUInt8", "QInt8") for r in (True, False))
-# Agreement differences smaller than this (0.2 % of decisions) are not told apart.
-AGREEMENT_TOLERANCE = 0.002
-
-
-def pick_variant(measured: dict[Variant, tuple[float, float]]) -> Variant:
-    """The variant to ship, from (agreement with FP32, quality change) per variant.
-
-    Best agreement wins, but variants within AGREEMENT_TOLERANCE of it count as equal and
-    `reduce_range` then goes first: this machine has AVX-512 VNNI, where 8-bit weights cannot
-    saturate, whereas on the AVX2-without-VNNI boxes the appliance targets u8 x s8 products
-    summed in 16 bits (`vpmaddubsw`) can; 7-bit weights cannot overflow there. Next comes
-    higher agreement, then smaller quality change.
-    """
-    best = max(agreement for agreement, _ in measured.values())
-    close = [v for v, (a, _) in measured.items() if a >= best - AGREEMENT_TOLERANCE]
-    return min(close, key=lambda v: (not v.reduce_range, -measured[v][0], measured[v][1]))
+# The appliance's own quantization (`appliance model quantize`) is the one used here, so the
+# bundled INT8 files and a site's re-quantization are made the same way.
+AGREEMENT_TOLERANCE = runtime_quantize.AGREEMENT_TOLERANCE
+Variant = runtime_quantize.Variant
+VARIANTS = runtime_quantize.VARIANTS
+pick_variant = runtime_quantize.pick_variant
 
 
 def quantize(
@@ -251,23 +203,7 @@ def quantize(
     Nodes of the op types in `keep_float` (the final pooling/resize and activations) stay in
     float, so probabilities and mask values are not rounded to 8 bits at the threshold.
     """
-    prepared = out.with_suffix(".pre.onnx")
-    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-    graph = onnx.load(str(prepared)).graph
-    name = graph.input[0].name
-    exclude = [node.name for node in graph.node if node.op_type in keep_float]
-    quantize_static(
-        str(prepared),
-        str(out),
-        _Calibration(name, calibration),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        reduce_range=variant.reduce_range,
-        activation_type=getattr(QuantType, variant.activation),
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=list(exclude),
-    )
-    prepared.unlink()
+    runtime_quantize.quantize_graph(fp32, out, variant, calibration, keep_float=keep_float)
 
 
 def check_graph(path: Path, input_name: str, outputs: Sequence[str]) -> None:

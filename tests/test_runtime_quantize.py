@@ -1,0 +1,140 @@
+"""`appliance model quantize`: a copied demo package quantized on phantom images, and refusals."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+import appliance.phantoms as phantoms
+from appliance.cli import main
+from appliance.runtime.package import load_package, seal_package
+from appliance.runtime.quantize import (
+    VARIANTS,
+    Variant,
+    candidate_variants,
+    pick_variant,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+CHEST = REPO / "models" / "demo-chest-xray"
+
+
+def fp32_only_chest(tmp_path: Path) -> Path:
+    """The demo chest package copied without its INT8 file, as a site would receive it."""
+    folder = tmp_path / "chest"
+    shutil.copytree(CHEST, folder)
+    manifest = yaml.safe_load((folder / "manifest.yaml").read_text())
+    del manifest["files"]["int8"]
+    (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    (folder / "model.int8.onnx").unlink()
+    seal_package(folder)
+    return folder
+
+
+def chest_images(folder: Path, count: int, rows: int = 512, first_seed: int = 900_000) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed in range(first_seed, first_seed + count):
+        ds = phantoms.chest_dataset(phantoms.make_chest(seed, rows=rows))
+        ds.save_as(folder / f"chest{seed}.dcm", enforce_file_format=True)
+    return folder
+
+
+def test_quantize_writes_int8_updates_manifest_and_reseals(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    package = fp32_only_chest(tmp_path)
+    calibration = chest_images(tmp_path / "calibration", 20)
+    (calibration / "notes.txt").write_text("not an image")  # skipped with a warning
+
+    code = main(["model", "quantize", str(package), "--calibration", str(calibration)])
+
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "warning: skipped notes.txt" in captured.err
+    for variant in VARIANTS:
+        assert variant.slug in captured.out
+    assert "<- chosen" in captured.out and "calibrated on 20 input(s)" in captured.out
+    loaded = load_package(package)  # verifies every checksum again
+    assert loaded.precisions == ("fp32", "int8")
+    assert loaded.model_file("int8") == package / "model.int8.onnx"
+    manifest = yaml.safe_load((package / "manifest.yaml").read_text())
+    assert manifest["files"] == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+    notes = manifest["validation"]["int8"]
+    assert notes["format"] == "QDQ" and notes["per_channel"] is True
+    assert notes["calibration"] == "20 site images, MinMax"
+    assert 0.9 <= notes["decision_agreement"] <= 1.0
+    assert manifest["validation"]["metrics"]["pleural_effusion"]["auc"] == 1.0  # kept
+    assert not (package / ".quantize-partial").exists()
+
+
+def test_quantize_one_fixed_variant(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    package = fp32_only_chest(tmp_path)
+    calibration = chest_images(tmp_path / "calibration", 4)
+    argv = ["model", "quantize", str(package), "--calibration", str(calibration)]
+    code = main([*argv, "--variant", "qint8", "--reduce-range", "no", "--max-images", "3"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "qint8-full" in out and "quint8" not in out.split("chosen:")[0]
+    assert "calibrated on 3 input(s)" in out
+    notes = yaml.safe_load((package / "manifest.yaml").read_text())["validation"]["int8"]
+    assert notes["reduce_range"] is False
+
+
+def test_refuses_empty_calibration_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    package = fp32_only_chest(tmp_path)
+    (tmp_path / "empty").mkdir()
+    code = main(["model", "quantize", str(package), "--calibration", str(tmp_path / "empty")])
+    assert code == 2
+    assert "no calibration images" in capsys.readouterr().err
+    assert load_package(package).precisions == ("fp32",)  # untouched
+
+
+def test_refuses_when_no_image_is_usable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    package = fp32_only_chest(tmp_path)
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.dcm").write_bytes(b"not a dicom file at all")
+    (junk / "b.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    code = main(["model", "quantize", str(package), "--calibration", str(junk)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "none of its 2 file(s) is a usable image" in err and "a.dcm" in err
+
+
+def test_refuses_a_package_that_fails_verification(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    package = fp32_only_chest(tmp_path)
+    with (package / "model.onnx").open("ab") as handle:
+        handle.write(b"\0")
+    calibration = chest_images(tmp_path / "calibration", 1)
+    code = main(["model", "quantize", str(package), "--calibration", str(calibration)])
+    assert code == 2
+    assert "checksum mismatch" in capsys.readouterr().err
+    assert not (package / "model.int8.onnx").exists()
+
+
+def test_pick_variant_prefers_reduce_range_within_tolerance() -> None:
+    quint_rr, quint_full, qint_rr, qint_full = VARIANTS
+    measured = {
+        quint_rr: (0.990, 0.1),
+        quint_full: (0.991, 0.05),  # better, but within the tolerance: not told apart
+        qint_rr: (0.991, 0.2),
+        qint_full: (0.980, 0.3),
+    }
+    assert pick_variant(measured) == qint_rr  # reduce_range first, then agreement
+    measured[quint_full] = (1.0, 0.0)  # clearly better: wins even without reduce_range
+    assert pick_variant(measured) == quint_full
+
+
+def test_candidate_variants_follow_the_options() -> None:
+    assert candidate_variants() == list(VARIANTS)
+    assert candidate_variants("quint8", "yes") == [Variant("QUInt8", True)]
+    assert [v.slug for v in candidate_variants("auto", "no")] == ["quint8-full", "qint8-full"]
