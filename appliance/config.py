@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from appliance.errors import ConfigError
+from appliance.errors import ApplianceError, ConfigError
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII except backslash
 
@@ -106,13 +106,17 @@ def load_settings(path: Path | None) -> Settings:
     """Read and validate the YAML file at `path`; with no path, the built-in defaults."""
     if path is None:
         return Settings()
+    return parse_settings(read_text(path, "the configuration file", ConfigError), str(path))
+
+
+def read_text(path: Path, what: str, error: type[ApplianceError]) -> str:
+    """The UTF-8 text of a YAML file, or `error` saying why it cannot be read."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the configuration file: {exc.strerror}") from exc
+        raise error(f"{path}: cannot read {what}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: the configuration file is not UTF-8 text") from exc
-    return parse_settings(text, str(path))
+        raise error(f"{path}: {what} is not UTF-8 text") from exc
 
 
 def parse_settings(text: str, source: str = "<config>") -> Settings:

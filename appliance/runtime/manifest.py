@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from appliance.config import describe_errors, line_of
+from appliance.config import describe_errors, line_of, read_text
 from appliance.domain import is_valid_uid
 from appliance.runtime.errors import ManifestError
 
@@ -258,13 +258,7 @@ class Manifest(_Strict):
 
 def load_manifest(path: Path) -> Manifest:
     """Read and validate the manifest at `path`; ManifestError names the field and line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ManifestError(f"{path}: cannot read the manifest: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"{path}: the manifest is not UTF-8 text") from exc
-    return parse_manifest(text, str(path))
+    return parse_manifest(read_text(path, "the manifest", ManifestError), str(path))
 
 
 def parse_manifest(text: str, source: str = MANIFEST_NAME) -> Manifest:
