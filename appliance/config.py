@@ -119,15 +119,19 @@ def read_text(path: Path, what: str, error: type[ApplianceError]) -> str:
         raise error(f"{path}: {what} is not UTF-8 text") from exc
 
 
-def parse_settings(text: str, source: str = "<config>") -> Settings:
-    """Validate YAML `text`; errors name `source`, the line and the dotted key."""
+def parse_yaml(text: str, source: str, error: type[ApplianceError]) -> tuple[yaml.Node | None, Any]:
+    """The node tree (for line numbers) and the plain data of YAML `text`."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        return yaml.compose(text, Loader=yaml.SafeLoader), yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{source}{line}: not valid YAML: {exc}") from exc
+        raise error(f"{source}{line}: not valid YAML: {exc}") from exc
+
+
+def parse_settings(text: str, source: str = "<config>") -> Settings:
+    """Validate YAML `text`; errors name `source`, the line and the dotted key."""
+    root, data = parse_yaml(text, source, ConfigError)
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from appliance.config import describe_errors, line_of, read_text
+from appliance.config import describe_errors, line_of, parse_yaml, read_text
 from appliance.domain import is_valid_uid
 from appliance.runtime.errors import ManifestError
 
@@ -263,13 +263,7 @@ def load_manifest(path: Path) -> Manifest:
 
 def parse_manifest(text: str, source: str = MANIFEST_NAME) -> Manifest:
     """Validate manifest `text`; errors start with `source:line: dotted.key:`."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise ManifestError(f"{source}{line}: not valid YAML: {exc}") from exc
+    root, data = parse_yaml(text, source, ManifestError)
     if not isinstance(data, dict):
         raise ManifestError(f"{source}:1: the manifest must be a mapping of fields")
     if data.get("format") != FORMAT:
