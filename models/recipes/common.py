@@ -9,6 +9,7 @@ generator sources: a changed generator never reuses stale images.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import hashlib
 import json
@@ -35,6 +36,28 @@ TRAIN_SEEDS = 0
 CALIBRATION_SEEDS = 50_000
 VALIDATION_SEEDS = 100_000
 TEST_SEEDS = 200_000
+
+
+def parse_arguments(
+    doc: str | None, package: str, batch: int, counts: Sequence[int]
+) -> tuple[argparse.Namespace, dict[str, int]]:
+    """The options both recipes take, and the images per split they ask for."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/appliance-recipes"))
+    parser.add_argument("--out", type=Path, default=REPO / "models" / package)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument(
+        "--counts",
+        type=int,
+        nargs=4,
+        metavar=("TRAIN", "CAL", "VAL", "TEST"),
+        default=list(counts),
+        help="images per split (smaller for a quick dry run)",
+    )
+    args = parser.parse_args()
+    names = ("train", "calibration", "validation", "test")
+    return args, dict(zip(names, args.counts, strict=True))
 
 
 def log(message: str) -> None:

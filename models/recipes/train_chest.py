@@ -11,7 +11,6 @@ scores are made of, and the runtime needs no second pass to explain a finding.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from pathlib import Path
@@ -374,21 +373,12 @@ def readme_lines(report: dict[str, Any], counts: dict[str, int], epochs: int) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=Path("/tmp/appliance-recipes"))
-    parser.add_argument("--out", type=Path, default=c.REPO / "models" / "demo-chest-xray")
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument(
-        "--counts",
-        type=int,
-        nargs=4,
-        metavar=("TRAIN", "CAL", "VAL", "TEST"),
-        default=[TRAIN_COUNT, CALIBRATION_COUNT, VALIDATION_COUNT, TEST_COUNT],
-        help="images per split (smaller for a quick dry run)",
+    args, counts = c.parse_arguments(
+        __doc__,
+        "demo-chest-xray",
+        batch=32,
+        counts=(TRAIN_COUNT, CALIBRATION_COUNT, VALIDATION_COUNT, TEST_COUNT),
     )
-    args = parser.parse_args()
-    counts = dict(zip(("train", "calibration", "validation", "test"), args.counts, strict=True))
     torch.set_num_threads(1)
     torch.manual_seed(0)
     np.random.seed(0)

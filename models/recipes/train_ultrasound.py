@@ -10,7 +10,6 @@ logits to the input size. The sigmoid is in the graph: output `mask` is a probab
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from pathlib import Path
@@ -327,21 +326,12 @@ def readme_lines(report: dict[str, Any], counts: dict[str, int], epochs: int) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=Path("/tmp/appliance-recipes"))
-    parser.add_argument("--out", type=Path, default=c.REPO / "models" / "demo-ultrasound-fluid")
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument(
-        "--counts",
-        type=int,
-        nargs=4,
-        metavar=("TRAIN", "CAL", "VAL", "TEST"),
-        default=[TRAIN_COUNT, CALIBRATION_COUNT, VALIDATION_COUNT, TEST_COUNT],
-        help="images per split (smaller for a quick dry run)",
+    args, counts = c.parse_arguments(
+        __doc__,
+        "demo-ultrasound-fluid",
+        batch=16,
+        counts=(TRAIN_COUNT, CALIBRATION_COUNT, VALIDATION_COUNT, TEST_COUNT),
     )
-    args = parser.parse_args()
-    counts = dict(zip(("train", "calibration", "validation", "test"), args.counts, strict=True))
     torch.set_num_threads(1)
     torch.manual_seed(0)
     np.random.seed(0)
