@@ -14,7 +14,8 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-SAMPLE_UID_ROOT = "1.2.826.0.1.3680043.10.1399."
+# UUID-derived UIDs (PS3.5 B.2): unique without a registered organisation root.
+SAMPLE_UID_ROOT = "2.25."
 
 CR = UID("1.2.840.10008.5.1.4.1.1.1")
 DX_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.1.1")
@@ -28,10 +29,10 @@ CT = UID("1.2.840.10008.5.1.4.1.1.2")
 
 
 def sample_uid(*parts: object) -> UID:
-    """A UID under the sample root, deterministic from `parts`."""
+    """A 2.25 UID whose 128-bit number is a hash of `parts`: the same inputs, the same UID."""
     digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
     number = int.from_bytes(digest[:16], "big")
-    return UID((SAMPLE_UID_ROOT + str(number))[:64].rstrip("."))
+    return UID(SAMPLE_UID_ROOT + str(number))
 
 
 @dataclass(frozen=True)
