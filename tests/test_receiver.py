@@ -16,6 +16,7 @@ from pynetdicom import AE
 
 from appliance.cli import main
 from appliance.dicomout.scu import Peer, echo, send
+from appliance.errors import ApplianceError
 from appliance.receiver import Receiver
 from appliance.receiver.scp import TRANSFER_SYNTAXES
 from appliance.samples import KINDS, sample_uid, write_sample
@@ -220,3 +221,12 @@ def test_receiver_role_reconciles_at_start(
         assert db.execute("SELECT source FROM instances").fetchall() == [("recovered",)]
         audit = db.execute("SELECT actor, action FROM audit ORDER BY id").fetchall()
         assert audit == [("recovered:system", "ingest.stored"), ("system", "reconcile.indexed")]
+
+
+def test_a_port_in_use_is_a_clear_error(
+    receiver: Started, start_receiver: Callable[..., Started]
+) -> None:
+    rx, _ = receiver
+    with pytest.raises(ApplianceError, match=r"cannot listen on 127\.0\.0\.1:\d+.*receiver\.port"):
+        start_receiver(receiver={"port": rx.address[1]})
+    assert echo(peer_of(rx)) == 0  # the running receiver is unaffected

@@ -215,3 +215,11 @@ def test_two_stores_on_one_folder_share_state(settings: Settings, tmp_path: Path
     put(first, tmp_path)
     assert second.summary().instances == 1
     assert second.summary().queue_depth == 1
+
+
+def test_an_unusable_data_folder_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the data folder should be")
+    settings = Settings.model_validate({"storage": {"data_dir": str(blocker / "data")}})
+    with pytest.raises(StoreError, match=r"cannot use the data folder .*storage\.data_dir"):
+        open_store(settings)

@@ -19,7 +19,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from appliance.config import Settings
 from appliance.domain import Origin, Source, StoreStatus, is_valid_uid
-from appliance.errors import OutOfSpaceError, RejectedInput
+from appliance.errors import ApplianceError, OutOfSpaceError, RejectedInput
 from appliance.imaging.header import read_header
 from appliance.receiver.incoming import IncomingFiles
 from appliance.receiver.net import ApplianceServer
@@ -53,7 +53,6 @@ class Receiver:
         self.ae = self._make_ae()
         self.incoming = IncomingFiles(store.spool.new_tmp_path)
         self._server: ApplianceServer | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -65,20 +64,25 @@ class Receiver:
     def start(self) -> None:
         self.incoming.install()
         cfg = self.settings
-        server = self.ae.make_server(
-            (cfg.bind_address, cfg.port),
-            evt_handlers=self._handlers(),
-            server_class=ApplianceServer,
-            allowed_networks=[ipaddress.ip_network(n, strict=False) for n in cfg.allowed_networks],
-            on_refused=self._audit_refused_ip,
-        )
+        try:
+            server = self.ae.make_server(
+                (cfg.bind_address, cfg.port),
+                evt_handlers=self._handlers(),
+                server_class=ApplianceServer,
+                allowed_networks=[
+                    ipaddress.ip_network(n, strict=False) for n in cfg.allowed_networks
+                ],
+                on_refused=self._audit_refused_ip,
+            )
+        except OSError as exc:
+            raise ApplianceError(
+                f"cannot listen on {cfg.bind_address}:{cfg.port} (receiver.bind_address, "
+                f"receiver.port): {exc.strerror or exc}"
+            ) from exc
         assert isinstance(server, ApplianceServer)
         self.ae._servers.append(server)  # as start_server does, so ae.shutdown() stops it
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, name="receiver-accept", daemon=True
-        )
-        self._thread.start()
+        threading.Thread(target=server.serve_forever, name="receiver-accept", daemon=True).start()
 
     def stop(self) -> None:
         """Stop listening and end the associations in progress."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from appliance.config import Settings
 from appliance.domain import IngestResult, InstanceHeader, Origin
+from appliance.errors import StoreError
 from appliance.paths import Paths, resolve_paths
 from appliance.store import audit, jobs
 from appliance.store.db import connect, migrate
@@ -23,11 +24,17 @@ class Store:
     def __init__(self, paths: Paths, settings: Settings) -> None:
         self.paths = paths
         self.settings = settings
-        paths.data_dir.mkdir(parents=True, exist_ok=True)
-        floor = settings.storage.free_space_floor_mb * 2**20
-        self.spool = Spool(paths.spool, free_space_floor_bytes=floor)
         self._local = threading.local()
-        self.schema_version = migrate(self.conn, paths.data_dir / ".migrate.lock")
+        floor = settings.storage.free_space_floor_mb * 2**20
+        try:
+            paths.data_dir.mkdir(parents=True, exist_ok=True)
+            self.spool = Spool(paths.spool, free_space_floor_bytes=floor)
+            self.schema_version = migrate(self.conn, paths.data_dir / ".migrate.lock")
+        except (OSError, sqlite3.OperationalError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise StoreError(
+                f"cannot use the data folder {paths.data_dir} (storage.data_dir): {reason}"
+            ) from exc
 
     @property
     def conn(self) -> sqlite3.Connection:
