@@ -15,7 +15,7 @@ from appliance.domain import IngestOutcome, IngestResult, InstanceHeader, Origin
 from appliance.errors import OutOfSpaceError
 from appliance.store import audit, jobs
 from appliance.store.db import utc_now
-from appliance.store.spool import CommittedFile, Spool
+from appliance.store.spool import CommittedFile, Spool, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,16 @@ def ingest(
     Idempotent per SOP Instance UID: identical bytes again are a duplicate (no new row, no new
     job); different bytes replace the earlier file and are audited as such.
     """
-    stored = spool.commit(tmp_path)
+    digest = file_digest(tmp_path)
+    duplicate = _same_copy(conn, header.sop_instance_uid, digest.sha256)
+    if duplicate is not None:
+        # A re-send of what we hold (modalities often re-send whole studies): nothing to write.
+        tmp_path.unlink()
+        _audit_duplicate(conn, origin, header, duplicate)
+        return IngestResult(IngestOutcome.DUPLICATE, duplicate, None)
+    stored = spool.commit(tmp_path, digest)
     try:
-        result, old_file = _index(conn, header, origin, stored, max_attempts)
+        result, old_file = index_file(conn, header, origin, stored, max_attempts)
     except sqlite3.OperationalError as exc:
         spool.remove(stored.name)
         if "full" in str(exc):
@@ -52,7 +59,23 @@ def ingest(
     return result
 
 
-def _index(
+def _same_copy(conn: sqlite3.Connection, sop_instance_uid: str, sha256: str) -> int | None:
+    """The id of a present instance with these exact bytes, if the store holds one."""
+    row = conn.execute(
+        "SELECT id FROM instances WHERE sop_instance_uid = ? AND sha256 = ? AND state = 'present'",
+        (sop_instance_uid, sha256),
+    ).fetchone()
+    return None if row is None else int(row["id"])
+
+
+def _audit_duplicate(
+    conn: sqlite3.Connection, origin: Origin, header: InstanceHeader, instance_id: int
+) -> None:
+    subject = f"instance:{header.sop_instance_uid}"
+    audit.append(conn, origin.actor, "ingest.duplicate", subject, instance=instance_id)
+
+
+def index_file(
     conn: sqlite3.Connection,
     header: InstanceHeader,
     origin: Origin,
@@ -87,7 +110,8 @@ def _index_in_transaction(
         and existing["sha256"] == stored.sha256
         and existing["state"] == "present"
     ):
-        audit.append(conn, origin.actor, "ingest.duplicate", subject, instance=existing["id"])
+        # The same bytes arrived on another association meanwhile.
+        _audit_duplicate(conn, origin, header, existing["id"])
         return IngestResult(IngestOutcome.DUPLICATE, existing["id"], None), stored.name
     series_id = _upsert_hierarchy(conn, header)
     if existing is None:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from appliance.domain import InstanceHeader, Origin, Source
 from appliance.store import audit
-from appliance.store.ingest import _index
-from appliance.store.spool import CommittedFile, Spool, _fsync_and_hash
+from appliance.store.ingest import index_file
+from appliance.store.spool import CommittedFile, Spool, file_digest, fsync_file
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +95,10 @@ def _adopt_orphan(
         audit.append(conn, "system", "reconcile.removed_stale", f"file:{name}", instance=owner[0])
         report.removed_stale.append(name)
         return
-    size, digest = _fsync_and_hash(path)
+    fsync_file(path)  # the crash may have come before its data reached the disk
+    size, digest = file_digest(path)
     stored = CommittedFile(name=name, size=size, sha256=digest)
-    result, _ = _index(conn, header, Origin(Source.RECOVERED), stored, max_attempts)
+    result, _ = index_file(conn, header, Origin(Source.RECOVERED), stored, max_attempts)
     audit.append(conn, "system", "reconcile.indexed", f"file:{name}", instance=result.instance_id)
     report.indexed.append(name)
 

@@ -13,10 +13,16 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from appliance.errors import OutOfSpaceError
 
 _CHUNK = 1 << 20
+
+
+class FileDigest(NamedTuple):
+    size: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -60,9 +66,13 @@ class Spool:
                 f"is under the floor of {self.floor // 2**20} MiB"
             )
 
-    def commit(self, tmp_path: Path) -> CommittedFile:
-        """Make `tmp_path` durable under a new name in `objects/`; return what was stored."""
-        size, digest = _fsync_and_hash(tmp_path)
+    def commit(self, tmp_path: Path, digest: FileDigest | None = None) -> CommittedFile:
+        """Make `tmp_path` durable under a new name in `objects/`; return what was stored.
+
+        `digest` is the file's, when the caller has already computed it.
+        """
+        size, sha256 = digest or file_digest(tmp_path)
+        fsync_file(tmp_path)
         token = uuid.uuid4().hex
         folder = self.objects / token[:2]
         if not folder.exists():
@@ -70,7 +80,7 @@ class Spool:
             _fsync_dir(self.objects)
         os.replace(tmp_path, folder / f"{token}.dcm")
         _fsync_dir(folder)
-        return CommittedFile(name=f"{token[:2]}/{token}.dcm", size=size, sha256=digest)
+        return CommittedFile(name=f"{token[:2]}/{token}.dcm", size=size, sha256=sha256)
 
     def remove(self, name: str) -> None:
         self.path_of(name).unlink(missing_ok=True)
@@ -101,15 +111,20 @@ class Spool:
         return removed
 
 
-def _fsync_and_hash(path: Path) -> tuple[int, str]:
+def file_digest(path: Path) -> FileDigest:
+    """Size and SHA-256 of a file: how the store tells a re-send from a changed image."""
     digest = hashlib.sha256()
     size = 0
     with path.open("rb") as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
             size += len(chunk)
+    return FileDigest(size, digest.hexdigest())
+
+
+def fsync_file(path: Path) -> None:
+    with path.open("rb") as handle:
         os.fsync(handle.fileno())
-    return size, digest.hexdigest()
 
 
 def _fsync_dir(folder: Path) -> None:
