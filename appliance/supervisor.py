@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -28,7 +28,7 @@ class Child:
     process: subprocess.Popen[bytes] | None = None
     backoff_s: float = 1.0
     restart_at: float = 0.0
-    started_at: float = field(default=0.0)
+    started_at: float = 0.0
 
     def start(self) -> None:
         self.process = subprocess.Popen(self.command)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from appliance.bench.peers import BenchError, dcmtk
+from appliance.bench.peers import BenchError, dcmtk, free_port
 from appliance.config import Settings
 from appliance.paths import Paths, resolve_paths
 from appliance.receiver import Receiver
@@ -43,14 +43,6 @@ def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     return Settings.model_validate(data)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

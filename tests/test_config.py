@@ -79,7 +79,8 @@ def test_several_errors_are_reported_together() -> None:
 
 
 def test_yaml_syntax_error_gives_the_line() -> None:
-    assert error_of("receiver:\n  port: [1, 2\nstorage: {}\n").startswith("site.yaml:")
+    message = error_of("receiver:\n  port: [1, 2\nstorage: {}\n")
+    assert message.startswith("site.yaml:3: not valid YAML")
 
 
 def test_top_level_must_be_a_mapping() -> None:
