@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
@@ -95,3 +95,63 @@ class IngestResult:
     outcome: IngestOutcome
     instance_id: int
     job_id: int | None
+
+
+class AnalysisState(str, enum.Enum):
+    """What came of analysing one image (the worklist shows it with its reason)."""
+
+    FINDINGS = "findings"  # at least one model ran; its findings may be all negative
+    NO_MODEL = "no_model"  # no installed model applies to this kind of image
+    HELD_BACK = "held_back"  # a model applies but the image failed its plausibility check
+    FAILED = "failed"  # decoding or a model failed after the bounded attempts
+
+
+PRIORITY_RANK = {"urgent": 0, "review": 1, "routine": 2}
+PENDING_RANK = 3  # a study none of whose images has been analysed yet
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    """A picture stored beside a finding: `file_name` is relative to the results folder."""
+
+    kind: str  # "heatmap" (8-bit map), "overlay" (heatmap blended over the image), "mask"
+    label: str
+    frame: int
+    file_name: str
+    width: int
+    height: int
+    media_type: str = "image/png"
+    detail: dict[str, object] = field(default_factory=dict)  # e.g. a heatmap's peak
+
+
+@dataclass(frozen=True)
+class ModelOutcome:
+    """One model's contribution to an analysis: findings, or why it was held back or failed.
+
+    `result` is the JSON form kept in the store (labels, masks, provenance, timing, frames).
+    """
+
+    model: str
+    version: str
+    model_sha256: str
+    backend: str
+    precision: str
+    state: AnalysisState
+    reason: str
+    priority: str  # "urgent" | "review" | "routine"
+    summary: str  # one line, e.g. "Pleural effusion 0.91"
+    key_frame: int
+    duration_ms: float
+    result: dict[str, object]
+    artifacts: tuple[ArtifactRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """The outcome of one job on one image, saved in one transaction with the job's end."""
+
+    state: AnalysisState
+    reason: str
+    priority: str
+    summary: str
+    outcomes: tuple[ModelOutcome, ...] = ()

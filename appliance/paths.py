@@ -26,6 +26,16 @@ class Paths:
     def spool(self) -> Path:
         return self.data_dir / "spool"
 
+    @property
+    def doorbell(self) -> Path:
+        """The worker's wake-up socket (see store.doorbell)."""
+        return self.data_dir / "worker.bell"
+
+    @property
+    def results(self) -> Path:
+        """Heatmaps, overlays and masks stored beside findings."""
+        return self.data_dir / "results"
+
 
 def resolve_paths(settings: Settings, environ: dict[str, str] | None = None) -> Paths:
     """Pick the data and cache folders for these settings and environment."""

@@ -99,6 +99,61 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
         BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
     """,
+    # 2: what the worker found: one analysis per image (its current outcome), the findings of
+    # each model with their pictures, the study's triage priority, and job retry times.
+    # Jobs of kind 'pictures' draw a finished analysis's heatmaps and overlays.
+    """
+    ALTER TABLE jobs ADD COLUMN run_after REAL NOT NULL DEFAULT 0;
+    CREATE TABLE analyses (
+        id INTEGER PRIMARY KEY,
+        instance_ref INTEGER NOT NULL UNIQUE REFERENCES instances(id),
+        job_ref INTEGER NOT NULL REFERENCES jobs(id),
+        state TEXT NOT NULL
+            CHECK (state IN ('findings', 'no_model', 'held_back', 'failed')),
+        reason TEXT NOT NULL,
+        priority TEXT NOT NULL CHECK (priority IN ('urgent', 'review', 'routine')),
+        priority_rank INTEGER NOT NULL,
+        summary TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE findings (
+        id INTEGER PRIMARY KEY,
+        job_ref INTEGER NOT NULL REFERENCES jobs(id),
+        instance_ref INTEGER NOT NULL REFERENCES instances(id),
+        model TEXT NOT NULL,
+        version TEXT NOT NULL,
+        model_sha256 TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        precision TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('findings', 'held_back', 'failed')),
+        reason TEXT NOT NULL,
+        priority TEXT NOT NULL,
+        summary TEXT NOT NULL,
+        key_frame INTEGER NOT NULL,
+        duration_ms REAL NOT NULL,
+        result TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX findings_by_job ON findings(job_ref);
+    CREATE INDEX findings_by_instance ON findings(instance_ref);
+    CREATE TABLE artifacts (
+        id INTEGER PRIMARY KEY,
+        finding_ref INTEGER NOT NULL REFERENCES findings(id),
+        kind TEXT NOT NULL CHECK (kind IN ('heatmap', 'overlay', 'mask')),
+        label TEXT NOT NULL,
+        frame INTEGER NOT NULL,
+        file_name TEXT NOT NULL UNIQUE,
+        media_type TEXT NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        detail TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX artifacts_by_finding ON artifacts(finding_ref);
+    ALTER TABLE studies ADD COLUMN triage TEXT NOT NULL DEFAULT 'pending';
+    ALTER TABLE studies ADD COLUMN triage_rank INTEGER NOT NULL DEFAULT 3;
+    ALTER TABLE studies ADD COLUMN triage_reason TEXT NOT NULL DEFAULT '';
+    CREATE INDEX studies_by_triage ON studies(triage_rank, first_received_at);
+    """,
 ]
 
 

@@ -1,18 +1,29 @@
 """The worker's job queue: queued -> running (leased, heartbeat) -> done | failed.
 
 A lease expires if its worker stops heart-beating; `reap_stale` puts such jobs back in the queue
-(or fails them once they have used all their attempts), so a killed worker loses nothing.
+(or fails them once they have used all their attempts), so a killed worker loses nothing. A
+worker restarted on the same machine need not wait for the lease to run out: `reap_dead_owners`
+takes back the jobs of worker processes that no longer exist.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import sqlite3
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from appliance.domain import JobState
 from appliance.store import audit
+from appliance.store.analyses import FailureRecorder
 from appliance.store.db import utc_now
+
+ANALYSE = "analyse"
+PICTURES = "pictures"  # heatmaps and overlays of a saved analysis: after every analysis
 
 
 @dataclass(frozen=True)
@@ -25,7 +36,7 @@ class Job:
 
 
 def enqueue(
-    conn: sqlite3.Connection, instance_id: int, max_attempts: int, kind: str = "analyse"
+    conn: sqlite3.Connection, instance_id: int, max_attempts: int, kind: str = ANALYSE
 ) -> int:
     """Queue a job for an instance inside the caller's transaction; return its id."""
     now = utc_now()
@@ -38,12 +49,17 @@ def enqueue(
 
 
 def claim(conn: sqlite3.Connection, owner: str, lease_s: float) -> Job | None:
-    """Lease the oldest queued job to `owner`, or return None when the queue is empty."""
+    """Lease the next due job to `owner` (analyses before pictures, oldest first), or None."""
+    if not _any_due(conn):
+        return None  # the common idle case, without taking the write lock
     conn.execute("BEGIN IMMEDIATE")
     try:
         row = conn.execute(
+            # Analyses first: in a burst every image gets its findings (and the worklist its
+            # order) before any time goes to drawing pictures.
             "SELECT id, instance_ref, kind, attempts, max_attempts FROM jobs"
-            " WHERE state = 'queued' ORDER BY id LIMIT 1"
+            " WHERE state = 'queued' AND run_after <= ? ORDER BY kind = 'pictures', id LIMIT 1",
+            (time.time(),),
         ).fetchone()
         if row is None:
             conn.execute("COMMIT")
@@ -60,6 +76,13 @@ def claim(conn: sqlite3.Connection, owner: str, lease_s: float) -> Job | None:
     return Job(
         row["id"], row["instance_ref"], row["kind"], row["attempts"] + 1, row["max_attempts"]
     )
+
+
+def _any_due(conn: sqlite3.Connection) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM jobs WHERE state = 'queued' AND run_after <= ? LIMIT 1", (time.time(),)
+    ).fetchone()
+    return row is not None
 
 
 def heartbeat(conn: sqlite3.Connection, job_id: int, owner: str, lease_s: float) -> bool:
@@ -83,29 +106,90 @@ def finish(conn: sqlite3.Connection, job_id: int, owner: str, error: str = "") -
     return cur.rowcount == 1
 
 
-def reap_stale(conn: sqlite3.Connection, now: float | None = None) -> int:
+def retry(conn: sqlite3.Connection, job_id: int, owner: str, error: str, delay_s: float) -> bool:
+    """Put a leased job back in the queue to run again after `delay_s`; False if not ours.
+
+    The caller decides whether attempts remain (`Job.attempts < Job.max_attempts`).
+    """
+    cur = conn.execute(
+        "UPDATE jobs SET state = 'queued', error = ?, lease_owner = NULL, lease_expires = NULL,"
+        " run_after = ?, updated_at = ? WHERE id = ? AND lease_owner = ? AND state = 'running'",
+        (error, time.time() + delay_s, utc_now(), job_id, owner),
+    )
+    return cur.rowcount == 1
+
+
+def next_due(conn: sqlite3.Connection) -> float | None:
+    """When the earliest queued job may run (epoch seconds), or None when none is queued."""
+    row = conn.execute("SELECT MIN(run_after) FROM jobs WHERE state = 'queued'").fetchone()
+    return None if row[0] is None else float(row[0])
+
+
+def owner_name() -> str:
+    """A lease owner that says which process on which machine holds the job."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def reap_stale(
+    conn: sqlite3.Connection, now: float | None = None, on_failed: FailureRecorder | None = None
+) -> int:
     """Requeue running jobs whose lease expired; fail those out of attempts. Returns the count."""
     now = time.time() if now is None else now
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _immediate(conn):
         stale = conn.execute(
-            "SELECT id, attempts, max_attempts, lease_owner FROM jobs"
+            "SELECT id, instance_ref, attempts, max_attempts, lease_owner FROM jobs"
             " WHERE state = 'running' AND lease_expires < ?",
             (now,),
         ).fetchall()
         for row in stale:
-            _requeue_or_fail(conn, row)
+            _requeue_or_fail(conn, row, on_failed)
+    return len(stale)
+
+
+def reap_dead_owners(conn: sqlite3.Connection, on_failed: FailureRecorder | None = None) -> int:
+    """Take back running jobs leased by processes of this machine that no longer exist."""
+    host = socket.gethostname()
+    with _immediate(conn):
+        running = conn.execute(
+            "SELECT id, instance_ref, attempts, max_attempts, lease_owner FROM jobs"
+            " WHERE state = 'running'"
+        ).fetchall()
+        dead = [row for row in running if _dead_here(row["lease_owner"] or "", host)]
+        for row in dead:
+            _requeue_or_fail(conn, row, on_failed)
+    return len(dead)
+
+
+def _dead_here(owner: str, host: str) -> bool:
+    parts = owner.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+        return False  # another machine's, or not ours to judge: wait for the lease
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # a process of another user has the number now
+    return False
+
+
+@contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return len(stale)
 
 
-def _requeue_or_fail(conn: sqlite3.Connection, row: sqlite3.Row) -> None:
+def _requeue_or_fail(
+    conn: sqlite3.Connection, row: sqlite3.Row, on_failed: FailureRecorder | None
+) -> None:
     exhausted = row["attempts"] >= row["max_attempts"]
     state = "failed" if exhausted else "queued"
-    error = f"worker stopped during {row['attempts']} attempt(s)" if exhausted else ""
+    error = f"the worker stopped during each of {row['attempts']} attempt(s)" if exhausted else ""
     conn.execute(
         "UPDATE jobs SET state = ?, error = ?, lease_owner = NULL, lease_expires = NULL,"
         " updated_at = ? WHERE id = ?",
@@ -120,3 +204,5 @@ def _requeue_or_fail(conn: sqlite3.Connection, row: sqlite3.Row) -> None:
         outcome=state,
         attempts=row["attempts"],
     )
+    if exhausted and on_failed is not None:
+        on_failed(conn, row["id"], row["instance_ref"], error)

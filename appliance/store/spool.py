@@ -77,9 +77,9 @@ class Spool:
         folder = self.objects / token[:2]
         if not folder.exists():
             folder.mkdir(exist_ok=True)
-            _fsync_dir(self.objects)
+            fsync_dir(self.objects)
         os.replace(tmp_path, folder / f"{token}.dcm")
-        _fsync_dir(folder)
+        fsync_dir(folder)
         return CommittedFile(name=f"{token[:2]}/{token}.dcm", size=size, sha256=sha256)
 
     def remove(self, name: str) -> None:
@@ -91,7 +91,7 @@ class Spool:
         folder.mkdir(exist_ok=True)
         target = folder / self.path_of(name).name
         os.replace(self.path_of(name), target)
-        _fsync_dir(folder)
+        fsync_dir(folder)
         return f"quarantine/{target.name}"
 
     def committed_names(self) -> set[str]:
@@ -127,7 +127,7 @@ def fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
