@@ -1,4 +1,5 @@
-"""`appliance model list|verify|import` and `appliance infer`: the runtime's commands.
+"""`appliance model ...` (list, verify, import, quantize, validate, profile) and `appliance
+infer`: the runtime's commands.
 
 Entry code kept beside the runtime so cli.py only has to call `register`; nothing else in the
 runtime imports it. Registering imports nothing heavy: every `appliance` command builds the
@@ -58,7 +59,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 def _add_model_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
-        "model", help="list, verify, import, quantize and validate model packages"
+        "model", help="list, verify, import, quantize, validate and profile model packages"
     )
     commands = parser.add_subparsers(dest="model_command", metavar="COMMAND", required=True)
     listing = commands.add_parser("list", help="packages in the models folders, and faults")
@@ -79,6 +80,7 @@ def _add_model_commands(subparsers: argparse._SubParsersAction[argparse.Argument
     importing.set_defaults(func=cmd_model_import)
     _add_quantize_command(commands)
     _add_validate_command(commands)
+    _add_profile_command(commands)
 
 
 def _add_quantize_command(
@@ -123,6 +125,32 @@ def _add_validate_command(
     validate.add_argument("--out", type=Path, metavar="DIR", help="report folder")
     validate.add_argument("--threads", type=int, default=1, help="intra-op threads (0: all)")
     validate.set_defaults(func=cmd_model_validate)
+
+
+def _add_profile_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    profile = commands.add_parser(
+        "profile",
+        help="measure what this model's typical images look like, for the quality check",
+        description="Measure the package's input profile on typical DICOM, PNG and JPEG images "
+        "in --dataset, prepared as the runtime prepares them: the mean 16 x 16 thumbnail of "
+        "their display values (the reference) and each image's correlation with it. "
+        "min_correlation is the --percentile of those correlations minus 0.1; images that "
+        "match the reference better when turned or flipped are held back as rotated or upside "
+        "down. Written as the manifest's quality section; the package is re-sealed. Blank and "
+        "unreadable files are skipped with a warning.",
+    )
+    profile.add_argument("package", type=Path, metavar="PKG")
+    profile.add_argument("--dataset", type=Path, required=True, metavar="DIR")
+    profile.add_argument(
+        "--percentile",
+        type=float,
+        default=1.0,
+        metavar="P",
+        help="percentile of the typical images' figures the thresholds start from (default 1)",
+    )
+    profile.set_defaults(func=cmd_model_profile)
 
 
 _VALIDATE_HELP = """\
@@ -215,6 +243,21 @@ def cmd_model_quantize(args: argparse.Namespace) -> int:
     package = result.package
     print(
         f"wrote {package.model_file('int8')} (sha256 {package.model_hash('int8')[:16]}...); "
+        f"{package.manifest.identity} re-sealed"
+    )
+    return 0
+
+
+def cmd_model_profile(args: argparse.Namespace) -> int:
+    from appliance.runtime import quality
+
+    result = quality.profile_package(args.package, args.dataset, percentile=args.percentile)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(quality.format_report(result))
+    package = result.package
+    print(
+        f"wrote the quality section of {package.folder / 'manifest.yaml'}; "
         f"{package.manifest.identity} re-sealed"
     )
     return 0

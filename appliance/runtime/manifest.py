@@ -220,6 +220,30 @@ class Validation(BaseModel):
     metrics: dict[str, dict[str, float]] = Field(default_factory=dict)
 
 
+# The image plausibility check (appliance.runtime.quality): the blank-image floor applies to
+# every package, the thumbnail size is the default of `appliance model profile`.
+QUALITY_METHOD = "thumbnail-correlation"
+QUALITY_MIN_CONTRAST = 0.02
+QUALITY_SIZE = 16
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+DisplayValue = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
+class Quality(_Strict):
+    """The input profile of a package: what its typical images look like, reduced to a
+    size x size thumbnail of display values (the mean of `images` typical images), and the
+    thresholds the plausibility check holds an image back at (see models/README.md)."""
+
+    method: Literal["thumbnail-correlation"]
+    size: int = Field(ge=4, le=64)
+    images: int = Field(ge=1)
+    min_contrast: Annotated[Finite, Field(ge=0.0, le=1.0)] = QUALITY_MIN_CONTRAST
+    min_correlation: Annotated[Finite, Field(ge=-1.0, le=1.0)]
+    # <= 0: a held-back image must really match the reference better when turned
+    min_orientation_gap: Annotated[Finite, Field(ge=-2.0, le=0.0)] = 0.0
+    reference: tuple[tuple[DisplayValue, ...], ...]
+
+
 class Manifest(_Strict):
     """A validated manifest.yaml of format 1."""
 
@@ -237,6 +261,7 @@ class Manifest(_Strict):
     explanation: Explanation = Field(default_factory=lambda: Explanation())
     files: Files
     validation: Validation | None = None
+    quality: Quality | None = None
 
     @property
     def identity(self) -> str:
@@ -308,6 +333,7 @@ def cross_check(m: Manifest) -> Iterator[Problem]:
     yield from _check_explanation(m)
     yield from _check_files(m)
     yield from _check_validation(m)
+    yield from _check_quality(m)
 
 
 def _check_task(m: Manifest) -> Iterator[Problem]:
@@ -446,6 +472,25 @@ def _check_validation(m: Manifest) -> Iterator[Problem]:
     for key in m.validation.metrics:
         if key not in labels:
             yield ("validation", "metrics", key), f"{key!r} is not a label of this model"
+
+
+def _check_quality(m: Manifest) -> Iterator[Problem]:
+    """The reference must be a size x size grid with some spread: a correlation with a
+    constant picture is undefined."""
+    if m.quality is None:
+        return
+    size, reference = m.quality.size, m.quality.reference
+    if len(reference) != size:
+        yield ("quality", "reference"), f"has {len(reference)} row(s) but quality.size is {size}"
+    for number, row in enumerate(reference):
+        if len(row) != size:
+            yield (
+                ("quality", "reference", number),
+                f"has {len(row)} value(s) but quality.size is {size}",
+            )
+    values = [value for row in reference for value in row]
+    if values and max(values) - min(values) < 1e-3:
+        yield ("quality", "reference"), "is constant: there is no shape to compare images with"
 
 
 def manifest_dict(manifest: Manifest) -> dict[str, Any]:
