@@ -86,6 +86,46 @@ class JobSettings(_Section):
 
     max_attempts: int = Field(3, ge=1, le=20)
     lease_s: float = Field(120.0, ge=5, le=3600)
+    retry_delay_s: float = Field(5.0, ge=0, le=3600)
+    poll_s: float = Field(1.0, gt=0, le=60)
+
+
+BackendText = Literal["cpu", "cuda", "tensorrt", "tensorrt-native"]
+PrecisionText = Literal["fp32", "fp16", "int8"]
+Priority = Literal["urgent", "review", "routine"]
+
+
+class ModelSettings(_Section):
+    """Which model packages the worker runs, and on what."""
+
+    # Folders of packages; empty: the demo packages bundled with the software.
+    dirs: list[Path] = Field(default_factory=list)
+    backend: BackendText = "cpu"
+    precision: PrecisionText = "int8"
+    threads: int = Field(0, ge=0, le=256)
+    # Package names present in `dirs` that the worker must not run.
+    disabled: list[str] = Field(default_factory=list)
+    # Heatmaps for the positive labels only (default), for every label, or none.
+    explain: Literal["positive", "all", "none"] = "positive"
+
+
+class TriageOverride(_Section):
+    """Give a label another priority than its manifest's, optionally only above a score."""
+
+    label: str
+    model: str = ""  # empty: any model with this label
+    min_score: float | None = Field(None, ge=0, le=1)
+    priority: Priority
+
+
+class TriageSettings(_Section):
+    """How a study's triage priority follows from its images' outcomes (worst one wins)."""
+
+    negative: Priority = "routine"
+    held_back: Priority = "review"
+    failed: Priority = "review"
+    no_model: Priority = "routine"
+    overrides: list[TriageOverride] = Field(default_factory=list)
 
 
 class LoggingSettings(_Section):
@@ -99,6 +139,8 @@ class Settings(_Section):
     receiver: ReceiverSettings = Field(default_factory=lambda: ReceiverSettings())
     storage: StorageSettings = Field(default_factory=lambda: StorageSettings())
     jobs: JobSettings = Field(default_factory=lambda: JobSettings())
+    models: ModelSettings = Field(default_factory=lambda: ModelSettings())
+    triage: TriageSettings = Field(default_factory=lambda: TriageSettings())
     logging: LoggingSettings = Field(default_factory=lambda: LoggingSettings())
 
 

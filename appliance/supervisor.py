@@ -17,7 +17,7 @@ from types import FrameType
 
 log = logging.getLogger(__name__)
 
-ROLES = ["receiver"]
+ROLES = ["receiver", "worker"]
 MAX_BACKOFF_S = 30.0
 
 

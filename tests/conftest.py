@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -81,12 +82,19 @@ def receiver(start_receiver: Callable[..., tuple[Receiver, Store]]) -> tuple[Rec
     return start_receiver()
 
 
-class ReceiverProcess:
-    """`appliance receiver` as a real child process, for crash and restart tests."""
+class RoleProcess:
+    """`appliance ROLE` (or `run`) as a real child process, for crash and restart tests.
 
-    def __init__(self, config: Path, settings: Settings) -> None:
+    Its output is collected in `output` by a thread, so the child never blocks on a full pipe.
+    """
+
+    def __init__(
+        self, config: Path, settings: Settings, role: str = "receiver", ready: str = "listening"
+    ) -> None:
         self.config = config
         self.settings = settings
+        self.role = role
+        self.ready = ready
         self.paths: Paths = resolve_paths(settings)
         self.process: subprocess.Popen[str] | None = None
         self.output: list[str] = []
@@ -95,53 +103,60 @@ class ReceiverProcess:
     def port(self) -> int:
         return self.settings.receiver.port
 
-    def start(self, timeout_s: float = 30.0) -> None:
+    def start(self, timeout_s: float = 60.0) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "--config", str(self.config), "receiver"],
+            [sys.executable, "-m", "appliance", "--config", str(self.config), self.role],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
             cwd=REPO,
         )
+        started = len(self.output)
+        reader = threading.Thread(target=self._collect, args=(self.process,), daemon=True)
+        reader.start()
         deadline = time.monotonic() + timeout_s
-        assert self.process.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line:
-                break
-            self.output.append(line)
-            if "listening" in line:
+        while time.monotonic() < deadline and self.process.poll() is None:
+            if any(self.ready in line for line in self.output[started:]):
                 return
+            time.sleep(0.05)
         self.stop()
-        raise AssertionError("receiver did not start:\n" + "".join(self.output))
+        raise AssertionError(f"{self.role} did not start:\n" + "".join(self.output))
+
+    def _collect(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.output.append(line)
 
     def kill(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=10)
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+            self.process.send_signal(sig)
             try:
-                self.process.wait(timeout=10)
+                self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        return None if self.process is None else self.process.returncode
 
 
 @pytest.fixture
-def receiver_process(tmp_path: Path) -> Iterator[Callable[..., ReceiverProcess]]:
-    """Factory for a receiver child process using a YAML file written to tmp_path."""
-    made: list[ReceiverProcess] = []
+def role_process(tmp_path: Path) -> Iterator[Callable[..., RoleProcess]]:
+    """Factory for a role child process using a YAML file written to tmp_path."""
+    made: list[RoleProcess] = []
 
-    def make(**sections: dict[str, Any]) -> ReceiverProcess:
+    def make(
+        role: str = "receiver", ready: str = "listening", **sections: dict[str, Any]
+    ) -> RoleProcess:
         settings = make_settings(tmp_path, **sections)
         config = tmp_path / "appliance.yaml"
         config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
-        proc = ReceiverProcess(config, settings)
+        proc = RoleProcess(config, settings, role, ready)
         made.append(proc)
         return proc
 

@@ -22,7 +22,7 @@ from appliance.receiver.scp import TRANSFER_SYNTAXES
 from appliance.samples import KINDS, sample_uid, write_sample
 from appliance.store import Store
 
-from conftest import ReceiverProcess, dcmtk, needs_dcmtk
+from conftest import RoleProcess, dcmtk, needs_dcmtk
 
 Started = tuple[Receiver, Store]
 
@@ -205,9 +205,9 @@ def test_cli_send_reports_a_bad_peer(capsys: pytest.CaptureFixture[str], tmp_pat
 
 
 def test_receiver_role_reconciles_at_start(
-    receiver_process: Callable[..., ReceiverProcess],
+    role_process: Callable[..., RoleProcess],
 ) -> None:
-    proc = receiver_process()
+    proc = role_process()
     data = proc.paths.data_dir
     proc.start()
     proc.stop()

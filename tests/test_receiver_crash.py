@@ -26,7 +26,7 @@ from appliance.domain import StoreStatus
 from appliance.samples import CT, write_sample
 from appliance.store.db import connect
 
-from conftest import ReceiverProcess
+from conftest import RoleProcess
 
 SENDERS = 4
 PER_SENDER = 125
@@ -127,7 +127,7 @@ def instance_rows(db: Path) -> list[sqlite3.Row]:
         conn.close()
 
 
-def check_store(proc: ReceiverProcess, must_hold: set[str]) -> dict[str, sqlite3.Row]:
+def check_store(proc: RoleProcess, must_hold: set[str]) -> dict[str, sqlite3.Row]:
     """Every row has its readable file, every file its row; `must_hold` are all present."""
     spool = proc.paths.spool
     rows = instance_rows(proc.paths.database)
@@ -145,11 +145,11 @@ def check_store(proc: ReceiverProcess, must_hold: set[str]) -> dict[str, sqlite3
     return by_uid
 
 
-def partial_files(proc: ReceiverProcess) -> list[Path]:
+def partial_files(proc: RoleProcess) -> list[Path]:
     return sorted((proc.paths.spool / "tmp").iterdir())
 
 
-def wait_for_swept_tmp(proc: ReceiverProcess, timeout_s: float) -> list[Path]:
+def wait_for_swept_tmp(proc: RoleProcess, timeout_s: float) -> list[Path]:
     """Open and close associations until the receiver's end-of-association sweep has run on
     partials older than its sweep age; return what is left at the deadline."""
     deadline = time.monotonic() + timeout_s
@@ -165,12 +165,12 @@ def split(images: list[Image], parts: int) -> list[list[Image]]:
 
 @pytest.mark.slow
 def test_sigkill_under_load_loses_no_acknowledged_image(
-    receiver_process: Callable[..., ReceiverProcess],
+    role_process: Callable[..., RoleProcess],
     tmp_path: Path,
     record_property: Callable[[str, object], None],
 ) -> None:
     images = make_images(tmp_path / "in")
-    proc = receiver_process(receiver=RECEIVER_TIMEOUTS)
+    proc = role_process(receiver=RECEIVER_TIMEOUTS)
     proc.start()
     tally = Tally()
 

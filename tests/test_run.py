@@ -35,9 +35,17 @@ def answers(peer: Peer) -> bool:
         return False
 
 
-def receiver_pids(parent: int) -> list[int]:
+def role_pids(parent: int) -> dict[str, int]:
+    """The supervisor's children by role (the last word of their command line)."""
     children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    return [int(pid) for pid in children]
+    roles = {}
+    for pid in children:
+        try:
+            words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            continue  # exited meanwhile
+        roles[words[-2].decode()] = int(pid)  # cmdline ends with a NUL
+    return roles
 
 
 @pytest.mark.slow
@@ -55,10 +63,16 @@ def test_run_restarts_a_crashed_role_and_stops_cleanly(tmp_path: Path) -> None:
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        wait_for(lambda: answers(peer))
-        [first] = receiver_pids(run.pid)
-        os.kill(first, signal.SIGKILL)  # a crash of the role, not of the supervisor
-        wait_for(lambda: receiver_pids(run.pid) not in ([], [first]) and answers(peer))
+        wait_for(lambda: answers(peer) and set(role_pids(run.pid)) == {"receiver", "worker"})
+        first = role_pids(run.pid)
+        os.kill(first["receiver"], signal.SIGKILL)  # a crash of the role, not of the supervisor
+        wait_for(
+            lambda: (
+                role_pids(run.pid).get("receiver") not in (None, first["receiver"])
+                and answers(peer)
+            )
+        )
+        assert role_pids(run.pid)["worker"] == first["worker"]  # the others keep running
         run.send_signal(signal.SIGINT)
         output, _ = run.communicate(timeout=30)
     finally:

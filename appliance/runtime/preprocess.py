@@ -73,6 +73,24 @@ class Geometry:
             (y + 0.5 - self.content[1]) / sy + self.crop[1] - 0.5,
         )
 
+    def scaled(self, factor: float) -> Geometry:
+        """The same mapping onto a copy of the image resized by `factor` (e.g. a preview)."""
+        if factor == 1.0:
+            return self
+        rows, columns = self.image_shape
+        x0, y0, width, height = self.crop
+        return Geometry(
+            image_shape=(max(1, round(rows * factor)), max(1, round(columns * factor))),
+            crop=(
+                round(x0 * factor),
+                round(y0 * factor),
+                max(1, round(width * factor)),
+                max(1, round(height * factor)),
+            ),
+            content=self.content,
+            model_shape=self.model_shape,
+        )
+
     def map_to_image(self, maps: FloatArray) -> FloatArray:
         """(K, h, w) maps over the model input (any resolution) -> (K, rows, columns) maps over
         the image: bilinear, letterbox padding dropped, zero outside the crop."""

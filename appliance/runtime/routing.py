@@ -41,11 +41,13 @@ class Route:
 
     applies: bool
     reasons: tuple[str, ...] = ()
+    failed_on: tuple[str, ...] = ()  # the rules that did not match, e.g. ("body part",)
 
 
 def route(rules: AppliesTo, tags: ImageTags) -> Route:
     """Match one manifest's rules against an image's tags."""
     failures: list[str] = []
+    failed_on: list[str] = []
     notes: list[str] = []
     checks = (
         ("modality", rules.modalities, tags.modality, "Modality"),
@@ -61,9 +63,13 @@ def route(rules: AppliesTo, tags: ImageTags) -> Route:
             notes.append("the image has no ViewPosition; accepted without checking the view")
         elif not value:
             failures.append(f"{what} unknown ({keyword} missing); needs {', '.join(allowed)}")
+            failed_on.append(what)
         else:
             failures.append(f"{what} {value!r} is not one of {', '.join(allowed)}")
-    return Route(False, tuple(failures)) if failures else Route(True, tuple(notes))
+            failed_on.append(what)
+    if failures:
+        return Route(False, tuple(failures), tuple(failed_on))
+    return Route(True, tuple(notes))
 
 
 def dicom_tags(path: Path) -> ImageTags:

@@ -1,0 +1,85 @@
+"""The model packages the worker runs, loaded once on the configured backend and warmed up."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from appliance.config import ModelSettings
+from appliance.runtime.backends import BackendOptions
+from appliance.runtime.commands import DEFAULT_MODELS_DIR
+from appliance.runtime.engine import Model
+from appliance.runtime.package import ModelPackage, find_packages
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A package the worker will not run, and why (shown to the admin)."""
+
+    folder: Path
+    reason: str
+
+
+@dataclass
+class ModelSet:
+    """Loaded models in a stable order (by name), plus the packages refused or disabled."""
+
+    models: list[Model]
+    refused: list[Refused] = field(default_factory=list)
+    disabled: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, settings: ModelSettings, cache_dir: Path) -> ModelSet:
+        """Verify and load every package in the configured folders.
+
+        A package that fails verification is refused (logged, the others still run). A backend
+        that cannot load raises BackendError: the worker stops rather than silently running on
+        something other than what the site configured.
+        """
+        options = BackendOptions(
+            backend=settings.backend,
+            precision=settings.precision,
+            threads=settings.threads,
+            cache_dir=cache_dir / "engines",
+        )
+        loaded = cls(models=[])
+        for entry in find_packages(settings.dirs or [DEFAULT_MODELS_DIR]):
+            if entry.package is None:
+                loaded.refuse(entry.folder, entry.error or "not a valid package")
+            elif entry.package.name in settings.disabled:
+                loaded.disabled.append(entry.package.name)
+            elif problem := _unusable(entry.package, settings):
+                loaded.refuse(entry.folder, problem)
+            else:
+                loaded.models.append(Model.open(entry.package, options))
+        loaded.models.sort(key=lambda m: m.package.name)
+        return loaded
+
+    def refuse(self, folder: Path, reason: str) -> None:
+        log.error("model package %s refused: %s", folder, reason)
+        self.refused.append(Refused(folder, reason))
+
+    def describe(self) -> str:
+        """One line for the log: which models run on what."""
+        if not self.models:
+            return "no models loaded"
+        return ", ".join(
+            f"{m.package.name} {m.package.version} ({m.backend.name} {m.backend.precision})"
+            for m in self.models
+        )
+
+    def close(self) -> None:
+        for model in self.models:
+            model.close()
+
+
+def _unusable(package: ModelPackage, settings: ModelSettings) -> str:
+    if settings.precision == "int8" and "int8" not in package.precisions:
+        return (
+            "it has no INT8 file and models.precision is int8: quantize it "
+            "(appliance model quantize) or set models.precision to fp32"
+        )
+    return ""

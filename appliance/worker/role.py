@@ -1,0 +1,252 @@
+"""Run the worker role: claim jobs, analyse their images, save what was found; until SIGTERM.
+
+A job is leased and heart-beaten while it runs, and its results are committed together with the
+job's end, so a worker killed at any point leaves the job to be taken back (at once by the
+restarted worker, see `jobs.reap_dead_owners`) and done exactly once. An analysis that found
+something queues a `pictures` job for its heatmaps and overlays: their files are written before
+the transaction that records them, so a crash leaves at most unreferenced files.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from appliance.config import Settings
+from appliance.domain import Analysis, AnalysisState, ArtifactRecord
+from appliance.paths import Paths
+from appliance.runtime.routing import ImageTags
+from appliance.store import Store, jobs, open_store
+from appliance.store.doorbell import Doorbell, Listener
+from appliance.worker.analyse import Draft, analyse
+from appliance.worker.models import ModelSet
+from appliance.worker.pictures import Pending, Picture, draw
+
+log = logging.getLogger(__name__)
+ACTOR = "worker"
+
+
+def serve(settings: Settings, paths: Paths) -> int:
+    """Load the models, take back jobs of a crashed worker, and work until asked to stop."""
+    started = time.monotonic()
+    store = open_store(settings, paths)
+    models = ModelSet.load(settings.models, paths.cache_dir)
+    worker = Worker(store, models, settings)
+    taken_back = worker.take_back()
+    listener = Listener(paths.doorbell)
+    stop = threading.Event()
+    _on_signals(stop, Doorbell(paths.doorbell))
+    print(
+        f"worker: ready (models loaded in {time.monotonic() - started:.1f} s): {models.describe()}"
+        + (f"; {taken_back} interrupted job(s) taken back" if taken_back else ""),
+        flush=True,
+    )
+    try:
+        while not stop.is_set():
+            if not worker.run_once():
+                listener.wait(worker.idle_wait())
+    finally:
+        listener.close()
+        worker.close()
+    return 0
+
+
+class Worker:
+    """The job loop's steps, one job at a time."""
+
+    def __init__(self, store: Store, models: ModelSet, settings: Settings) -> None:
+        self.store = store
+        self.models = models
+        self.settings = settings
+        self.owner = jobs.owner_name()
+        self.heartbeat = Heartbeat(store, self.owner, settings.jobs.lease_s)
+
+    def take_back(self) -> int:
+        """Requeue jobs of dead workers on this machine and of expired leases anywhere, and
+        remove the picture files such a worker wrote but never recorded."""
+        conn, on_failed = self.store.conn, self.store.record_failure
+        taken = jobs.reap_dead_owners(conn, on_failed) + jobs.reap_stale(conn, on_failed=on_failed)
+        swept = self.store.sweep_results()
+        if swept:
+            log.info("removed %d picture file(s) no finding refers to", swept)
+        return taken
+
+    def idle_wait(self) -> float:
+        """Seconds to wait for a ring: the poll interval, or less when a retry falls due."""
+        due = jobs.next_due(self.store.conn)
+        poll = self.settings.jobs.poll_s
+        return poll if due is None else max(0.01, min(poll, due - time.time()))
+
+    def run_once(self) -> bool:
+        """Claim and finish one job; False when none was due."""
+        job = jobs.claim(self.store.conn, self.owner, self.settings.jobs.lease_s)
+        if job is None:
+            return False
+        started = time.perf_counter()
+        self.heartbeat.watch(job.id)
+        try:
+            if job.kind == jobs.PICTURES:
+                self._draw(job, started)
+            else:
+                self._save(job, self._analyse(job), started)
+        finally:
+            self.heartbeat.watch(None)
+        return True
+
+    def _analyse(self, job: jobs.Job) -> Draft:
+        try:
+            path, tags = self._input(job.instance_id)
+            if path is None:
+                return self._failure("the image file is missing from the store", False)
+            return analyse(path, tags, self.models.models, self.settings)
+        except Exception as exc:  # unexpected (disk, database): retried like a failing model
+            log.exception("job %d failed unexpectedly", job.id)
+            return self._failure(f"{type(exc).__name__}: {exc}", True)
+
+    def _input(self, instance_id: int) -> tuple[Path | None, ImageTags]:
+        """The image's file (None when it went missing) and its routing tags."""
+        row = self.store.instance_row(instance_id)
+        tags = ImageTags(
+            modality=row["modality"],
+            body_part=row["body_part"],
+            view=row["view_position"],
+            sop_class=row["sop_class_uid"],
+            photometric=row["photometric"],
+        )
+        if row["state"] != "present":
+            return None, tags
+        return self.store.spool.path_of(row["file_name"]), tags
+
+    def _failure(self, reason: str, retryable: bool) -> Draft:
+        failed = self.settings.triage.failed
+        return Draft(Analysis(AnalysisState.FAILED, reason, failed, reason), retryable=retryable)
+
+    def _save(self, job: jobs.Job, draft: Draft, started: float) -> None:
+        analysis = draft.analysis
+        if draft.retryable and job.attempts < job.max_attempts:
+            self._retry(job, analysis.reason)
+            return
+        if not self.store.complete(job, self.owner, analysis, ACTOR, draft.wants_pictures):
+            log.warning("job %d was taken over by another worker; result dropped", job.id)
+            return
+        log.info(
+            "job %d (instance %d): %s in %.0f ms: %s",
+            job.id,
+            job.instance_id,
+            analysis.state.value,
+            (time.perf_counter() - started) * 1000,
+            analysis.summary,
+        )
+
+    def _retry(self, job: jobs.Job, reason: str) -> None:
+        delay = self.settings.jobs.retry_delay_s * job.attempts
+        if jobs.retry(self.store.conn, job.id, self.owner, reason, delay):
+            self.store.audit(
+                ACTOR, "job.retry", f"job:{job.id}", attempts=job.attempts, reason=reason
+            )
+            log.warning("job %d attempt %d failed (%s); retrying", job.id, job.attempts, reason)
+
+    def _draw(self, job: jobs.Job, started: float) -> None:
+        """A pictures job: draw the heatmaps and overlays of the image's saved findings."""
+        try:
+            drawn, notes = self._pictures_of(job.instance_id)
+        except Exception as exc:  # pictures are retried like analyses, then given up
+            log.exception("pictures job %d failed", job.id)
+            self._give_up_or_retry(job, f"{type(exc).__name__}: {exc}")
+            return
+        flat = [picture for pictures in drawn.values() for picture in pictures]
+        names = iter(self.store.results.write_all([picture.data for picture in flat]))
+        records = {
+            finding: [_record(picture, next(names)) for picture in pictures]
+            for finding, pictures in drawn.items()
+        }
+        if not self.store.attach_pictures(job, self.owner, records, ACTOR, notes):
+            self.store.results.remove_all(r.file_name for rs in records.values() for r in rs)
+            log.warning("pictures job %d was taken over by another worker", job.id)
+            return
+        elapsed = (time.perf_counter() - started) * 1000
+        log.info(
+            "job %d (instance %d): %d picture(s) in %.0f ms",
+            job.id,
+            job.instance_id,
+            len(flat),
+            elapsed,
+        )
+
+    def _pictures_of(self, instance_id: int) -> tuple[dict[int, list[Picture]], list[str]]:
+        path, _ = self._input(instance_id)
+        if path is None:
+            return {}, ["the image file is missing from the store"]
+        pending = [
+            Pending(row["id"], row["model"], row["model_sha256"], row["key_frame"])
+            for row in self.store.pending_pictures(instance_id)
+        ]
+        return draw(path, pending, self.models.models, self.settings.models.explain)
+
+    def _give_up_or_retry(self, job: jobs.Job, reason: str) -> None:
+        if job.attempts < job.max_attempts:
+            self._retry(job, reason)
+        elif jobs.finish(self.store.conn, job.id, self.owner, reason):
+            self.store.audit(ACTOR, "pictures.failed", f"job:{job.id}", reason=reason)
+
+    def close(self) -> None:
+        self.heartbeat.stop()
+        self.models.close()
+        self.store.close()
+
+
+def _record(picture: Picture, name: str) -> ArtifactRecord:
+    return ArtifactRecord(
+        kind=picture.kind,
+        label=picture.label,
+        frame=picture.frame,
+        file_name=name,
+        width=picture.width,
+        height=picture.height,
+        detail=picture.detail,
+    )
+
+
+class Heartbeat:
+    """Extends the lease of the job being worked on, from its own thread and connection."""
+
+    def __init__(self, store: Store, owner: str, lease_s: float) -> None:
+        self.store = store
+        self.owner = owner
+        self.lease_s = lease_s
+        self._job: int | None = None
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+        self._thread.start()
+
+    def watch(self, job_id: int | None) -> None:
+        with self._lock:
+            self._job = job_id
+
+    def _loop(self) -> None:
+        while not self._stopped.wait(self.lease_s / 3):
+            with self._lock:
+                job_id = self._job
+            if job_id is not None and not jobs.heartbeat(
+                self.store.conn, job_id, self.owner, self.lease_s
+            ):
+                log.warning("lost the lease of job %d", job_id)
+        self.store.close_thread_connection()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5)
+
+
+def _on_signals(stop: threading.Event, bell: Doorbell) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        bell.ring()  # wake the loop now rather than at the next poll
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

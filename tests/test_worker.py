@@ -1,0 +1,243 @@
+"""The worker in-process on a real store with the real demo models: findings, routing, the
+plausibility check, multi-frame key frames, failing models and triage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from appliance.phantoms import chest_dataset, make_chest, make_ultrasound_clip, ultrasound_dataset
+from appliance.runtime.package import load_package
+from appliance.samples import make_dataset
+from appliance.store import Store, open_store
+
+from conftest import make_settings
+from runtime_models import classifier_onnx, write_package
+from worker_fixtures import (
+    DEMO_MODELS,
+    analysis_of,
+    artifacts_of,
+    audit_rows,
+    broken_manifest,
+    copy_package,
+    cr_of,
+    drain,
+    findings_of,
+    open_worker,
+    positive_labels,
+    put_dataset,
+)
+
+EFFUSION_ONLY = {
+    "pleural_effusion": True,
+    "lung_nodule": False,
+    "consolidation": False,
+    "pneumothorax": False,
+    "cardiomegaly": False,
+}
+
+
+@pytest.fixture
+def opened(tmp_path: Path) -> Iterator[Any]:
+    """Open a store and worker for settings sections; everything closed at teardown."""
+    handles: list[Store] = []
+
+    def open_with(**sections: dict[str, Any]) -> tuple[Store, Any]:
+        settings = make_settings(tmp_path, **sections)
+        store = open_store(settings)
+        handles.append(store)
+        return store, open_worker(store, settings)
+
+    yield open_with
+    for store in handles:
+        store.close()
+
+
+def effusion_chest(seed: int = 11, rows: int = 1024) -> Any:
+    return chest_dataset(make_chest(seed, rows=rows, findings=EFFUSION_ONLY), modality="DX")
+
+
+def test_a_chest_radiograph_gets_findings_heatmaps_triage_and_audit(
+    opened: Any, tmp_path: Path
+) -> None:
+    store, worker = opened()
+    instance = put_dataset(store, effusion_chest(), tmp_path, "cxr.dcm")
+    assert worker.run_once()  # the analysis
+    conn = store.conn
+    [finding] = findings_of(conn, instance)
+    assert artifacts_of(conn, finding["id"]) == []  # pictures follow in their own job
+    assert drain(worker) == 1
+    analysis = analysis_of(conn, instance)
+    assert (analysis["state"], analysis["priority"]) == ("findings", "urgent")
+    [finding] = findings_of(conn, instance)
+    package = load_package(DEMO_MODELS / "demo-chest-xray")
+    assert (finding["model"], finding["version"]) == ("demo-chest-xray", package.version)
+    assert finding["model_sha256"] == package.model_hash("int8")
+    assert (finding["backend"], finding["precision"]) == ("onnxruntime-cpu", "int8")
+    assert "pleural_effusion" in positive_labels(finding)
+    assert finding["result"]["not_for_clinical_use"] is True
+    explained = positive_labels(finding)
+    kinds = {(a["kind"], a["label"]) for a in artifacts_of(conn, finding["id"])}
+    assert kinds == {(kind, label) for label in explained for kind in ("heatmap", "overlay")}
+    for artifact in artifacts_of(conn, finding["id"]):
+        picture = cv2.imread(str(store.results.path_of(artifact["file_name"])), -1)
+        assert picture is not None
+        assert picture.shape[:2] == (artifact["height"], artifact["width"])
+        assert max(picture.shape[:2]) <= 1024  # preview size, the image's aspect
+        assert json.loads(artifact["detail"])["method"] == "cam"
+    study = conn.execute("SELECT triage, triage_rank, triage_reason FROM studies").fetchone()
+    assert (study["triage"], study["triage_rank"]) == ("urgent", 0)
+    assert "Pleural effusion" in study["triage_reason"]
+    [inference] = audit_rows(conn, "inference")
+    detail = inference["detail"]
+    assert (detail["model"], detail["backend"], detail["precision"]) == (
+        "demo-chest-xray",
+        "onnxruntime-cpu",
+        "int8",
+    )
+    assert detail["model_sha256"] == package.model_hash("int8") and detail["duration_ms"] > 0
+    assert detail["outcome"] == "findings" and inference["subject"] == f"instance:{instance}"
+    kinds_done = conn.execute("SELECT kind, state FROM jobs ORDER BY id").fetchall()
+    assert [tuple(row) for row in kinds_done] == [("analyse", "done"), ("pictures", "done")]
+    [pictures] = audit_rows(conn, "pictures")
+    assert pictures["detail"]["pictures"] == 2 * len(explained)
+
+
+def test_a_normal_chest_is_routine(opened: Any, tmp_path: Path) -> None:
+    store, worker = opened()
+    normal = {name: False for name in EFFUSION_ONLY}
+    ds = chest_dataset(make_chest(12, rows=1024, findings=normal), modality="CR")
+    instance = put_dataset(store, ds, tmp_path, "normal.dcm")
+    drain(worker)
+    analysis = analysis_of(store.conn, instance)
+    assert (analysis["state"], analysis["priority"]) == ("findings", "routine")
+    [finding] = findings_of(store.conn, instance)
+    assert positive_labels(finding) == set()
+    assert artifacts_of(store.conn, finding["id"]) == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "expected"),
+    [
+        ("cr", {"body_part": "HAND"}, "CR HAND: no model for this body part"),
+        ("ct", {}, "CT CHEST: no model for this modality"),
+        (
+            "sc-gray",
+            {},
+            "OT CHEST (Secondary Capture Image Storage): no model for this modality",
+        ),
+    ],
+)
+def test_images_no_model_applies_to_say_why(
+    opened: Any, tmp_path: Path, kind: str, options: dict[str, Any], expected: str
+) -> None:
+    store, worker = opened()
+    instance = put_dataset(store, make_dataset(kind, **options), tmp_path, f"{kind}.dcm")
+    drain(worker)
+    analysis = analysis_of(store.conn, instance)
+    assert analysis["state"] == "no_model"
+    assert analysis["reason"].startswith(expected)
+    assert analysis["priority"] == "routine"
+    assert findings_of(store.conn, instance) == []
+    assert [row["detail"]["reason"] for row in audit_rows(store.conn, "analysis.no_model")] == [
+        analysis["reason"]
+    ]
+
+
+def test_an_almost_blank_chest_is_held_back_not_scored(opened: Any, tmp_path: Path) -> None:
+    store, worker = opened()
+    ds = effusion_chest(seed=13, rows=512)
+    noise = np.random.default_rng(0).integers(0, 3, size=(ds.Rows, ds.Columns))
+    ds.PixelData = (np.full((ds.Rows, ds.Columns), 1800) + noise).astype(np.uint16).tobytes()
+    for keyword in ("WindowCenter", "WindowWidth", "VOILUTFunction"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    instance = put_dataset(store, ds, tmp_path, "blank.dcm")
+    drain(worker)
+    analysis = analysis_of(store.conn, instance)
+    assert (analysis["state"], analysis["priority"]) == ("held_back", "review")
+    assert "blank" in analysis["reason"] and "retake" in analysis["reason"]
+    [finding] = findings_of(store.conn, instance)
+    assert finding["state"] == "held_back" and "labels" not in finding["result"]
+    study = store.conn.execute("SELECT triage FROM studies").fetchone()
+    assert study["triage"] == "review"
+
+
+def test_a_cine_loop_is_analysed_frame_by_frame_with_a_key_frame(
+    opened: Any, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    copy_package(DEMO_MODELS / "demo-ultrasound-fluid", models / "us-all", frames="all")
+    store, worker = opened(models={"dirs": [str(models)]})
+    clip = make_ultrasound_clip(21, frames=8, fluid=True)
+    instance = put_dataset(store, ultrasound_dataset(clip), tmp_path, "clip.dcm")
+    drain(worker)
+    assert analysis_of(store.conn, instance)["state"] == "findings"
+    [finding] = findings_of(store.conn, instance)
+    frames = finding["result"]["frames"]
+    assert [f["frame"] for f in frames] == list(range(8))
+    areas = [f["areas_mm2"]["fluid"] for f in frames]
+    assert finding["key_frame"] == int(np.argmax(areas))
+    truth = clip.fluid_areas_mm2[finding["key_frame"]]
+    [mask] = finding["result"]["masks"]
+    assert mask["area_mm2"] == pytest.approx(truth, rel=0.10)
+    kinds = sorted(a["kind"] for a in artifacts_of(store.conn, finding["id"]))
+    assert kinds == ["mask", "overlay"]
+
+
+def test_a_failing_model_ends_failed_after_its_attempts_and_others_go_on(
+    opened: Any, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    write_package(models / "broken", broken_manifest("PELVIS"), classifier_onnx)
+    shutil.copytree(DEMO_MODELS / "demo-chest-xray", models / "chest")
+    store, worker = opened(
+        models={"dirs": [str(models)], "precision": "fp32"},
+        jobs={"max_attempts": 2, "retry_delay_s": 0},
+    )
+    pelvis = put_dataset(store, cr_of("PELVIS"), tmp_path, "pelvis.dcm")
+    chest = put_dataset(store, effusion_chest(), tmp_path, "chest.dcm")
+    assert drain(worker) == 4  # pelvis twice, chest's analysis and pictures once
+    failed = analysis_of(store.conn, pelvis)
+    assert failed["state"] == "failed" and "test-broken" in failed["reason"]
+    job = store.conn.execute(
+        "SELECT state, attempts, error FROM jobs WHERE instance_ref = ?", (pelvis,)
+    ).fetchone()
+    assert (job["state"], job["attempts"]) == ("failed", 2)
+    assert job["error"] == failed["reason"]
+    assert len(list(audit_rows(store.conn, "job.retry"))) == 1
+    assert analysis_of(store.conn, chest)["state"] == "findings"
+
+
+def test_triage_overrides_from_the_config(opened: Any, tmp_path: Path) -> None:
+    override = {"label": "pleural_effusion", "priority": "routine"}
+    store, worker = opened(triage={"overrides": [override]})
+    instance = put_dataset(store, effusion_chest(), tmp_path, "cxr.dcm")
+    drain(worker)
+    [finding] = findings_of(store.conn, instance)
+    if positive_labels(finding) == {"pleural_effusion"}:
+        assert analysis_of(store.conn, instance)["priority"] == "routine"
+    else:  # another positive label keeps its own priority
+        assert analysis_of(store.conn, instance)["priority"] != "urgent"
+
+
+def test_a_replaced_image_gets_new_findings_and_keeps_the_old(opened: Any, tmp_path: Path) -> None:
+    store, worker = opened()
+    first = effusion_chest(seed=14, rows=512)
+    instance = put_dataset(store, first, tmp_path, "a.dcm")
+    drain(worker)
+    second = effusion_chest(seed=15, rows=512)
+    second.SOPInstanceUID = first.SOPInstanceUID  # the modality re-sends a corrected image
+    second.file_meta.MediaStorageSOPInstanceUID = first.SOPInstanceUID
+    assert put_dataset(store, second, tmp_path, "b.dcm") == instance
+    drain(worker)
+    rows = findings_of(store.conn, instance)
+    assert len(rows) == 2 and rows[0]["job_ref"] != rows[1]["job_ref"]
+    assert analysis_of(store.conn, instance)["job_ref"] == rows[1]["job_ref"]
