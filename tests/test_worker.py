@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ import pytest
 from appliance.phantoms import chest_dataset, make_chest, make_ultrasound_clip, ultrasound_dataset
 from appliance.runtime.package import load_package
 from appliance.samples import make_dataset
-from appliance.store import Store, open_store
+from appliance.store import Store, jobs, open_store
+from appliance.worker.role import Heartbeat
 
 from conftest import make_settings
 from runtime_models import classifier_onnx, write_package
@@ -241,3 +243,19 @@ def test_a_replaced_image_gets_new_findings_and_keeps_the_old(opened: Any, tmp_p
     rows = findings_of(store.conn, instance)
     assert len(rows) == 2 and rows[0]["job_ref"] != rows[1]["job_ref"]
     assert analysis_of(store.conn, instance)["job_ref"] == rows[1]["job_ref"]
+
+
+def test_the_heartbeat_keeps_the_lease_of_the_job_in_progress(opened: Any, tmp_path: Path) -> None:
+    store, _ = opened()
+    put_dataset(store, effusion_chest(seed=16, rows=256), tmp_path, "c.dcm")
+    job = jobs.claim(store.conn, "beating", lease_s=0.3)
+    assert job is not None
+    heart = Heartbeat(store, "beating", lease_s=0.3)
+    heart.watch(job.id)
+    deadline = time.monotonic() + 30
+    expires = store.conn.execute("SELECT lease_expires FROM jobs").fetchone()[0]
+    while store.conn.execute("SELECT lease_expires FROM jobs").fetchone()[0] == expires:
+        assert time.monotonic() < deadline, "the lease was never extended"
+        time.sleep(0.02)
+    heart.stop()
+    assert jobs.reap_stale(store.conn, now=expires + 0.01) == 0  # still ours
