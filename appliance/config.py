@@ -88,6 +88,7 @@ class JobSettings(_Section):
     lease_s: float = Field(120.0, ge=5, le=3600)
     retry_delay_s: float = Field(5.0, ge=0, le=3600)
     poll_s: float = Field(1.0, gt=0, le=60)
+    pictures_quiet_s: float = Field(0.5, ge=0, le=60)
 
 
 BackendText = Literal["cpu", "cuda", "tensorrt", "tensorrt-native"]

@@ -6,6 +6,7 @@ with back-off and the crash is logged, and it never takes the receiver down with
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import signal
 import subprocess
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 
 ROLES = ["receiver", "worker"]
 MAX_BACKOFF_S = 30.0
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
@@ -31,8 +33,16 @@ class Child:
     started_at: float = 0.0
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command)
+        self.process = subprocess.Popen(self.command, preexec_fn=_die_with_parent)
         self.started_at = time.monotonic()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the supervisor dies, even by SIGKILL, so no
+    role is left running (and holding the DICOM port) without its supervisor."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
 def role_command(role: str, config: Path | None) -> list[str]:

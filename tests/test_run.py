@@ -44,8 +44,31 @@ def role_pids(parent: int) -> dict[str, int]:
             words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except FileNotFoundError:
             continue  # exited meanwhile
-        roles[words[-2].decode()] = int(pid)  # cmdline ends with a NUL
+        if len(words) >= 2:  # a zombie has no command line; a fresh fork has its parent's
+            roles[words[-2].decode()] = int(pid)  # cmdline ends with a NUL
     return roles
+
+
+@pytest.mark.slow
+def test_roles_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    config = tmp_path / "appliance.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    peer = Peer("127.0.0.1", settings.receiver.port)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "--config", str(config), "run"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: answers(peer) and set(role_pids(run.pid)) == {"receiver", "worker"})
+        roles = role_pids(run.pid)
+    finally:
+        run.kill()
+        run.wait()
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in roles.values()))
+    assert not answers(peer)
 
 
 @pytest.mark.slow

@@ -62,6 +62,24 @@ def test_analyses_are_claimed_before_pictures(store: Store, tmp_path: Path) -> N
     assert kinds == ["analyse", "analyse", "pictures"]
 
 
+def test_pictures_wait_for_a_quiet_moment_or_until_they_are_old(
+    store: Store, tmp_path: Path
+) -> None:
+    _, first = put(store, tmp_path, "cr", seed=1)
+    assert jobs.claim(store.conn, "w", lease_s=30, quiet_s=60) is not None  # the analysis
+    with store.conn:
+        jobs.enqueue(store.conn, first.instance_id, 3, kind=jobs.PICTURES)
+    assert jobs.pictures_waiting(store.conn)
+    assert jobs.claim(store.conn, "w", lease_s=30, quiet_s=60) is None  # images just arrived
+    assert jobs.claim(store.conn, "w", lease_s=30, quiet_s=0) is not None
+    with store.conn:
+        jobs.enqueue(store.conn, first.instance_id, 3, kind=jobs.PICTURES)
+        store.conn.execute(
+            "UPDATE jobs SET created_at = '2000-01-01T00:00:00.000000+00:00' WHERE state = 'queued'"
+        )
+    assert jobs.claim(store.conn, "w", lease_s=30, quiet_s=3600) is not None  # overdue
+
+
 def test_jobs_of_a_dead_worker_on_this_machine_are_taken_back(store: Store, tmp_path: Path) -> None:
     put(store, tmp_path, "cr", seed=1)
     put(store, tmp_path, "cr", seed=2)
@@ -83,7 +101,7 @@ def test_jobs_of_a_dead_worker_on_this_machine_are_taken_back(store: Store, tmp_
 def test_an_exhausted_job_of_a_dead_worker_fails_with_an_analysis(
     store: Store, tmp_path: Path
 ) -> None:
-    _, result = put(store, tmp_path, "cr", seed=1)
+    put(store, tmp_path, "cr", seed=1)
     store.conn.execute("UPDATE jobs SET max_attempts = 1")
     assert jobs.claim(store.conn, "w", lease_s=0) is not None
     assert jobs.reap_stale(store.conn, now=time.time() + 1, on_failed=store.record_failure) == 1

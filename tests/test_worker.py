@@ -52,6 +52,8 @@ def opened(tmp_path: Path) -> Iterator[Any]:
     handles: list[Store] = []
 
     def open_with(**sections: dict[str, Any]) -> tuple[Store, Any]:
+        # Pictures at once: these tests drain the queue rather than wait for a quiet moment.
+        sections["jobs"] = {"pictures_quiet_s": 0, **sections.get("jobs", {})}
         settings = make_settings(tmp_path, **sections)
         store = open_store(settings)
         handles.append(store)

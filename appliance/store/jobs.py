@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from appliance.domain import JobState
 from appliance.store import audit
@@ -24,6 +25,7 @@ from appliance.store.db import utc_now
 
 ANALYSE = "analyse"
 PICTURES = "pictures"  # heatmaps and overlays of a saved analysis: after every analysis
+PICTURES_MAX_WAIT_S = 30.0  # a stream of images that never pauses must not starve pictures
 
 
 @dataclass(frozen=True)
@@ -48,19 +50,30 @@ def enqueue(
     return int(cur.lastrowid or 0)
 
 
-def claim(conn: sqlite3.Connection, owner: str, lease_s: float) -> Job | None:
-    """Lease the next due job to `owner` (analyses before pictures, oldest first), or None."""
-    if not _any_due(conn):
+# Due: queued and past its retry time. Pictures also wait until no image has arrived for a
+# moment (or until they are old): in a burst, every image gets its findings, and the worklist
+# its order, before any picture is drawn. Analyses go first, then the oldest.
+_ANY_DUE = (
+    "SELECT 1 FROM jobs WHERE state = 'queued' AND run_after <= :now"
+    " AND (kind != 'pictures' OR :quiet OR created_at <= :overdue) LIMIT 1"
+)
+_NEXT_DUE = (
+    "SELECT id, instance_ref, kind, attempts, max_attempts FROM jobs"
+    " WHERE state = 'queued' AND run_after <= :now"
+    " AND (kind != 'pictures' OR :quiet OR created_at <= :overdue)"
+    " ORDER BY kind = 'pictures', id LIMIT 1"
+)
+
+
+def claim(conn: sqlite3.Connection, owner: str, lease_s: float, quiet_s: float = 0.0) -> Job | None:
+    """Lease the next due job to `owner`, or None: analyses first, oldest first; pictures only
+    once no analysis was queued for `quiet_s` seconds or they waited PICTURES_MAX_WAIT_S."""
+    due = _due_params(conn, quiet_s)
+    if conn.execute(_ANY_DUE, due).fetchone() is None:
         return None  # the common idle case, without taking the write lock
     conn.execute("BEGIN IMMEDIATE")
     try:
-        row = conn.execute(
-            # Analyses first: in a burst every image gets its findings (and the worklist its
-            # order) before any time goes to drawing pictures.
-            "SELECT id, instance_ref, kind, attempts, max_attempts FROM jobs"
-            " WHERE state = 'queued' AND run_after <= ? ORDER BY kind = 'pictures', id LIMIT 1",
-            (time.time(),),
-        ).fetchone()
+        row = conn.execute(_NEXT_DUE, due).fetchone()
         if row is None:
             conn.execute("COMMIT")
             return None
@@ -78,11 +91,18 @@ def claim(conn: sqlite3.Connection, owner: str, lease_s: float) -> Job | None:
     )
 
 
-def _any_due(conn: sqlite3.Connection) -> bool:
-    row = conn.execute(
-        "SELECT 1 FROM jobs WHERE state = 'queued' AND run_after <= ? LIMIT 1", (time.time(),)
+def _due_params(conn: sqlite3.Connection, quiet_s: float) -> dict[str, object]:
+    now = time.time()
+    last = conn.execute(
+        "SELECT created_at FROM jobs WHERE kind = 'analyse' ORDER BY id DESC LIMIT 1"
     ).fetchone()
-    return row is not None
+    quiet = last is None or last[0] <= _iso(now - quiet_s)
+    return {"now": now, "quiet": quiet, "overdue": _iso(now - PICTURES_MAX_WAIT_S)}
+
+
+def _iso(epoch: float) -> str:
+    """An epoch time in the store's text form (see db.utc_now), for comparisons."""
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="microseconds")
 
 
 def heartbeat(conn: sqlite3.Connection, job_id: int, owner: str, lease_s: float) -> bool:
@@ -117,6 +137,11 @@ def retry(conn: sqlite3.Connection, job_id: int, owner: str, error: str, delay_s
         (error, time.time() + delay_s, utc_now(), job_id, owner),
     )
     return cur.rowcount == 1
+
+
+def pictures_waiting(conn: sqlite3.Connection) -> bool:
+    row = conn.execute("SELECT 1 FROM jobs WHERE state = 'queued' AND kind = 'pictures' LIMIT 1")
+    return row.fetchone() is not None
 
 
 def next_due(conn: sqlite3.Connection) -> float | None:

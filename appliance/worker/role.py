@@ -77,13 +77,17 @@ class Worker:
 
     def idle_wait(self) -> float:
         """Seconds to wait for a ring: the poll interval, or less when a retry falls due."""
-        due = jobs.next_due(self.store.conn)
-        poll = self.settings.jobs.poll_s
-        return poll if due is None else max(0.01, min(poll, due - time.time()))
+        conn, settings = self.store.conn, self.settings.jobs
+        wait = settings.poll_s
+        if jobs.pictures_waiting(conn):
+            wait = min(wait, max(settings.pictures_quiet_s, 0.05))
+        due = jobs.next_due(conn)
+        return wait if due is None else max(0.01, min(wait, due - time.time()))
 
     def run_once(self) -> bool:
         """Claim and finish one job; False when none was due."""
-        job = jobs.claim(self.store.conn, self.owner, self.settings.jobs.lease_s)
+        settings = self.settings.jobs
+        job = jobs.claim(self.store.conn, self.owner, settings.lease_s, settings.pictures_quiet_s)
         if job is None:
             return False
         started = time.perf_counter()
