@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from appliance.bench import inference, ingest
+from appliance.bench import e2e, inference, ingest
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,3 +21,4 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     benchmarks = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     ingest.add_parser(benchmarks)
     inference.add_parser(benchmarks)
+    e2e.add_parser(benchmarks)

@@ -210,6 +210,9 @@ def _with(outcome: ModelOutcome, **changes: Any) -> ModelOutcome:
 
 def _combine(runs: list[_Run], settings: Settings, decode_ms: float) -> Draft:
     outcomes = tuple(run.outcome for run in runs)
+    for outcome in outcomes:  # the models shared one decode; each result says what it cost
+        if outcome.state is AnalysisState.FINDINGS:
+            outcome.result["decode_ms"] = round(decode_ms, 3)
     states = {o.state for o in outcomes}
     if AnalysisState.FINDINGS in states:
         state = AnalysisState.FINDINGS
