@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="run the worker role (analyses images)").set_defaults(
         func=cmd_worker
     )
+    sub.add_parser("ui", help="run the touchscreen web UI role").set_defaults(func=cmd_ui)
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("file", type=Path)
     check.set_defaults(func=cmd_check_config)
@@ -108,9 +109,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     paths = resolve_paths(settings)
     cfg = settings.receiver
+    ui = settings.ui
+    host = "127.0.0.1" if ui.bind_address in ("0.0.0.0", "::") else ui.bind_address
     print(
-        f"appliance: starting; DICOM port {cfg.port} (AE {cfg.ae_title!r}), "
-        f"data in {paths.data_dir}. Ctrl-C stops.",
+        f"appliance: starting; UI at http://{host}:{ui.port}/, DICOM port {cfg.port} "
+        f"(AE {cfg.ae_title!r}), data in {paths.data_dir}. Ctrl-C stops.",
         flush=True,
     )
     return supervisor.run(args.config)
@@ -125,6 +128,13 @@ def cmd_receiver(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from appliance.worker.role import serve
+
+    settings = _settings(args)
+    return serve(settings, resolve_paths(settings))
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from appliance.web.role import serve
 
     settings = _settings(args)
     return serve(settings, resolve_paths(settings))

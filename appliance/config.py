@@ -133,6 +133,25 @@ class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class UISettings(_Section):
+    """The touchscreen web UI."""
+
+    bind_address: str = "0.0.0.0"
+    port: int = Field(8080, ge=1, le=65535)
+    # Minutes without a request after which a user must sign in again.
+    session_timeout_min: int = Field(15, ge=1, le=24 * 60)
+    # Wrong PINs in a row before the account is locked, and for how long.
+    lockout_attempts: int = Field(5, ge=1, le=100)
+    lockout_min: int = Field(5, ge=1, le=24 * 60)
+    # Hide the AI findings of a study until the user has recorded their own impression.
+    read_first: bool = False
+    # Largest file accepted by the import page, in MiB.
+    upload_max_mb: int = Field(200, ge=1, le=4096)
+    # Set when a TLS proxy serves the UI: session cookies are then sent over TLS only.
+    behind_tls: bool = False
+    threads: int = Field(8, ge=1, le=64)
+
+
 class Settings(_Section):
     """All settings of one appliance."""
 
@@ -142,6 +161,7 @@ class Settings(_Section):
     jobs: JobSettings = Field(default_factory=lambda: JobSettings())
     models: ModelSettings = Field(default_factory=lambda: ModelSettings())
     triage: TriageSettings = Field(default_factory=lambda: TriageSettings())
+    ui: UISettings = Field(default_factory=lambda: UISettings())
     logging: LoggingSettings = Field(default_factory=lambda: LoggingSettings())
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,12 +15,15 @@ from typing import Any
 
 import pytest
 import yaml
+from flask import Flask
+from flask.testing import FlaskClient
 
 from appliance.bench.peers import BenchError, dcmtk, free_port
 from appliance.config import Settings
 from appliance.paths import Paths, resolve_paths
 from appliance.receiver import Receiver
-from appliance.store import Store, open_store
+from appliance.store import Store, open_store, users
+from appliance.web import create_app
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,6 +44,7 @@ def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
     data: dict[str, Any] = {
         "storage": {"data_dir": str(tmp_path / "data"), "free_space_floor_mb": 0},
         "receiver": {"bind_address": "127.0.0.1", "port": free_port()},
+        "ui": {"bind_address": "127.0.0.1", "port": free_port()},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
@@ -163,3 +168,39 @@ def role_process(tmp_path: Path) -> Iterator[Callable[..., RoleProcess]]:
     yield make
     for proc in made:
         proc.stop()
+
+
+# --- the web UI (Flask tutorial style: an app on a temporary data folder, and its client) ------
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[Flask]:
+    """The UI on a fresh store under tmp_path; sections via `app_settings` if a test needs."""
+    settings = make_settings(tmp_path)
+    application = create_app(settings, TESTING=True)
+    yield application
+    application.extensions["appliance.store"].close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def csrf_of(client: FlaskClient, path: str = "/signin") -> str:
+    """The CSRF token a page hands out (from its meta tag), as a browser would read it."""
+    page = client.get(path, follow_redirects=True).get_data(as_text=True)
+    match = re.search(r'<meta name="csrf-token" content="([^"]+)"', page)
+    assert match, f"no CSRF token on {path}"
+    return match.group(1)
+
+
+def add_user(app: Flask, username: str, role: str, pin: str = "2468") -> int:
+    store = app.extensions["appliance.store"]
+    return users.create_user(store.conn, username, username.title(), role, pin, "test").id
+
+
+def sign_in(client: FlaskClient, username: str, pin: str = "2468") -> None:
+    token = csrf_of(client)
+    response = client.post("/signin", data={"username": username, "pin": pin, "csrf_token": token})
+    assert response.status_code == 302, response.get_data(as_text=True)

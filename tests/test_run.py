@@ -62,7 +62,7 @@ def test_roles_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for(lambda: answers(peer) and set(role_pids(run.pid)) == {"receiver", "worker"})
+        wait_for(lambda: answers(peer) and set(role_pids(run.pid)) == {"receiver", "worker", "ui"})
         roles = role_pids(run.pid)
     finally:
         run.kill()
@@ -86,7 +86,7 @@ def test_run_restarts_a_crashed_role_and_stops_cleanly(tmp_path: Path) -> None:
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        wait_for(lambda: answers(peer) and set(role_pids(run.pid)) == {"receiver", "worker"})
+        wait_for(lambda: answers(peer) and set(role_pids(run.pid)) == {"receiver", "worker", "ui"})
         first = role_pids(run.pid)
         os.kill(first["receiver"], signal.SIGKILL)  # a crash of the role, not of the supervisor
         wait_for(

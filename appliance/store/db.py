@@ -154,6 +154,68 @@ MIGRATIONS: list[str] = [
     ALTER TABLE studies ADD COLUMN triage_reason TEXT NOT NULL DEFAULT '';
     CREATE INDEX studies_by_triage ON studies(triage_rank, first_received_at);
     """,
+    # 3: the UI's users, what people say about findings (never changing them), and what the
+    # roles tell the admin: which models are loaded, whether each role is up.
+    """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        username TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        display_name TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('technologist', 'clinician', 'admin')),
+        pin_hash TEXT NOT NULL,
+        failed_attempts INTEGER NOT NULL DEFAULT 0,
+        locked_until REAL NOT NULL DEFAULT 0,
+        active INTEGER NOT NULL DEFAULT 1,
+        created_at TEXT NOT NULL,
+        last_sign_in TEXT
+    );
+    CREATE TABLE feedback (
+        id INTEGER PRIMARY KEY,
+        finding_ref INTEGER NOT NULL REFERENCES findings(id),
+        label TEXT NOT NULL,
+        verdict TEXT NOT NULL CHECK (verdict IN ('agree', 'disagree', 'unsure')),
+        comment TEXT NOT NULL,
+        user_ref INTEGER NOT NULL REFERENCES users(id),
+        at TEXT NOT NULL
+    );
+    CREATE INDEX feedback_by_finding ON feedback(finding_ref, id);
+    CREATE TABLE impressions (
+        id INTEGER PRIMARY KEY,
+        study_ref INTEGER NOT NULL REFERENCES studies(id),
+        user_ref INTEGER NOT NULL REFERENCES users(id),
+        text TEXT NOT NULL,
+        final INTEGER NOT NULL DEFAULT 0,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX impressions_by_study ON impressions(study_ref, id);
+    CREATE TRIGGER feedback_no_update BEFORE UPDATE ON feedback
+        BEGIN SELECT RAISE(ABORT, 'feedback is append-only: add a newer entry'); END;
+    CREATE TRIGGER impressions_no_update BEFORE UPDATE ON impressions
+        BEGIN SELECT RAISE(ABORT, 'impressions are append-only: add a newer entry'); END;
+    CREATE TABLE kv (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE role_status (
+        role TEXT PRIMARY KEY,
+        pid INTEGER NOT NULL,
+        started_at TEXT NOT NULL,
+        heartbeat_at TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE TABLE installed_models (
+        name TEXT PRIMARY KEY,
+        version TEXT NOT NULL,
+        model_sha256 TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('loaded', 'refused', 'disabled')),
+        reason TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        precision TEXT NOT NULL,
+        folder TEXT NOT NULL,
+        manifest TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    """,
 ]
 
 

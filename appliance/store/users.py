@@ -1,0 +1,205 @@
+"""People who use the UI: a user name, a role and a PIN (stored as a salted scrypt hash).
+
+Repeated wrong PINs lock the account for a while (`ui.lockout_*`); every sign-in, failure and
+lock is audited. There are no default accounts: the first admin is created with a one-time
+setup code that the UI role prints on its first start (`setup_code`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from enum import Enum
+
+from appliance.store import audit
+from appliance.store.db import utc_now
+
+ROLES = ("technologist", "clinician", "admin")
+_USERNAME = re.compile(r"^[A-Za-z0-9._-]{2,32}$")
+_PIN = re.compile(r"^[0-9]{4,8}$")
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}  # ~40 ms per check on a small CPU: slows guessing
+_SETUP_KEY = "setup_code"
+
+
+class UserError(ValueError):
+    """A user name, PIN or role that cannot be accepted; the message says why."""
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    username: str
+    display_name: str
+    role: str
+    active: bool
+
+
+class SignIn(Enum):
+    OK = "ok"
+    WRONG = "wrong"
+    LOCKED = "locked"
+
+
+@dataclass(frozen=True)
+class SignInResult:
+    outcome: SignIn
+    user: User | None = None
+    locked_for_s: float = 0.0
+
+
+def check_username(username: str) -> str:
+    if not _USERNAME.match(username):
+        raise UserError("a user name has 2-32 letters, digits, dots, dashes or underscores")
+    return username
+
+
+def check_pin(pin: str) -> str:
+    if not _PIN.match(pin):
+        raise UserError("a PIN has 4 to 8 digits")
+    return pin
+
+
+def hash_pin(pin: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(pin.encode(), salt=salt, **_SCRYPT)
+    return f"scrypt${salt.hex()}${digest.hex()}"
+
+
+def _pin_matches(pin: str, stored: str) -> bool:
+    try:
+        scheme, salt, digest = stored.split("$")
+    except ValueError:
+        return False
+    if scheme != "scrypt":
+        return False
+    candidate = hashlib.scrypt(pin.encode(), salt=bytes.fromhex(salt), **_SCRYPT)
+    return hmac.compare_digest(candidate.hex(), digest)
+
+
+def create_user(
+    conn: sqlite3.Connection, username: str, display_name: str, role: str, pin: str, actor: str
+) -> User:
+    """Add a user (inside the caller's transaction, or on its own)."""
+    check_username(username)
+    check_pin(pin)
+    if role not in ROLES:
+        raise UserError(f"role must be one of {', '.join(ROLES)}")
+    name = display_name.strip()[:64] or username
+    try:
+        cur = conn.execute(
+            "INSERT INTO users (username, display_name, role, pin_hash, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (username, name, role, hash_pin(pin), utc_now()),
+        )
+    except sqlite3.IntegrityError as exc:
+        raise UserError(f"the user name {username!r} is taken") from exc
+    user_id = int(cur.lastrowid or 0)
+    audit.append(conn, actor, "user.created", f"user:{username}", role=role)
+    return User(user_id, username, name, role, True)
+
+
+def get_user(conn: sqlite3.Connection, user_id: int) -> User | None:
+    row = conn.execute(
+        "SELECT id, username, display_name, role, active FROM users WHERE id = ?", (user_id,)
+    ).fetchone()
+    return None if row is None else _user(row)
+
+
+def list_users(conn: sqlite3.Connection) -> list[User]:
+    rows = conn.execute(
+        "SELECT id, username, display_name, role, active FROM users ORDER BY username"
+    ).fetchall()
+    return [_user(row) for row in rows]
+
+
+def has_admin(conn: sqlite3.Connection) -> bool:
+    row = conn.execute("SELECT 1 FROM users WHERE role = 'admin' AND active = 1 LIMIT 1")
+    return row.fetchone() is not None
+
+
+def sign_in(
+    conn: sqlite3.Connection, username: str, pin: str, attempts: int, lock_s: float
+) -> SignInResult:
+    """Check a PIN; count failures and lock the account after `attempts` in a row."""
+    row = conn.execute(
+        "SELECT id, username, display_name, role, active, pin_hash, failed_attempts,"
+        " locked_until FROM users WHERE username = ?",
+        (username,),
+    ).fetchone()
+    now = time.time()
+    if row is None or not row["active"]:
+        _pin_matches(pin, hash_pin("0000"))  # same work either way: no user-name probing
+        audit.append(conn, f"ui:{username[:32]}", "signin.failed", f"user:{username[:32]}")
+        return SignInResult(SignIn.WRONG)
+    if row["locked_until"] > now:
+        audit.append(conn, f"ui:{row['username']}", "signin.locked", f"user:{row['username']}")
+        return SignInResult(SignIn.LOCKED, locked_for_s=row["locked_until"] - now)
+    if _pin_matches(pin, row["pin_hash"]):
+        conn.execute(
+            "UPDATE users SET failed_attempts = 0, locked_until = 0, last_sign_in = ? WHERE id = ?",
+            (utc_now(), row["id"]),
+        )
+        audit.append(conn, f"ui:{row['username']}", "signin", f"user:{row['username']}")
+        return SignInResult(SignIn.OK, _user(row))
+    return _failed(conn, row, attempts, lock_s, now)
+
+
+def _failed(
+    conn: sqlite3.Connection, row: sqlite3.Row, attempts: int, lock_s: float, now: float
+) -> SignInResult:
+    failures = row["failed_attempts"] + 1
+    locked_until = now + lock_s if failures >= attempts else 0.0
+    conn.execute(
+        "UPDATE users SET failed_attempts = ?, locked_until = ? WHERE id = ?",
+        (0 if locked_until else failures, locked_until, row["id"]),
+    )
+    subject = f"user:{row['username']}"
+    audit.append(conn, f"ui:{row['username']}", "signin.failed", subject, failures=failures)
+    if locked_until:
+        audit.append(conn, "system", "user.locked", subject, minutes=round(lock_s / 60, 1))
+        return SignInResult(SignIn.LOCKED, locked_for_s=lock_s)
+    return SignInResult(SignIn.WRONG)
+
+
+def set_active(conn: sqlite3.Connection, user_id: int, active: bool, actor: str) -> None:
+    conn.execute("UPDATE users SET active = ? WHERE id = ?", (int(active), user_id))
+    action = "user.enabled" if active else "user.disabled"
+    audit.append(conn, actor, action, f"user-id:{user_id}")
+
+
+def set_pin(conn: sqlite3.Connection, user_id: int, pin: str, actor: str) -> None:
+    check_pin(pin)
+    conn.execute(
+        "UPDATE users SET pin_hash = ?, failed_attempts = 0, locked_until = 0 WHERE id = ?",
+        (hash_pin(pin), user_id),
+    )
+    audit.append(conn, actor, "user.pin_changed", f"user-id:{user_id}")
+
+
+def new_setup_code(conn: sqlite3.Connection) -> str:
+    """A fresh one-time code for creating the first admin (only its hash is kept)."""
+    code = f"{secrets.randbelow(10**8):08d}"
+    conn.execute(
+        "INSERT INTO kv (key, value) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (_SETUP_KEY, hash_pin(code)),
+    )
+    return code
+
+
+def use_setup_code(conn: sqlite3.Connection, code: str) -> bool:
+    """True (and the code is spent) when `code` is the current setup code."""
+    row = conn.execute("SELECT value FROM kv WHERE key = ?", (_SETUP_KEY,)).fetchone()
+    if row is None or not _pin_matches(code.strip(), row[0]):
+        return False
+    conn.execute("DELETE FROM kv WHERE key = ?", (_SETUP_KEY,))
+    return True
+
+
+def _user(row: sqlite3.Row) -> User:
+    return User(row["id"], row["username"], row["display_name"], row["role"], bool(row["active"]))

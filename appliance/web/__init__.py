@@ -1,0 +1,65 @@
+"""The touchscreen web UI: a Flask application factory with one blueprint per area.
+
+It reads and writes the store only (DESIGN.md): no runtime, capture or DICOM networking here.
+Every view needs a signed-in user unless marked `@public`; admin views need the admin role.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from appliance.config import Settings
+from appliance.paths import Paths, resolve_paths
+from appliance.store import Store, open_store
+from appliance.web import auth, health, i18n, security, worklist
+
+_SIGNING_KEY_ROW = "ui_secret"  # the kv row that holds the cookie signing key
+
+
+def create_app(settings: Settings, paths: Paths | None = None, **overrides: Any) -> Flask:
+    """The UI for the store these settings point at; `overrides` go into app.config."""
+    app = Flask(__name__)
+    store = open_store(settings, paths or resolve_paths(settings))
+    app.extensions["appliance.store"] = store
+    app.extensions["appliance.settings"] = settings
+    app.config.update(
+        SECRET_KEY=_secret_key(store),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_SECURE=settings.ui.behind_tls,
+        SESSION_COOKIE_NAME="appliance_session",
+        MAX_CONTENT_LENGTH=settings.ui.upload_max_mb * 2**20,
+        TEMPLATES_AUTO_RELOAD=False,
+    )
+    app.config.update(overrides)
+    i18n.init_app(app)
+    security.init_app(app)
+    for blueprint in (auth.bp, health.bp, worklist.bp):
+        app.register_blueprint(blueprint)
+    return app
+
+
+def store_of(app: Flask) -> Store:
+    store: Store = app.extensions["appliance.store"]
+    return store
+
+
+def _secret_key(store: Store) -> str:
+    """The key that signs session cookies: made on first start, kept in the store, so
+    sessions survive a restart of the UI role."""
+    conn = store.conn
+    conn.execute(
+        "INSERT OR IGNORE INTO kv (key, value) VALUES (?, ?)",
+        (_SIGNING_KEY_ROW, secrets.token_hex(32)),
+    )
+    value: str = conn.execute("SELECT value FROM kv WHERE key = ?", (_SIGNING_KEY_ROW,)).fetchone()[
+        0
+    ]
+    return value
+
+
+TEMPLATES = Path(__file__).parent / "templates"

@@ -1,0 +1,112 @@
+"""Sign-in with a user name and a PIN on a touch keypad, sign-out, and the first-run set-up."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from werkzeug.wrappers import Response
+
+from appliance.store import users
+from appliance.web.i18n import t
+from appliance.web.security import ViewResult, csrf_token, public
+
+bp = Blueprint("auth", __name__)
+
+
+def _conn() -> sqlite3.Connection:
+    from appliance.web import store_of
+
+    return store_of(current_app).conn
+
+
+@bp.route("/signin", methods=["GET", "POST"])
+@public
+def signin() -> ViewResult:
+    if not users.has_admin(_conn()):
+        return redirect(url_for("auth.setup"))
+    if request.method == "GET":
+        return render_template("auth/signin.html", timed_out=g.get("timed_out", False))
+    settings = current_app.extensions["appliance.settings"].ui
+    username = request.form.get("username", "").strip()[:64]
+    result = users.sign_in(
+        _conn(),
+        username,
+        request.form.get("pin", "")[:16],
+        settings.lockout_attempts,
+        settings.lockout_min * 60.0,
+    )
+    if result.outcome is users.SignIn.OK and result.user is not None:
+        _start_session(result.user.id)
+        return redirect(_safe_next(request.args.get("next", "")))
+    if result.outcome is users.SignIn.LOCKED:
+        minutes = max(1, round(result.locked_for_s / 60))
+        flash(t("auth.locked", minutes=minutes))
+        return render_template("auth/signin.html", username=username), 429
+    flash(t("auth.wrong"))
+    return render_template("auth/signin.html", username=username), 401
+
+
+@bp.route("/signout", methods=["POST"])
+def signout() -> Response:
+    session.clear()
+    return redirect(url_for("auth.signin"))
+
+
+@bp.route("/setup", methods=["GET", "POST"])
+@public
+def setup() -> ViewResult:
+    """Create the first admin with the one-time code the UI role printed; gone afterwards."""
+    conn = _conn()
+    if users.has_admin(conn):
+        abort(404)
+    if request.method == "GET":
+        return render_template("auth/setup.html")
+    form = request.form
+    try:
+        users.check_username(form.get("username", ""))
+        users.check_pin(form.get("pin", ""))
+        if form.get("pin") != form.get("pin_again"):
+            raise users.UserError(t("auth.pins_differ"))
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if not users.use_setup_code(conn, form.get("code", "")[:16]):
+                raise users.UserError(t("auth.bad_code"))
+            admin = users.create_user(
+                conn, form["username"], form.get("display_name", ""), "admin", form["pin"], "setup"
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    except users.UserError as exc:
+        flash(str(exc))
+        return render_template("auth/setup.html", username=form.get("username", "")), 400
+    _start_session(admin.id)
+    return redirect(url_for("worklist.index"))
+
+
+def _start_session(user_id: int) -> None:
+    session.clear()  # a fresh session (and CSRF token) at every sign-in
+    session["user_id"] = user_id
+    session["seen"] = time.time()
+    csrf_token()
+
+
+def _safe_next(target: str) -> str:
+    """Only paths on this site: never an open redirect."""
+    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return url_for("worklist.index")
