@@ -1,0 +1,214 @@
+"""The UI's front door: first-run set-up, PIN sign-in and lockout, sessions, CSRF, headers."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from appliance.store import audit, users
+from appliance.web.security import CSP
+
+from conftest import add_user, csrf_of, sign_in
+
+
+def store_conn(app: Flask) -> sqlite3.Connection:
+    conn: sqlite3.Connection = app.extensions["appliance.store"].conn
+    return conn
+
+
+def setup_form(code: str, **changes: str) -> dict[str, str]:
+    form = {
+        "code": code,
+        "username": "admin",
+        "display_name": "Ada Admin",
+        "pin": "135790",
+        "pin_again": "135790",
+    }
+    form.update(changes)
+    return form
+
+
+def test_a_fresh_appliance_sends_everyone_to_setup_and_has_no_accounts(
+    app: Flask, client: FlaskClient
+) -> None:
+    assert users.list_users(store_conn(app)) == []
+    assert client.get("/").headers["Location"].startswith("/signin")
+    assert client.get("/signin").headers["Location"] == "/setup"
+    assert client.get("/setup").status_code == 200
+
+
+def test_setup_needs_the_printed_code_and_creates_the_first_admin_once(
+    app: Flask, client: FlaskClient
+) -> None:
+    code = users.new_setup_code(store_conn(app))
+    token = csrf_of(client, "/setup")
+    wrong = "0" * 8 if code != "0" * 8 else "1" * 8
+    refused = client.post("/setup", data={**setup_form(wrong), "csrf_token": token})
+    assert refused.status_code == 400 and users.list_users(store_conn(app)) == []
+    created = client.post("/setup", data={**setup_form(code), "csrf_token": token})
+    assert created.status_code == 302 and created.headers["Location"] == "/"
+    [admin] = users.list_users(store_conn(app))
+    assert (admin.username, admin.role) == ("admin", "admin")
+    assert client.get("/").status_code == 200  # signed in by the set-up
+    assert client.get("/setup").status_code == 404  # gone once an admin exists
+    token = csrf_of(client, "/")  # a new session and token came with the sign-in
+    again = client.post("/setup", data={**setup_form(code, username="eve"), "csrf_token": token})
+    assert again.status_code == 404
+
+
+def test_setup_refuses_a_short_pin_or_two_different_pins(app: Flask, client: FlaskClient) -> None:
+    code = users.new_setup_code(store_conn(app))
+    token = csrf_of(client, "/setup")
+    for changes in ({"pin": "12", "pin_again": "12"}, {"pin_again": "999999"}):
+        response = client.post("/setup", data={**setup_form(code, **changes), "csrf_token": token})
+        assert response.status_code == 400
+    assert users.list_users(store_conn(app)) == []
+
+
+def test_sign_in_with_the_right_pin_and_not_with_a_wrong_one(
+    app: Flask, client: FlaskClient
+) -> None:
+    add_user(app, "admin", "admin")
+    add_user(app, "tech", "technologist", pin="1234")
+    token = csrf_of(client)
+    wrong = client.post("/signin", data={"username": "tech", "pin": "4321", "csrf_token": token})
+    assert wrong.status_code == 401 and "not right" in wrong.get_data(as_text=True)
+    unknown = client.post(
+        "/signin", data={"username": "nobody", "pin": "1234", "csrf_token": token}
+    )
+    assert unknown.status_code == 401  # the same answer: no probing for user names
+    sign_in(client, "tech", "1234")
+    page = client.get("/")
+    assert page.status_code == 200 and "Tech (technologist)" in page.get_data(as_text=True)
+    actions = [row["action"] for row in audit.recent(store_conn(app))]
+    assert actions.count("signin.failed") == 2 and "signin" in actions
+
+
+def test_repeated_wrong_pins_lock_the_account_even_for_the_right_pin(
+    app: Flask, client: FlaskClient
+) -> None:
+    add_user(app, "admin", "admin")
+    add_user(app, "tech", "technologist", pin="1234")
+    token = csrf_of(client)
+    attempts = app.extensions["appliance.settings"].ui.lockout_attempts
+    for _ in range(attempts - 1):
+        assert (
+            client.post(
+                "/signin", data={"username": "tech", "pin": "0000", "csrf_token": token}
+            ).status_code
+            == 401
+        )
+    locked = client.post("/signin", data={"username": "tech", "pin": "0000", "csrf_token": token})
+    assert locked.status_code == 429 and "locked" in locked.get_data(as_text=True)
+    right = client.post("/signin", data={"username": "tech", "pin": "1234", "csrf_token": token})
+    assert right.status_code == 429
+    conn = store_conn(app)
+    assert [r["action"] for r in audit.recent(conn, "user.locked")] == ["user.locked"]
+    conn.execute("UPDATE users SET locked_until = ? WHERE username = 'tech'", (time.time() - 1,))
+    sign_in(client, "tech", "1234")  # the lock runs out
+
+
+def test_state_changes_without_the_csrf_token_are_refused(app: Flask, client: FlaskClient) -> None:
+    add_user(app, "admin", "admin")
+    add_user(app, "tech", "technologist", pin="1234")
+    no_token = client.post("/signin", data={"username": "tech", "pin": "1234"})
+    assert no_token.status_code == 400 and "expired" in no_token.get_data(as_text=True)
+    forged = client.post(
+        "/signin", data={"username": "tech", "pin": "1234", "csrf_token": "forged"}
+    )
+    assert forged.status_code == 400
+    sign_in(client, "tech", "1234")
+    assert client.post("/signout").status_code == 400  # signing out needs the token too
+    assert client.get("/").status_code == 200
+
+
+def test_only_sign_in_setup_and_health_are_public(app: Flask, client: FlaskClient) -> None:
+    add_user(app, "admin", "admin")
+    public = {
+        rule.endpoint
+        for rule in app.url_map.iter_rules()
+        if getattr(app.view_functions[rule.endpoint], "public", False)
+    }
+    assert public == {"auth.signin", "auth.setup", "health.health"}
+    assert client.get("/health").get_json() == {"status": "ok"}
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in public or rule.endpoint == "static" or "GET" not in rule.methods:
+            continue
+        path = rule.rule.replace("<int:", "<").replace("<", "").replace(">", "")
+        path = "".join(ch if ch != "_" else "1" for ch in path)
+        response = client.get(path)
+        assert response.status_code in (302, 401, 404), f"{rule.rule} answered signed out"
+        if response.status_code == 302:
+            assert response.headers["Location"].startswith("/signin")
+
+
+def test_an_idle_session_times_out(app: Flask, client: FlaskClient) -> None:
+    add_user(app, "admin", "admin")
+    sign_in(client, "admin")
+    with client.session_transaction() as session:
+        timeout = app.extensions["appliance.settings"].ui.session_timeout_min * 60
+        session["seen"] = time.time() - timeout - 1
+    response = client.get("/")
+    assert response.status_code == 302 and response.headers["Location"].startswith("/signin")
+
+
+def test_sign_in_never_redirects_off_site(app: Flask, client: FlaskClient) -> None:
+    add_user(app, "admin", "admin")
+    token = csrf_of(client)
+    for target in ("//evil.example/x", "https://evil.example/", "/\\evil.example"):
+        response = client.post(
+            f"/signin?next={target}",
+            data={"username": "admin", "pin": "2468", "csrf_token": token},
+        )
+        assert response.headers["Location"] == "/"
+        client.post("/signout", data={"csrf_token": csrf_of(client, "/")})
+        token = csrf_of(client)
+
+
+def test_every_answer_carries_the_security_headers_and_a_strict_cookie(
+    app: Flask, client: FlaskClient
+) -> None:
+    add_user(app, "admin", "admin")
+    token = csrf_of(client)
+    response = client.post(
+        "/signin", data={"username": "admin", "pin": "2468", "csrf_token": token}
+    )
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Secure" not in cookie
+    for path in ("/", "/signin", "/health", "/no-such-page"):
+        headers = client.get(path).headers
+        assert headers["Content-Security-Policy"] == CSP
+        assert "'unsafe-inline'" not in CSP and "script-src 'self'" in CSP
+        assert headers["X-Frame-Options"] == "DENY"
+        assert headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_failure_shows_no_stack_trace(app: Flask, client: FlaskClient) -> None:
+    def broken() -> str:
+        raise RuntimeError("secret internals")
+
+    app.add_url_rule("/broken", "broken", broken)
+    add_user(app, "admin", "admin")
+    sign_in(client, "admin")
+    response = client.get("/broken")
+    body = response.get_data(as_text=True)
+    assert response.status_code == 500
+    assert "secret internals" not in body and "Traceback" not in body
+
+
+@pytest.mark.parametrize("pin", ["123", "123456789", "12a4", ""])
+def test_bad_pins_are_refused_when_creating_users(app: Flask, pin: str) -> None:
+    with pytest.raises(users.UserError):
+        users.create_user(store_conn(app), "someone", "", "technologist", pin, "test")
+
+
+def test_pins_are_stored_only_as_salted_hashes(app: Flask) -> None:
+    add_user(app, "a1", "technologist", pin="2468")
+    add_user(app, "a2", "technologist", pin="2468")
+    hashes = [row[0] for row in store_conn(app).execute("SELECT pin_hash FROM users")]
+    assert all("2468" not in h and h.startswith("scrypt$") for h in hashes)
+    assert hashes[0] != hashes[1]
