@@ -11,7 +11,7 @@ from appliance.config import Settings
 from appliance.imaging.header import read_header
 from appliance.paths import Paths
 from appliance.receiver.scp import Receiver
-from appliance.store import open_store
+from appliance.store import open_store, status
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ def serve(settings: Settings, paths: Paths) -> int:
     _on_signals(stop)
     receiver.start()
     host, port = receiver.address
+    ae_title = settings.receiver.ae_title
+    beat = status.RoleBeat(store, "receiver", host=host, port=port, ae_title=ae_title)
     print(
         f"receiver: listening as AE {settings.receiver.ae_title!r} on {host}:{port} "
         f"(data in {paths.data_dir})",
@@ -38,6 +40,7 @@ def serve(settings: Settings, paths: Paths) -> int:
     )
     stop.wait()
     log.info("receiver stopping")
+    beat.stop()
     receiver.stop()
     store.close()
     return 0

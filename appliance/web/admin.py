@@ -1,7 +1,370 @@
-"""The admin area of the UI (being built)."""
+"""Administration, for the admin role only: users, model packages, system health, audit trail.
+
+Everything here is read from the store, never from the other roles directly: the worker and
+the receiver write what they are doing into it when they start (and a heartbeat while they
+run, `store.status`), so this page works whether or not they are up, and says which are not.
+Every change made here is audited under the admin's name.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import csv
+import io
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
 
-bp = Blueprint("admin", __name__)
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
+from flask.blueprints import BlueprintSetupState
+from werkzeug.wrappers import Response as WerkzeugResponse
+
+from appliance.config import Settings
+from appliance.store import Store, status, users
+from appliance.web.i18n import t
+from appliance.web.security import ViewResult
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+PAGE_SIZE = 50  # audit rows per page
+ROLES = ("receiver", "worker", "ui")  # shown even before they first report
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may run as a formula
+CSV_COLUMNS = ("id", "at_utc", "actor", "action", "subject", "detail")
+
+
+def _store() -> Store:
+    from appliance.web import store_of
+
+    return store_of(current_app)
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.extensions["appliance.settings"]
+    return settings
+
+
+def _actor() -> str:
+    return f"ui:{g.user.username}"
+
+
+@bp.record_once
+def _record_ui_start(state: BlueprintSetupState) -> None:
+    """The UI role's row in role_status: written when the app is made, refreshed whenever an
+    admin looks at the health page (which this process is then evidently serving)."""
+    store: Store = state.app.extensions["appliance.store"]
+    ui = state.app.extensions["appliance.settings"].ui
+    status.record_start(store.conn, "ui", host=ui.bind_address, port=ui.port)
+
+
+@bp.before_request
+def _admins_only() -> None:
+    """Signed-out users were already sent to sign in (security.py); other roles stop here."""
+    if g.user is None or g.user.role != "admin":
+        abort(403)
+
+
+@bp.context_processor
+def _helpers() -> dict[str, Callable[..., str]]:
+    return {"local_time": local_time, "duration": duration, "size": size}
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """A change and its audit row commit together, or neither does."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+# --- users -------------------------------------------------------------------------------------
+
+
+@bp.route("/")
+def index() -> WerkzeugResponse:
+    return redirect(url_for("admin.health"))
+
+
+@bp.route("/users", methods=["GET"])
+def user_list() -> str:
+    return _users_page({})
+
+
+def _users_page(values: Mapping[str, str]) -> str:
+    everyone = users.list_users(_store().conn)
+    return render_template("admin/users.html", users=everyone, roles=users.ROLES, values=values)
+
+
+@bp.route("/users", methods=["POST"])
+def create_user() -> ViewResult:
+    form = request.form
+    conn = _store().conn
+    try:
+        pin = _new_pin(form)
+        with _transaction(conn):
+            user = users.create_user(
+                conn,
+                form.get("username", "").strip(),
+                form.get("display_name", ""),
+                form.get("role", ""),
+                pin,
+                _actor(),
+            )
+    except users.UserError as exc:
+        flash(str(exc))
+        return _users_page(form), 400
+    flash(t("admin.user_created", username=user.username))
+    return redirect(url_for("admin.user_list"))
+
+
+def _new_pin(form: Mapping[str, str]) -> str:
+    """The PIN typed twice; both the same (a typo in a PIN nobody can see locks a user out)."""
+    pin = form.get("pin", "")[:16]
+    if pin != form.get("pin_again", "")[:16]:
+        raise users.UserError(t("admin.pins_differ"))
+    return users.check_pin(pin)
+
+
+@bp.route("/users/<int:user_id>/active", methods=["POST"])
+def set_active(user_id: int) -> ViewResult:
+    conn = _store().conn
+    user = users.get_user(conn, user_id) or abort(404)
+    active = request.form.get("active") == "1"
+    try:
+        with _transaction(conn):
+            _check_may_disable(conn, user, active)
+            users.set_active(conn, user.id, active, _actor())
+    except users.UserError as exc:
+        flash(str(exc))
+        return _users_page({}), 400
+    key = "admin.user_enabled" if active else "admin.user_disabled"
+    flash(t(key, username=user.username))
+    return redirect(url_for("admin.user_list"))
+
+
+def _check_may_disable(conn: sqlite3.Connection, user: users.User, active: bool) -> None:
+    """Never disable oneself or the last active admin: nobody could administer the box."""
+    if active:
+        return
+    if user.id == g.user.id:
+        raise users.UserError(t("admin.not_yourself"))
+    if user.role == "admin" and _active_admins(conn) <= 1:
+        raise users.UserError(t("admin.last_admin"))
+
+
+def _active_admins(conn: sqlite3.Connection) -> int:
+    return sum(1 for u in users.list_users(conn) if u.role == "admin" and u.active)
+
+
+@bp.route("/users/<int:user_id>/pin", methods=["POST"])
+def reset_pin(user_id: int) -> ViewResult:
+    conn = _store().conn
+    user = users.get_user(conn, user_id) or abort(404)
+    try:
+        pin = _new_pin(request.form)
+        with _transaction(conn):
+            users.set_pin(conn, user.id, pin, _actor())
+    except users.UserError as exc:
+        flash(t("admin.pin_not_changed", username=user.username, reason=str(exc)))
+        return _users_page({}), 400
+    flash(t("admin.pin_changed", username=user.username))
+    return redirect(url_for("admin.user_list"))
+
+
+# --- model packages ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Validation:
+    """A manifest's validation figures as a table: one row per label, one column per metric."""
+
+    dataset: str
+    columns: list[str]
+    rows: list[tuple[str, list[Any]]]
+
+
+@bp.route("/models")
+def models() -> str:
+    packages = status.installed_models(_store().conn)
+    tables = {p.name: _validation(p.manifest) for p in packages}
+    return render_template("admin/models.html", packages=packages, validation=tables)
+
+
+def _validation(manifest: Mapping[str, Any]) -> Validation | None:
+    figures = manifest.get("validation")
+    if not isinstance(figures, dict):
+        return None
+    metrics: dict[str, dict[str, Any]] = figures.get("metrics") or {}
+    columns: list[str] = []
+    for values in metrics.values():
+        columns += [name for name in values if name not in columns]
+    rows = [(label, [values.get(c, "") for c in columns]) for label, values in metrics.items()]
+    return Validation(str(figures.get("dataset", "")), columns, rows)
+
+
+# --- system health -----------------------------------------------------------------------------
+
+
+@bp.route("/health")
+def health() -> str:
+    store = _store()
+    conn = store.conn
+    status.beat(conn, "ui")
+    states = {state.role: state for state in status.role_states(conn)}
+    floor = _settings().storage.free_space_floor_mb * 2**20
+    free = store.spool.free_bytes()
+    return render_template(
+        "admin/health.html",
+        free=free,
+        floor=floor,
+        low=free < floor,
+        summary=store.summary(),
+        roles=[(name, states.get(name)) for name in _role_names(states)],
+        receiver=states.get("receiver"),
+        worker=states.get("worker"),
+        loaded=[m for m in status.installed_models(conn) if m.state == "loaded"],
+        refused=[m for m in status.installed_models(conn) if m.state == "refused"],
+        last_association=status.last_association_at(conn),
+        failed_jobs=status.failed_jobs(conn),
+        problems=status.audit_problems(conn),
+    )
+
+
+def _role_names(states: Mapping[str, status.RoleState]) -> list[str]:
+    return [*ROLES, *sorted(name for name in states if name not in ROLES)]
+
+
+# --- audit trail -------------------------------------------------------------------------------
+
+
+@bp.route("/audit")
+def audit() -> ViewResult:
+    search, problem = _audit_filter(request.args)
+    page = max(1, request.args.get("page", 1, type=int) or 1)
+    conn = _store().conn
+    rows, total = status.audit_page(conn, search, PAGE_SIZE, (page - 1) * PAGE_SIZE)
+    page_html = render_template(
+        "admin/audit.html",
+        rows=rows,
+        total=total,
+        page=page,
+        pages=max(1, -(-total // PAGE_SIZE)),
+        filters={k: request.args.get(k, "") for k in ("action", "actor", "subject", "from", "to")},
+        actions=status.audit_actions(conn),
+        problem=problem,
+    )
+    return (page_html, 400) if problem else page_html
+
+
+@bp.route("/audit.csv")
+def audit_csv() -> Response:
+    """The filtered trail as CSV, streamed in batches; the export itself is audited."""
+    search, problem = _audit_filter(request.args)
+    if problem:
+        abort(400)
+    store = _store()
+    store.audit(_actor(), "audit.exported", "audit", filters=_filter_detail(search))
+
+    def lines() -> Iterator[str]:
+        yield csv_line(CSV_COLUMNS)
+        for row in status.audit_rows(lambda: store.conn, search):
+            yield csv_line(
+                str(row[c]) for c in ("id", "at", "actor", "action", "subject", "detail")
+            )
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    response = Response(stream_with_context(lines()), mimetype="text/csv")
+    response.headers["Content-Disposition"] = f'attachment; filename="audit-{stamp}.csv"'
+    return response
+
+
+def _audit_filter(args: Mapping[str, str]) -> tuple[status.AuditFilter, str]:
+    """The filter from the query string, and a message when a date cannot be read. Dates are
+    the box's local days; the store keeps UTC, so they become UTC bounds here."""
+    try:
+        since = _utc_start_of(args.get("from", ""))
+        until = _utc_start_of(args.get("to", ""), days_after=1)
+    except ValueError:
+        return status.AuditFilter(), t("admin.bad_date")
+    search = status.AuditFilter(
+        action=args.get("action", "").strip()[:64],
+        actor=args.get("actor", "").strip()[:64],
+        subject=args.get("subject", "").strip()[:128],
+        since=since,
+        until=until,
+    )
+    return search, ""
+
+
+def _utc_start_of(text: str, days_after: int = 0) -> str:
+    """The UTC time at which local day `text` (YYYY-MM-DD) begins, `days_after` days on."""
+    if not text.strip():
+        return ""
+    day = date.fromisoformat(text.strip()) + timedelta(days=days_after)
+    local = datetime.combine(day, time.min).astimezone()
+    return local.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _filter_detail(search: status.AuditFilter) -> dict[str, str]:
+    return {k: v for k, v in vars(search).items() if v}
+
+
+def csv_line(cells: Iterator[str] | tuple[str, ...]) -> str:
+    """One CSV line; a cell a spreadsheet would take for a formula starts with a quote."""
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow([safe_cell(cell) for cell in cells])
+    return buffer.getvalue()
+
+
+def safe_cell(value: str) -> str:
+    """Defuse CSV formula injection (OWASP): '=cmd|...' becomes "'=cmd|...", shown as text."""
+    return "'" + value if value.startswith(_FORMULA_STARTS) else value
+
+
+# --- formatting for the templates --------------------------------------------------------------
+
+
+def local_time(value: str | None) -> str:
+    """A stored UTC time as the box's local time (DESIGN.md: the UI shows local time)."""
+    if not value:
+        return t("admin.none")
+    return datetime.fromisoformat(value).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return t("admin.none")
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return t("admin.duration_d", d=days, h=hours)
+    if hours:
+        return t("admin.duration_h", h=hours, m=minutes)
+    if minutes:
+        return t("admin.duration_m", m=minutes)
+    return t("admin.duration_s", s=secs)
+
+
+def size(count: int) -> str:
+    if count >= 2**30:
+        return t("admin.size_gib", n=f"{count / 2**30:.1f}")
+    return t("admin.size_mib", n=f"{count / 2**20:.0f}")

@@ -19,8 +19,9 @@ from types import FrameType
 from appliance.config import Settings
 from appliance.domain import Analysis, AnalysisState, ArtifactRecord
 from appliance.paths import Paths
+from appliance.runtime.manifest import manifest_dict
 from appliance.runtime.routing import ImageTags
-from appliance.store import Store, jobs, open_store
+from appliance.store import Store, jobs, open_store, status
 from appliance.store.doorbell import Doorbell, Listener
 from appliance.worker.analyse import Draft, analyse
 from appliance.worker.models import ModelSet
@@ -35,6 +36,10 @@ def serve(settings: Settings, paths: Paths) -> int:
     started = time.monotonic()
     store = open_store(settings, paths)
     models = ModelSet.load(settings.models, paths.cache_dir)
+    record_models(store, models)
+    beat = status.RoleBeat(
+        store, "worker", backend=settings.models.backend, precision=settings.models.precision
+    )
     worker = Worker(store, models, settings)
     taken_back = worker.take_back()
     listener = Listener(paths.doorbell)
@@ -50,9 +55,34 @@ def serve(settings: Settings, paths: Paths) -> int:
             if not worker.run_once():
                 listener.wait(worker.idle_wait())
     finally:
+        beat.stop()
         listener.close()
         worker.close()
     return 0
+
+
+def record_models(store: Store, models: ModelSet) -> None:
+    """Tell the admin (through the store) which packages run, and which do not and why."""
+    rows = [
+        status.ModelRow(
+            name=m.package.name,
+            state="loaded",
+            version=m.package.version,
+            model_sha256=m.provenance.model_hash,
+            backend=m.backend.name,
+            precision=m.backend.precision,
+            folder=str(m.package.folder),
+            manifest=manifest_dict(m.manifest),
+        )
+        for m in models.models
+    ]
+    rows += [
+        status.ModelRow(r.folder.name, "refused", r.reason, folder=str(r.folder))
+        for r in models.refused
+    ]
+    disabled = "listed in models.disabled"
+    rows += [status.ModelRow(name, "disabled", disabled) for name in models.disabled]
+    status.record_models(store.conn, rows)
 
 
 class Worker:
