@@ -299,6 +299,7 @@ def test_the_health_page_shows_disk_queue_roles_and_errors(
     conn = store.conn
     status.record_start(conn, "receiver", host="0.0.0.0", port=11112, ae_title="APPLIANCE")
     status.record_start(conn, "worker", backend="cpu", precision="int8")
+    status.record_start(conn, "ui", host="127.0.0.1", port=8080)  # as `appliance ui` does
     old = "2020-01-01T00:00:00.000000+00:00"
     conn.execute("UPDATE role_status SET heartbeat_at = ? WHERE role = 'worker'", (old,))
     instance = _ingest_sample(store, tmp_path, Origin(Source.DICOM, "CT1", "10.0.0.5"))
@@ -315,7 +316,7 @@ def test_the_health_page_shows_disk_queue_roles_and_errors(
     assert "The worker is not running." in page
     assert re.search(r'data-role="receiver" class="running"', page)
     assert re.search(r'data-role="worker" class="not-running"', page)
-    assert re.search(r'data-role="ui" class="running"', page)  # this very process
+    assert re.search(r'data-role="ui" class="running"', page)
     assert "decoding failed: truncated pixel data" in page
     assert "checksum mismatch" in page and "ingest.rejected" in page
     assert instance > 0

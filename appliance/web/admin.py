@@ -30,7 +30,6 @@ from flask import (
     stream_with_context,
     url_for,
 )
-from flask.blueprints import BlueprintSetupState
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from appliance.config import Settings
@@ -59,15 +58,6 @@ def _settings() -> Settings:
 
 def _actor() -> str:
     return f"ui:{g.user.username}"
-
-
-@bp.record_once
-def _record_ui_start(state: BlueprintSetupState) -> None:
-    """The UI role's row in role_status: written when the app is made, refreshed whenever an
-    admin looks at the health page (which this process is then evidently serving)."""
-    store: Store = state.app.extensions["appliance.store"]
-    ui = state.app.extensions["appliance.settings"].ui
-    status.record_start(store.conn, "ui", host=ui.bind_address, port=ui.port)
 
 
 @bp.before_request
@@ -226,7 +216,6 @@ def _validation(manifest: Mapping[str, Any]) -> Validation | None:
 def health() -> str:
     store = _store()
     conn = store.conn
-    status.beat(conn, "ui")
     states = {state.role: state for state in status.role_states(conn)}
     floor = _settings().storage.free_space_floor_mb * 2**20
     free = store.spool.free_bytes()

@@ -11,7 +11,7 @@ from waitress.server import create_server
 
 from appliance.config import Settings
 from appliance.paths import Paths
-from appliance.store import users
+from appliance.store import status, users
 from appliance.web import create_app, store_of
 
 log = logging.getLogger(__name__)
@@ -32,9 +32,13 @@ def serve(settings: Settings, paths: Paths) -> int:
             f"the set-up code {code} to create the administrator",
             flush=True,
         )
+    beat = status.RoleBeat(store_of(app), "ui", host=host, port=server.effective_port)
     _on_signals(server)
-    server.run()
-    store_of(app).close()
+    try:
+        server.run()
+    finally:
+        beat.stop()
+        store_of(app).close()
     return 0
 
 
