@@ -156,6 +156,19 @@ def test_an_idle_session_times_out(app: Flask, client: FlaskClient) -> None:
     assert response.status_code == 302 and response.headers["Location"].startswith("/signin")
 
 
+def test_polling_by_itself_does_not_keep_a_session_alive(app: Flask, client: FlaskClient) -> None:
+    add_user(app, "admin", "admin")
+    sign_in(client, "admin")
+    with client.session_transaction() as session:
+        session["seen"] = seen = time.time() - 60
+    assert client.get("/api/worklist", headers={"X-Poll": "1"}).status_code == 200
+    with client.session_transaction() as session:
+        assert session["seen"] == seen
+    client.get("/")
+    with client.session_transaction() as session:
+        assert session["seen"] > seen
+
+
 def test_sign_in_never_redirects_off_site(app: Flask, client: FlaskClient) -> None:
     add_user(app, "admin", "admin")
     token = csrf_of(client)

@@ -100,7 +100,8 @@ def _load_user() -> None:
         session.clear()
         return
     g.user = user
-    session["seen"] = time.time()
+    if request.headers.get("X-Poll") != "1":  # a page polling by itself is not someone's use
+        session["seen"] = time.time()
 
 
 def _require_sign_in() -> WerkzeugResponse | None:

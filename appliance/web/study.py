@@ -1,7 +1,585 @@
-"""The study area of the UI (being built)."""
+"""The study view: each image at full resolution, the findings beside it, feedback on them.
+
+Images are rendered here from the spool (decode, then the window asked for) as 8-bit PNG. The
+default rendering of each frame is cached under the cache folder, named by the instance's row
+id, its file's SHA-256 (a replaced image gets a new name) and the frame number: never by any
+value from the DICOM file or the request. Heatmaps and overlays are the worker's stored files,
+served only to a user who may see that study's findings.
+
+"Read first" (ui.read_first): until the user has recorded an impression of the study, its AI
+findings are not sent to the browser at all: no findings, no summaries, no pictures.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import json
+import logging
+import math
+import os
+import re
+import sqlite3
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
+import cv2
+import numpy as np
+import numpy.typing as npt
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    flash,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    url_for,
+)
+from werkzeug.wrappers import Response as WerkzeugResponse
+
+from appliance.imaging import DecodedImage, DecodeError, Window, decode, to_display
+from appliance.store import Store, audit, feedback
+from appliance.store.worklist import (
+    ArtifactRow,
+    FindingRow,
+    ImageRow,
+    StudyHeader,
+    artifact_file,
+    artifacts_of,
+    current_findings,
+    finding_in_study,
+    study_header,
+    study_images,
+)
+from appliance.web.i18n import t
+from appliance.web.worklist import patient_name, utc_text
+
+log = logging.getLogger(__name__)
 bp = Blueprint("study", __name__)
+FINALIZERS = ("clinician", "admin")  # who may mark an impression final
+THUMB_PX = 160
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_MAX_WINDOW_VALUE = 1e7  # beyond any stored pixel value (32-bit floats scaled by slope)
+
+
+def _store() -> Store:
+    from appliance.web import store_of
+
+    return store_of(current_app)
+
+
+def _conn() -> sqlite3.Connection:
+    return _store().conn
+
+
+# --- who may see what -------------------------------------------------------------------------
+
+
+def findings_visible(conn: sqlite3.Connection, study_id: int) -> bool:
+    """False only in "read first" mode before this user's impression of the study."""
+    if not current_app.extensions["appliance.settings"].ui.read_first:
+        return True
+    return feedback.has_impression(conn, study_id, g.user.id)
+
+
+def _header_or_404(conn: sqlite3.Connection, study_id: int) -> StudyHeader:
+    header = study_header(conn, study_id)
+    if header is None:
+        abort(404)
+    return header
+
+
+# --- the page ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelView:
+    """One label or mask of a finding as the page shows it: a bar and a sentence."""
+
+    finding_id: int
+    label: str
+    display: str
+    kind: str  # "score" or "mask"
+    positive: bool
+    priority: str
+    explanation: str
+    score: float | None
+    threshold: float
+    bar_score: float  # 0..100 on the bar (scores only: a mask's measure is its area)
+    bar_threshold: float
+    layer: ArtifactRow | None
+    notes: tuple[str, ...]
+    recorded: feedback.Feedback | None
+
+
+@dataclass(frozen=True)
+class FindingView:
+    """What one model said about the image, with who made it and how far to trust it."""
+
+    finding_id: int
+    model: str
+    version: str
+    title: str
+    state: str
+    reason: str
+    demo: bool
+    caution: str
+    frame: int
+    labels: list[LabelView]
+    notes: list[str]
+    outlines: list[str] = field(default_factory=list)  # SVG polygon points, key frame
+
+
+@bp.route("/study/<int:study_id>")
+def view(study_id: int) -> str:
+    """One image of the study (`image`, else the most urgent) at `frame` (else the key
+    frame), its findings and the impressions; who viewed which patient goes to the audit."""
+    conn = _conn()
+    header = _header_or_404(conn, study_id)
+    images = study_images(conn, study_id)
+    visible = findings_visible(conn, study_id)
+    selected = _selected(images, request.args.get("image", type=int), visible)
+    findings = current_findings(conn, [selected.instance_id]) if selected and visible else []
+    frame = _page_frame(selected, findings, request.args.get("frame", type=int))
+    actor = f"ui:{g.user.username}"
+    audit.append(conn, actor, "study.viewed", f"study:{study_id}", patient_id=header.patient_id)
+    views = _finding_views(conn, findings)
+    return render_template(
+        "study/view.html",
+        study=header,
+        patient=patient_name(header.patient_name),
+        received_text=utc_text(header.received_at),
+        images=images,
+        selected=selected,
+        frame=frame,
+        display=_display_info(selected, frame),
+        visible=visible,
+        findings=views,
+        layer=_first_layer(views),
+        outlined=next((view for view in views if view.outlines), None),
+        impressions=feedback.impressions_for(conn, study_id),
+        may_finalize=g.user.role in FINALIZERS,
+        utc_text=utc_text,
+    )
+
+
+def _selected(images: Sequence[ImageRow], wanted: int | None, visible: bool) -> ImageRow | None:
+    """The image asked for; else the most urgent one (the first while findings are hidden,
+    as the order would give them away)."""
+    for image in images:
+        if image.instance_id == wanted:
+            return image
+    if not images:
+        return None
+    if not visible:
+        return images[0]
+    return min(images, key=lambda image: image.priority_rank)
+
+
+def _page_frame(image: ImageRow | None, findings: Sequence[FindingRow], wanted: int | None) -> int:
+    """The frame asked for if it exists, else the key frame the model chose (else the first)."""
+    if image is None:
+        return 0
+    if wanted is not None and 0 <= wanted < image.frames:
+        return wanted
+    key = findings[0].key_frame if findings else 0
+    return key if 0 <= key < image.frames else 0
+
+
+def _display_info(image: ImageRow | None, frame: int) -> dict[str, Any]:
+    """The default rendering's window (for the window/level controls), or why the image cannot
+    be shown. Rendering it now puts it in the cache the image request reads at once."""
+    if image is None:
+        return {}
+    try:
+        return _cached_render(_store(), image, frame, thumb=False).meta
+    except (DecodeError, OSError, ValueError, KeyError) as exc:
+        log.warning("cannot render instance %s: %s", image.instance_id, exc)
+        return {"error": str(exc)}
+
+
+def _finding_views(conn: sqlite3.Connection, findings: Sequence[FindingRow]) -> list[FindingView]:
+    ids = [f.finding_id for f in findings]
+    pictures = artifacts_of(conn, ids)
+    recorded = feedback.newest_feedback(feedback.feedback_for(conn, ids))
+    return [_finding_view(f, pictures, recorded) for f in findings]
+
+
+def _finding_view(
+    finding: FindingRow,
+    pictures: Sequence[ArtifactRow],
+    recorded: Mapping[tuple[int, str], feedback.Feedback],
+) -> FindingView:
+    result = finding.result
+    layers = _layers(finding.finding_id, pictures)
+    labels = [
+        _label_view(finding.finding_id, item, kind, layers.get(item["label"]), recorded)
+        for kind, key in (("score", "labels"), ("mask", "masks"))
+        for item in result.get(key, [])
+    ]
+    return FindingView(
+        finding_id=finding.finding_id,
+        model=finding.model,
+        version=finding.version,
+        title=str(result.get("title") or finding.model),
+        state=finding.state,
+        reason=finding.reason,
+        demo=bool(result.get("not_for_clinical_use")),
+        caution=str(result.get("caution", "")),
+        frame=int(result.get("frame", finding.key_frame)),
+        labels=sorted(labels, key=_label_order),
+        notes=[str(note) for note in result.get("notes", [])],
+        outlines=_outlines(result),
+    )
+
+
+def _first_layer(views: Sequence[FindingView]) -> ArtifactRow | None:
+    """The picture shown over the image at first: the most urgent positive label's."""
+    for view in views:
+        for label in view.labels:
+            if label.positive and label.layer is not None:
+                return label.layer
+    return None
+
+
+def _label_order(label: LabelView) -> tuple[int, int]:
+    """Positive findings first, most urgent first; then the rest in the model's order."""
+    rank = {"urgent": 0, "review": 1, "routine": 2}.get(label.priority, 3)
+    return (0 if label.positive else 1, rank if label.positive else 0)
+
+
+def _layers(finding_id: int, pictures: Sequence[ArtifactRow]) -> dict[str, ArtifactRow]:
+    """Per label, the picture to lay over the image: its heatmap, else its overlay."""
+    layers: dict[str, ArtifactRow] = {}
+    for kind in ("overlay", "heatmap"):  # a heatmap replaces an overlay
+        for picture in pictures:
+            if picture.finding_id == finding_id and picture.kind == kind:
+                layers[picture.label] = picture
+    return layers
+
+
+def _label_view(
+    finding_id: int,
+    item: Mapping[str, Any],
+    kind: str,
+    layer: ArtifactRow | None,
+    recorded: Mapping[tuple[int, str], feedback.Feedback],
+) -> LabelView:
+    score = float(item["score"]) if kind == "score" else None
+    threshold = float(item.get("threshold", 0.0))
+    return LabelView(
+        finding_id=finding_id,
+        label=str(item["label"]),
+        display=str(item.get("display") or item["label"]),
+        kind=kind,
+        positive=bool(item.get("positive")),
+        priority=str(item.get("priority", "")),
+        explanation=explain(item, kind),
+        score=score,
+        threshold=threshold,
+        bar_score=_percent(score or 0.0),
+        bar_threshold=_percent(threshold),
+        layer=layer,
+        notes=tuple(str(note) for note in item.get("notes", [])),
+        recorded=recorded.get((finding_id, str(item["label"]))),
+    )
+
+
+def explain(item: Mapping[str, Any], kind: str) -> str:
+    """One plain sentence: what the model measured against what, and what that means here.
+    e.g. "Pleural effusion: score 0.91, above the operating threshold 0.45: flagged urgent"."""
+    name = str(item.get("display") or item["label"])
+    outcome = (
+        t(f"study.flag_{item.get('priority')}") if item.get("positive") else t("study.unflagged")
+    )
+    if kind == "mask":
+        return _explain_mask(item, name, outcome)
+    key = "study.explain_above" if item.get("positive") else "study.explain_below"
+    return t(
+        key,
+        label=name,
+        score=f"{float(item['score']):.2f}",
+        threshold=f"{float(item['threshold']):.2f}",
+        outcome=outcome,
+    )
+
+
+def _explain_mask(item: Mapping[str, Any], name: str, outcome: str) -> str:
+    if not item.get("positive"):
+        return t("study.explain_mask_none", label=name, outcome=outcome)
+    if item.get("area_mm2") is None:
+        return t("study.explain_mask_px", label=name, area=item.get("area_px", 0), outcome=outcome)
+    return t(
+        "study.explain_mask", label=name, area=f"{float(item['area_mm2']):.0f}", outcome=outcome
+    )
+
+
+def _percent(value: float) -> float:
+    return round(min(max(float(value), 0.0), 1.0) * 100.0, 1)
+
+
+def _outlines(result: Mapping[str, Any]) -> list[str]:
+    """Mask outlines as SVG polygon points ("x,y x,y ..."), in image pixels."""
+    polygons = []
+    for mask in result.get("masks", []):
+        for outline in mask.get("outlines", []):
+            points = " ".join(f"{int(x)},{int(y)}" for x, y in outline)
+            if points:
+                polygons.append(points)
+    return polygons
+
+
+# --- images -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rendered:
+    png: Path
+    meta: dict[str, Any]
+
+
+@bp.route("/study/<int:study_id>/image/<int:instance_id>.png")
+def image(study_id: int, instance_id: int) -> WerkzeugResponse:
+    """One frame as PNG: the default rendering (cached), or at the window `wc`/`ww` asked for."""
+    conn = _conn()
+    _header_or_404(conn, study_id)
+    found = next((i for i in study_images(conn, study_id) if i.instance_id == instance_id), None)
+    if found is None:
+        abort(404)
+    frame = _frame_arg(found)
+    window = _window_arg()
+    thumb = request.args.get("thumb") == "1"
+    try:
+        if window is None or thumb or not found.photometric.startswith("MONOCHROME"):
+            return send_file(_cached_render(_store(), found, frame, thumb).png, "image/png")
+        png, _ = _render(_store(), found, frame, window, thumb=False)
+        return Response(png, 200, mimetype="image/png")
+    except (DecodeError, OSError) as exc:
+        log.warning("cannot render instance %s: %s", instance_id, exc)
+        abort(404)
+
+
+def _frame_arg(image: ImageRow) -> int:
+    text = request.args.get("frame", "0")
+    if not text.isdigit():
+        abort(400)
+    frame = int(text)
+    if frame >= image.frames:
+        abort(404)
+    return frame
+
+
+def _window_arg() -> Window | None:
+    """The window asked for (both `wc` and `ww`, finite, width >= 1), None for the default."""
+    centre, width = request.args.get("wc"), request.args.get("ww")
+    if centre is None and width is None:
+        return None
+    try:
+        values = (float(centre or ""), float(width or ""))
+        if not all(math.isfinite(v) and abs(v) < _MAX_WINDOW_VALUE for v in values):
+            raise ValueError("window out of range")
+        return Window(*values)
+    except ValueError:
+        abort(400)
+
+
+def _cached_render(store: Store, image: ImageRow, frame: int, thumb: bool) -> Rendered:
+    """The default rendering of a frame, made once and kept in the cache folder."""
+    folder = store.paths.cache_dir / "ui-images"
+    name = _cache_name(image, frame, thumb)
+    png, meta_path = folder / f"{name}.png", folder / f"{name}.json"
+    if png.exists() and meta_path.exists():
+        return Rendered(png, json.loads(meta_path.read_text(encoding="utf-8")))
+    data, meta = _render(store, image, frame, None, thumb)
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_atomically(png, data)
+    _write_atomically(meta_path, json.dumps(meta).encode())
+    return Rendered(png, meta)
+
+
+def _cache_name(image: ImageRow, frame: int, thumb: bool) -> str:
+    """Digits and hex only: the row id, the file's hash (ours, checked) and the frame."""
+    digest = image.sha256 if _SHA256.match(image.sha256) else "0" * 64
+    return f"{int(image.instance_id)}-{digest[:16]}-{int(frame)}{'-thumb' if thumb else ''}"
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Two requests may render the same frame at once: each writes its own file, then
+    renames it into place, so a reader never sees half a PNG."""
+    partial = path.with_name(f".{uuid.uuid4().hex}.part")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
+def _render(
+    store: Store, image: ImageRow, frame: int, window: Window | None, thumb: bool
+) -> tuple[bytes, dict[str, Any]]:
+    """PNG bytes of one frame at `window` (None: the file's own, else its full range), and
+    the window a viewer starts adjusting from."""
+    decoded = _decoded(store.file_of(image.instance_id), image.sha256, frame)
+    shown = to_display(decoded, window)[0]
+    pixels = np.rint(shown * np.float32(255.0)).astype(np.uint8)
+    if pixels.ndim == 3:
+        pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
+    if thumb:
+        pixels = _shrink(pixels, THUMB_PX)
+    ok, encoded = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise OSError("PNG encoding failed")
+    return encoded.tobytes(), _window_meta(decoded, pixels.shape[0], pixels.shape[1])
+
+
+@lru_cache(maxsize=2)
+def _decoded(path: Path, sha256: str, frame: int) -> DecodedImage:
+    """The last frames decoded: dragging the window re-renders one frame many times, and
+    decoding (not windowing) is the slow part. The hash keys out a replaced file."""
+    return decode(path, index=frame)
+
+
+def _window_meta(decoded: DecodedImage, rows: int, columns: int) -> dict[str, Any]:
+    meta: dict[str, Any] = {"grayscale": decoded.photometric != "RGB", "rows": rows}
+    meta["columns"] = columns
+    if decoded.photometric == "RGB":
+        return meta
+    low, high = float(np.min(decoded.pixels)), float(np.max(decoded.pixels))
+    if decoded.window is not None:
+        centre, width = decoded.window.centre, decoded.window.width
+    else:
+        centre, width = (low + high) / 2.0, max(high - low, 1.0)
+    meta.update(centre=round(centre, 3), width=round(width, 3), low=low, high=high)
+    return meta
+
+
+def _shrink(pixels: npt.NDArray[np.uint8], size: int) -> npt.NDArray[np.uint8]:
+    rows, columns = pixels.shape[:2]
+    scale = size / max(rows, columns)
+    if scale >= 1:
+        return pixels
+    target = (max(1, round(columns * scale)), max(1, round(rows * scale)))
+    return np.asarray(cv2.resize(pixels, target, interpolation=cv2.INTER_AREA), dtype=np.uint8)
+
+
+# --- stored pictures --------------------------------------------------------------------------
+
+
+@bp.route("/artifact/<int:artifact_id>.png")
+def artifact(artifact_id: int) -> WerkzeugResponse:
+    """A heatmap, overlay or mask, for a user who may see its study's findings (403 in "read
+    first" mode before the user's impression; 404 for an id that is not a picture)."""
+    conn = _conn()
+    found = artifact_file(conn, artifact_id)
+    if found is None:
+        abort(404)
+    if not findings_visible(conn, found.study_id):
+        abort(403)
+    try:
+        path = _store().results.path_of(found.file_name)
+    except ValueError:
+        abort(404)
+    if not path.is_file():
+        abort(404)
+    return send_file(path, found.media_type)
+
+
+# --- feedback and impressions -----------------------------------------------------------------
+
+
+def _posted() -> Mapping[str, Any]:
+    """The request's fields, from JSON (appFetch) or a plain form."""
+    if request.is_json:
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict):
+            abort(400)
+        return data
+    return request.form
+
+
+def _wants_json() -> bool:
+    return request.is_json or request.accept_mimetypes.best == "application/json"
+
+
+@bp.route("/study/<int:study_id>/feedback", methods=["POST"])
+def add_feedback(study_id: int) -> WerkzeugResponse:
+    """Agree, disagree or unsure on one label of a finding, with an optional comment."""
+    conn = _conn()
+    _header_or_404(conn, study_id)
+    data = _posted()
+    finding = _finding_arg(conn, study_id, data.get("finding_id"))
+    if not findings_visible(conn, study_id):
+        abort(403)
+    label = str(data.get("label", ""))
+    if label not in _labels_of(finding):
+        abort(400)
+    verdict, comment = str(data.get("verdict", "")), str(data.get("comment", ""))
+    actor = f"ui:{g.user.username}"
+    try:
+        entry = feedback.add_feedback(
+            conn, finding.finding_id, label, verdict, comment, g.user.id, actor
+        )
+    except feedback.FeedbackError:
+        abort(400)
+    if _wants_json():
+        html = render_template("study/_recorded.html", recorded=entry, utc_text=utc_text)
+        return jsonify(feedback=_feedback_json(entry), html=html)
+    target = url_for("study.view", study_id=study_id, image=finding.instance_id)
+    return redirect(f"{target}#finding-{finding.finding_id}-{label}")
+
+
+def _finding_arg(conn: sqlite3.Connection, study_id: int, value: Any) -> FindingRow:
+    try:
+        finding_id = int(value)
+    except (TypeError, ValueError):
+        abort(400)
+    finding = finding_in_study(conn, study_id, finding_id)
+    if finding is None:
+        abort(404)
+    return finding
+
+
+def _labels_of(finding: FindingRow) -> set[str]:
+    items = [*finding.result.get("labels", []), *finding.result.get("masks", [])]
+    return {str(item["label"]) for item in items}
+
+
+def _feedback_json(entry: feedback.Feedback) -> dict[str, Any]:
+    return {
+        "id": entry.feedback_id,
+        "finding_id": entry.finding_id,
+        "label": entry.label,
+        "verdict": entry.verdict,
+        "comment": entry.comment,
+        "user": entry.username,
+        "at": entry.at,
+    }
+
+
+@bp.route("/study/<int:study_id>/impression", methods=["POST"])
+def add_impression(study_id: int) -> WerkzeugResponse | tuple[WerkzeugResponse, int]:
+    """The user's impression of the study; only clinicians and admins may mark it final."""
+    conn = _conn()
+    _header_or_404(conn, study_id)
+    data = _posted()
+    final = str(data.get("final", "")).lower() in ("1", "on", "true", "yes")
+    if final and g.user.role not in FINALIZERS:
+        abort(403)
+    try:
+        entry = feedback.add_impression(
+            conn, study_id, str(data.get("text", "")), final, g.user.id, f"ui:{g.user.username}"
+        )
+    except feedback.FeedbackError:
+        if _wants_json():
+            abort(400)
+        flash(t("study.impression_needs_text"))
+        return redirect(url_for("study.view", study_id=study_id) + "#impression")
+    if _wants_json():
+        saved = {"id": entry.impression_id, "final": entry.final, "user": entry.username}
+        return jsonify(impression={**saved, "at": entry.at})
+    image = request.args.get("image", type=int)
+    return redirect(url_for("study.view", study_id=study_id, image=image) + "#impression")

@@ -1,0 +1,122 @@
+// The worklist page: local times, filters that apply at once, and rows that update by themselves.
+// Every second it asks /api/worklist with the version it shows; the server answers 304 while
+// nothing changed, else the rows rendered by the page's own template.
+"use strict";
+
+(function () {
+  const POLL_MS = 1000; // unless the page says (data-poll-ms, from worklist.POLL_S)
+  const RETRY_MS = 5000;
+
+  function sameDay(a, b) {
+    return a.getFullYear() === b.getFullYear() && a.getMonth() === b.getMonth() &&
+      a.getDate() === b.getDate();
+  }
+
+  // UTC from the server, shown in the browser's local time: today's times as hh:mm.
+  function localTimes(root) {
+    const now = new Date();
+    root.querySelectorAll("time.local-time[datetime]").forEach(function (el) {
+      const when = new Date(el.getAttribute("datetime"));
+      if (isNaN(when.getTime())) return;
+      const time = when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+      el.textContent = sameDay(when, now) ? time
+        : when.toLocaleDateString([], { day: "numeric", month: "short" }) + " " + time;
+      el.title = when.toLocaleString();
+    });
+  }
+
+  function setUpFilters(form) {
+    const offset = form.elements.namedItem("tzo");
+    if (offset) offset.value = String(new Date().getTimezoneOffset());
+    // Choices apply at once: no hunting for a button with gloves on.
+    form.querySelectorAll("select, input[type=checkbox]").forEach(function (el) {
+      el.addEventListener("change", function () { form.requestSubmit(); });
+    });
+  }
+
+  function Poller(table) {
+    this.table = table;
+    this.body = table.tBodies[0];
+    this.status = document.getElementById("worklist-status");
+    this.note = document.getElementById("worklist-count");
+    this.idleMs = parseInt(table.dataset.idleMs || "0", 10);
+    this.pollMs = parseInt(table.dataset.pollMs || "", 10) || POLL_MS;
+    this.lastUse = Date.now();
+    // "Today" needs the browser's time zone: if the page was made without it, list again.
+    const params = new URLSearchParams(window.location.search);
+    this.version = params.get("day") && !params.get("tzo") ? "" : table.dataset.version;
+    this.timer = null;
+  }
+
+  Poller.prototype.url = function () {
+    const params = new URLSearchParams(window.location.search);
+    params.set("tzo", String(new Date().getTimezoneOffset()));
+    params.set("v", this.version);
+    return this.table.dataset.api + "?" + params.toString();
+  };
+
+  Poller.prototype.say = function (key) {
+    if (this.status) this.status.textContent = this.status.dataset[key] || "";
+    if (this.status) this.status.dataset.state = key;
+  };
+
+  // A screen nobody touches must time out: the server does not count polls (X-Poll) as use,
+  // and polling pauses shortly before the session would end anyway.
+  Poller.prototype.idle = function () {
+    return this.idleMs > 0 && Date.now() - this.lastUse > this.idleMs - 30000;
+  };
+
+  Poller.prototype.schedule = function (ms) {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(this.poll.bind(this), ms);
+  };
+
+  Poller.prototype.poll = function () {
+    const self = this;
+    if (document.hidden) return self.schedule(self.pollMs);
+    if (self.idle()) { self.say("paused"); return; }
+    window.appFetch(self.url(), { cache: "no-store", headers: { "X-Poll": "1" } }).then(function (response) {
+      if (response.status === 401) { window.location.reload(); return null; }
+      if (response.status === 304) return null;
+      if (!response.ok) throw new Error("HTTP " + response.status);
+      return response.json();
+    }).then(function (data) {
+      if (data) self.render(data);
+      self.say("live");
+      self.schedule(self.pollMs);
+    }).catch(function () {
+      self.say("offline");
+      self.schedule(RETRY_MS);
+    });
+  };
+
+  Poller.prototype.render = function (data) {
+    this.version = data.version;
+    this.table.dataset.version = data.version;
+    this.body.innerHTML = data.html; // the server's own template, escaped there
+    localTimes(this.body);
+    if (this.note && data.note) this.note.textContent = data.note;
+  };
+
+  Poller.prototype.touched = function () {
+    const wasIdle = this.idle();
+    this.lastUse = Date.now();
+    if (wasIdle) this.poll();
+  };
+
+  document.addEventListener("DOMContentLoaded", function () {
+    const form = document.getElementById("filters");
+    if (form) setUpFilters(form);
+    const table = document.getElementById("worklist");
+    if (!table) return;
+    localTimes(table);
+    const poller = new Poller(table);
+    ["pointerdown", "keydown"].forEach(function (name) {
+      document.addEventListener(name, function () { poller.touched(); }, { passive: true });
+    });
+    document.addEventListener("visibilitychange", function () {
+      if (!document.hidden) poller.schedule(0);
+    });
+    poller.schedule(poller.pollMs);
+  });
+})();
