@@ -1,27 +1,46 @@
 #!/usr/bin/env bash
 # Prepare this checkout: system packages, a virtual environment in .venv and the appliance in it.
 #   deploy/setup.sh          runtime only
-#   deploy/setup.sh --test   plus what the tests need (DCMTK, pytest, ruff, mypy)
+#   deploy/setup.sh --test   plus what the tests need (DCMTK, Debian's Chromium, Playwright,
+#                            pytest, ruff, mypy)
+# Idempotent and quiet: packages already installed are not touched, and apt's chatter is shown
+# only when an install fails. The browser tests drive Debian's Chromium through Playwright's
+# Python package with an explicit executable_path: nothing here downloads a browser build
+# (never `playwright install`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
+installed() {
+  # `dpkg -s` also succeeds for a removed package whose config files remain: ask for the state.
+  [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
+}
+
 apt_install() {
   local missing=()
-  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  for pkg in "$@"; do installed "$pkg" || missing+=("$pkg"); done
   [ ${#missing[@]} -eq 0 ] && return 0
   local sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
   echo "setup: installing ${missing[*]}" >&2
-  $sudo apt-get update -qq || echo "setup: apt-get update failed; trying the cached lists" >&2
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  local log
+  log=$(mktemp)
+  $sudo apt-get update -qq >"$log" 2>&1 || echo "setup: apt-get update failed; trying the cached lists" >&2
+  if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    echo "setup: could not install ${missing[*]}" >&2
+    return 1
+  fi
+  rm -f "$log"
 }
 
 if command -v apt-get >/dev/null; then
   packages=(python3-venv)
-  [ $want_test -eq 1 ] && packages+=(dcmtk)
+  # Tests: DCMTK as a DICOM peer; Chromium (and a font for its screenshots) as the browser.
+  [ $want_test -eq 1 ] && packages+=(dcmtk chromium fonts-dejavu-core)
   apt_install "${packages[@]}"
 fi
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from appliance.bench import e2e, inference, ingest
+from appliance.bench import e2e, inference, ingest, ui
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,3 +22,4 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ingest.add_parser(benchmarks)
     inference.add_parser(benchmarks)
     e2e.add_parser(benchmarks)
+    ui.add_parser(benchmarks)
