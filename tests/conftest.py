@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -148,6 +149,24 @@ class RoleProcess:
                 self.process.kill()
                 self.process.wait()
         return None if self.process is None else self.process.returncode
+
+
+def poll(query: Callable[[], Any], timeout_s: float = 120.0) -> Any:
+    """Ask again until `query` returns something truthy: synchronisation, not a timing check."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        answer = query()
+        if answer:
+            return answer
+        time.sleep(0.05)
+    raise AssertionError("the store never reached the expected state")
+
+
+def read_only(proc: RoleProcess) -> sqlite3.Connection:
+    """A read-only connection to a role process's database, as another process would open it."""
+    conn = sqlite3.connect(f"file:{proc.paths.database}?mode=ro", uri=True, timeout=30)
+    conn.row_factory = sqlite3.Row
+    return conn
 
 
 @pytest.fixture

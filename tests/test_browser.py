@@ -32,7 +32,7 @@ from browser_fixtures import (
     layout_problems,
     needs_chromium,
 )
-from conftest import RoleProcess, dcmtk, needs_dcmtk
+from conftest import RoleProcess, dcmtk, needs_dcmtk, poll, read_only
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, needs_chromium]
 
@@ -84,23 +84,6 @@ def wait_for_line(proc: RoleProcess, text: str, timeout_s: float = START_S) -> N
         assert proc.process is not None and proc.process.poll() is None, "".join(proc.output)
         assert time.monotonic() < deadline, f"no {text!r} in:\n" + "".join(proc.output)
         time.sleep(0.05)
-
-
-def poll(query: Callable[[], Any], timeout_s: float = 120.0) -> Any:
-    """Ask the store again until `query` returns something truthy."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        answer = query()
-        if answer:
-            return answer
-        time.sleep(0.05)
-    raise AssertionError("the store never reached the expected state")
-
-
-def read_only(proc: RoleProcess) -> sqlite3.Connection:
-    conn = sqlite3.connect(f"file:{proc.paths.database}?mode=ro", uri=True, timeout=30)
-    conn.row_factory = sqlite3.Row
-    return conn
 
 
 @pytest.fixture(scope="module")

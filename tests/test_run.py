@@ -49,30 +49,8 @@ def role_pids(parent: int) -> dict[str, int]:
     return roles
 
 
-@pytest.mark.slow
-def test_roles_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path)
-    config = tmp_path / "appliance.yaml"
-    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
-    peer = Peer("127.0.0.1", settings.receiver.port)
-    run = subprocess.Popen(
-        [sys.executable, "-m", "appliance", "--config", str(config), "run"],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for(lambda: answers(peer) and set(role_pids(run.pid)) == {"receiver", "worker", "ui"})
-        roles = role_pids(run.pid)
-    finally:
-        run.kill()
-        run.wait()
-    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in roles.values()))
-    assert not answers(peer)
-
-
-@pytest.mark.slow
-def test_run_restarts_a_crashed_role_and_stops_cleanly(tmp_path: Path) -> None:
+def start_run(tmp_path: Path) -> tuple[subprocess.Popen[str], Peer]:
+    """`appliance run` on loopback, with its output kept; returns once every role is up."""
     settings = make_settings(tmp_path)
     config = tmp_path / "appliance.yaml"
     config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
@@ -87,6 +65,28 @@ def test_run_restarts_a_crashed_role_and_stops_cleanly(tmp_path: Path) -> None:
     )
     try:
         wait_for(lambda: answers(peer) and set(role_pids(run.pid)) == {"receiver", "worker", "ui"})
+    except BaseException:
+        run.kill()
+        raise
+    return run, peer
+
+
+@pytest.mark.slow
+def test_roles_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    run, peer = start_run(tmp_path)
+    try:
+        roles = role_pids(run.pid)
+    finally:
+        run.kill()
+        run.communicate()
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in roles.values()))
+    assert not answers(peer)
+
+
+@pytest.mark.slow
+def test_run_restarts_a_crashed_role_and_stops_cleanly(tmp_path: Path) -> None:
+    run, peer = start_run(tmp_path)
+    try:
         first = role_pids(run.pid)
         os.kill(first["receiver"], signal.SIGKILL)  # a crash of the role, not of the supervisor
         wait_for(

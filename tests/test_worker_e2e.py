@@ -6,10 +6,8 @@ from __future__ import annotations
 import signal
 import sqlite3
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import cv2
 import pytest
@@ -18,7 +16,7 @@ from appliance.phantoms import chest_dataset, make_chest, make_ultrasound, ultra
 from appliance.samples import make_dataset
 from appliance.store import open_store
 
-from conftest import RoleProcess, dcmtk, needs_dcmtk
+from conftest import RoleProcess, dcmtk, needs_dcmtk, poll, read_only
 from runtime_models import write_package
 from worker_fixtures import (
     analysis_of,
@@ -33,23 +31,6 @@ from worker_fixtures import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-def poll(query: Callable[[], Any], timeout_s: float = 120.0) -> Any:
-    """Ask again until `query` returns something truthy: synchronisation, not a timing check."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        answer = query()
-        if answer:
-            return answer
-        time.sleep(0.05)
-    raise AssertionError("the store never reached the expected state")
-
-
-def read_only(proc: RoleProcess) -> sqlite3.Connection:
-    conn = sqlite3.connect(f"file:{proc.paths.database}?mode=ro", uri=True, timeout=30)
-    conn.row_factory = sqlite3.Row
-    return conn
 
 
 def analysed(conn: sqlite3.Connection) -> list[sqlite3.Row]:
