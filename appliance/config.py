@@ -133,6 +133,45 @@ class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class CaptureSource(_Section):
+    """Where live ultrasound video comes from: a USB (UVC) grabber, a GStreamer pipeline (Jetson),
+    a video file, or a generated B-mode sector (to try and test the feature anywhere)."""
+
+    kind: Literal["none", "device", "gstreamer", "file", "generated"] = "none"
+    device: str = "0"  # a device index or a /dev/video* path
+    pipeline: str = ""  # a GStreamer pipeline ending in appsink
+    file: Path | None = None
+    width: int = Field(1280, ge=64, le=7680)
+    height: int = Field(720, ge=64, le=4320)
+    fps: float = Field(30.0, gt=0, le=240)
+    fourcc: Literal["", "MJPG", "YUYV"] = ""  # V4L2 pixel format; empty: the device's default
+    name: str = "ultrasound"  # recorded as the capture device in saved DICOM objects
+
+
+class CaptureSettings(_Section):
+    """Live ultrasound over USB capture, owned by the worker role."""
+
+    source: CaptureSource = Field(default_factory=lambda: CaptureSource())
+    # The package whose output is drawn over the live image.
+    model: str = "demo-ultrasound-fluid"
+    # Seconds of video kept for "Save clip".
+    clip_seconds: float = Field(4.0, gt=0, le=60)
+    # Where live frames are published for the UI (a RAM-backed folder: they change 30 times a
+    # second and must not wear out an SD card). Default: $RUNTIME_DIRECTORY, else /dev/shm.
+    live_dir: Path | None = None
+    # The scan area inside the grabbed frame [x, y, width, height] and its mm per pixel, until
+    # an admin sets them in the UI (stored per device); empty: found automatically.
+    region: list[int] = Field(default_factory=list)
+    mm_per_pixel: float | None = Field(None, gt=0, le=10)
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: list[int]) -> list[int]:
+        if value and (len(value) != 4 or min(value) < 0 or value[2] == 0 or value[3] == 0):
+            raise ValueError("region is [x, y, width, height] with a positive width and height")
+        return value
+
+
 class UISettings(_Section):
     """The touchscreen web UI."""
 
@@ -162,6 +201,7 @@ class Settings(_Section):
     models: ModelSettings = Field(default_factory=lambda: ModelSettings())
     triage: TriageSettings = Field(default_factory=lambda: TriageSettings())
     ui: UISettings = Field(default_factory=lambda: UISettings())
+    capture: CaptureSettings = Field(default_factory=lambda: CaptureSettings())
     logging: LoggingSettings = Field(default_factory=lambda: LoggingSettings())
 
 

@@ -6,6 +6,7 @@ the current directory (the quick start's default).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from appliance.config import Settings
 class Paths:
     data_dir: Path
     cache_dir: Path
+    live_dir: Path = Path("/dev/shm/appliance")  # see live_dir_for
 
     @property
     def database(self) -> Path:
@@ -42,7 +44,16 @@ def resolve_paths(settings: Settings, environ: dict[str, str] | None = None) -> 
     env = os.environ if environ is None else environ
     data = settings.storage.data_dir or _from_env(env, "STATE_DIRECTORY") or Path("var/data")
     cache = settings.storage.cache_dir or _from_env(env, "CACHE_DIRECTORY") or Path("var/cache")
-    return Paths(data_dir=data.absolute(), cache_dir=cache.absolute())
+    live = settings.capture.live_dir or _from_env(env, "RUNTIME_DIRECTORY") or _shm_for(data)
+    return Paths(data_dir=data.absolute(), cache_dir=cache.absolute(), live_dir=live.absolute())
+
+
+def _shm_for(data: Path) -> Path:
+    """A RAM-backed folder of its own for each data folder (two appliances on one box, or the
+    tests, must not share live frames)."""
+    tag = hashlib.sha256(str(data.absolute()).encode()).hexdigest()[:12]
+    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else data.absolute().parent
+    return base / f"appliance-{tag}"
 
 
 def _from_env(env: os._Environ[str] | dict[str, str], name: str) -> Path | None:

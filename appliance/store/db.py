@@ -216,6 +216,33 @@ MIGRATIONS: list[str] = [
         updated_at TEXT NOT NULL
     );
     """,
+    # 4: live capture: what the UI asks of the worker's capture loop (freeze, save...), and the
+    # scan region and calibration an admin set for each capture device.
+    """
+    CREATE TABLE capture_requests (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('freeze', 'resume', 'save_frame', 'save_clip')),
+        study_ref INTEGER REFERENCES studies(id),
+        patient_id TEXT NOT NULL DEFAULT '',
+        patient_name TEXT NOT NULL DEFAULT '',
+        requested_by TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'done', 'failed')),
+        result TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX capture_requests_by_state ON capture_requests(state, id);
+    CREATE TABLE capture_calibration (
+        device TEXT PRIMARY KEY,
+        x INTEGER NOT NULL,
+        y INTEGER NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        mm_per_pixel REAL,
+        set_by TEXT NOT NULL,
+        set_at TEXT NOT NULL
+    );
+    """,
 ]
 
 
