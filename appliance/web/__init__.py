@@ -15,7 +15,7 @@ from flask import Flask
 from appliance.config import Settings
 from appliance.paths import Paths, resolve_paths
 from appliance.store import Store, open_store
-from appliance.web import admin, auth, health, i18n, imports, security, study, worklist
+from appliance.web import admin, auth, health, i18n, imports, live, security, study, worklist
 
 _SIGNING_KEY_ROW = "ui_secret"  # the kv row that holds the cookie signing key
 
@@ -38,7 +38,8 @@ def create_app(settings: Settings, paths: Paths | None = None, **overrides: Any)
     app.config.update(overrides)
     i18n.init_app(app)
     security.init_app(app)
-    for blueprint in (auth.bp, health.bp, worklist.bp, study.bp, imports.bp, admin.bp):
+    areas = (auth.bp, health.bp, worklist.bp, study.bp, imports.bp, admin.bp, live.bp)
+    for blueprint in areas:
         app.register_blueprint(blueprint)
     return app
 
