@@ -39,10 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--studies", type=int, default=10, help="worklist rows to show")
     status.set_defaults(func=cmd_status)
     from appliance import bench  # these rooms register their own sub-commands
+    from appliance.capture import commands as capture_commands
     from appliance.runtime import commands as model_commands
 
     bench.register(sub)
     model_commands.register(sub)  # model, infer
+    capture_commands.register(sub)  # capture probe
     _add_demo_data_command(sub)
     return parser
 
