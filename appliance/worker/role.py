@@ -24,6 +24,7 @@ from appliance.runtime.routing import ImageTags
 from appliance.store import Store, jobs, open_store, status
 from appliance.store.doorbell import Doorbell, Listener
 from appliance.worker.analyse import Draft, analyse
+from appliance.worker.capture_loop import start_capture
 from appliance.worker.models import ModelSet
 from appliance.worker.pictures import Pending, Picture, draw
 
@@ -50,11 +51,14 @@ def serve(settings: Settings, paths: Paths) -> int:
         + (f"; {taken_back} interrupted job(s) taken back" if taken_back else ""),
         flush=True,
     )
+    capture = start_capture(settings, paths, store, models)  # None unless configured
     try:
         while not stop.is_set():
             if not worker.run_once():
                 listener.wait(worker.idle_wait())
     finally:
+        if capture is not None:
+            capture.stop()
         beat.stop()
         listener.close()
         worker.close()
