@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from appliance.bench import e2e, inference, ingest, ui
+from appliance.bench import capture, e2e, inference, ingest, ui
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,3 +23,4 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     inference.add_parser(benchmarks)
     e2e.add_parser(benchmarks)
     ui.add_parser(benchmarks)
+    capture.add_parser(benchmarks)
