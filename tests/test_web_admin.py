@@ -160,7 +160,7 @@ def test_disabling_and_enabling_a_user_is_audited(
     assert post(admin, f"/admin/users/{nurse}/active", active="0").status_code == 302
     assert not users.get_user(store_of(app).conn, nurse).active  # type: ignore[union-attr]
     [row] = audit_of(app, "user.disabled")
-    assert (row["actor"], row["subject"]) == ("ui:root", f"user-id:{nurse}")
+    assert (row["actor"], row["subject"]) == ("ui:root", "user:nurse")
     other = app.test_client()
     response = other.post(
         "/signin", data={"username": "nurse", "pin": "2468", "csrf_token": csrf_of(other)}
@@ -190,7 +190,7 @@ def test_resetting_a_pin_is_audited_and_takes_effect(app: Flask, admin: FlaskCli
     response = post(admin, f"/admin/users/{nurse}/pin", pin="97531", pin_again="97531")
     assert response.status_code == 302
     [row] = audit_of(app, "user.pin_changed")
-    assert (row["actor"], row["subject"]) == ("ui:root", f"user-id:{nurse}")
+    assert (row["actor"], row["subject"]) == ("ui:root", "user:nurse")
     sign_in(app.test_client(), "nurse", "97531")
     mismatch = post(admin, f"/admin/users/{nurse}/pin", pin="1111", pin_again="2222")
     assert mismatch.status_code == 400

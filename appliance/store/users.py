@@ -169,7 +169,7 @@ def _failed(
 def set_active(conn: sqlite3.Connection, user_id: int, active: bool, actor: str) -> None:
     conn.execute("UPDATE users SET active = ? WHERE id = ?", (int(active), user_id))
     action = "user.enabled" if active else "user.disabled"
-    audit.append(conn, actor, action, f"user-id:{user_id}")
+    audit.append(conn, actor, action, _subject(conn, user_id))
 
 
 def set_pin(conn: sqlite3.Connection, user_id: int, pin: str, actor: str) -> None:
@@ -178,7 +178,13 @@ def set_pin(conn: sqlite3.Connection, user_id: int, pin: str, actor: str) -> Non
         "UPDATE users SET pin_hash = ?, failed_attempts = 0, locked_until = 0 WHERE id = ?",
         (hash_pin(pin), user_id),
     )
-    audit.append(conn, actor, "user.pin_changed", f"user-id:{user_id}")
+    audit.append(conn, actor, "user.pin_changed", _subject(conn, user_id))
+
+
+def _subject(conn: sqlite3.Connection, user_id: int) -> str:
+    """`user:NAME`, as sign-ins and creation are audited, so one filter finds all of a user."""
+    row = conn.execute("SELECT username FROM users WHERE id = ?", (user_id,)).fetchone()
+    return f"user:{row[0]}" if row is not None else f"user-id:{user_id}"
 
 
 def new_setup_code(conn: sqlite3.Connection) -> str:
