@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html as html_lib
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -531,3 +532,17 @@ def test_read_first_is_per_user(read_first: Seeded) -> None:
     html = page(seeded, study_url(seeded, "effusion"))
     assert findings_in(html) == []
     assert "Effusion." in html  # the other user's impression is not an AI finding
+
+
+def test_the_rendering_cache_is_trimmed_oldest_first(tmp_path: Path) -> None:
+    from appliance.web.study import trim_cache
+
+    folder = tmp_path / "ui-images"
+    folder.mkdir()
+    for age, name in enumerate(["old", "middle", "new"]):
+        path = folder / f"{name}.png"
+        path.write_bytes(b"x" * 100)
+        os.utime(path, (1000 + age, 1000 + age))
+    assert trim_cache(folder, max_bytes=250) == 1
+    assert sorted(p.name for p in folder.iterdir()) == ["middle.png", "new.png"]
+    assert trim_cache(folder, max_bytes=250) == 0

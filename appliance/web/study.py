@@ -12,6 +12,7 @@ findings are not sent to the browser at all: no findings, no summaries, no pictu
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -401,7 +402,40 @@ def _cached_render(store: Store, image: ImageRow, frame: int, thumb: bool) -> Re
     folder.mkdir(parents=True, exist_ok=True)
     _write_atomically(png, data)
     _write_atomically(meta_path, json.dumps(meta).encode())
+    _trim_now_and_then(folder)
     return Rendered(png, meta)
+
+
+_CACHE_MAX_BYTES = 512 * 2**20  # renderings are remade on demand: the cache only saves time
+_TRIM_EVERY = 50  # renderings between looks at the cache's size (a look lists the folder)
+_renders = itertools.count(1)
+
+
+def _trim_now_and_then(folder: Path) -> None:
+    if next(_renders) % _TRIM_EVERY == 0:
+        trim_cache(folder, _CACHE_MAX_BYTES)
+
+
+def trim_cache(folder: Path, max_bytes: int) -> int:
+    """Delete the least recently written renderings until the folder holds at most
+    `max_bytes`; return how many files went. A file another request is reading stays
+    readable (Linux keeps it until closed), and a missing rendering is simply made again."""
+    files = []
+    for path in folder.iterdir():
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        files.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in files)
+    removed = 0
+    for _, size, path in sorted(files):
+        if total <= max_bytes:
+            break
+        path.unlink(missing_ok=True)
+        total -= size
+        removed += 1
+    return removed
 
 
 def _cache_name(image: ImageRow, frame: int, thumb: bool) -> str:
