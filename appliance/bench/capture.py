@@ -34,6 +34,7 @@ import yaml
 
 from appliance.bench.e2e import Appliance, running_appliance
 from appliance.bench.inference import percentile
+from appliance.bench.options import OptionRow, add_options, option_values
 from appliance.bench.peers import BenchError, free_port
 from appliance.bench.results import _table
 from appliance.bench.ui import HTTP_TIMEOUT_S, PIN, USER, Session
@@ -200,7 +201,7 @@ class CaptureReport:
 # --- command line ---------------------------------------------------------------------------
 
 # flag, CaptureOptions field, type, metavar, help
-_OPTIONS: tuple[tuple[str, str, type, str, str], ...] = (
+_OPTIONS: tuple[OptionRow, ...] = (
     ("--seconds", "seconds", float, "S", "seconds the live view is measured"),
     ("--source-seconds", "source_seconds", float, "S", "seconds the source is read alone"),
     ("--rounds", "rounds", int, "N", "rounds of the UI's latency without and with the live view"),
@@ -219,11 +220,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
     )
     defaults = CaptureOptions()
-    for flag, name, kind, metavar, text in _OPTIONS:
-        default = getattr(defaults, name)
-        parser.add_argument(
-            flag, type=kind, default=default, metavar=metavar, help=f"{text} (default {default})"
-        )
+    add_options(parser, _OPTIONS, defaults)
     parser.add_argument("--file", type=Path, metavar="VIDEO", help="a video file as the source")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the report here")
     workdir = "keep the store and the appliance's log in a new folder under DIR"
@@ -233,7 +230,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def main(args: argparse.Namespace) -> int:
     """The `bench capture` handler: print the report, write it as JSON if asked, return 0."""
-    values = {name: getattr(args, flag[2:].replace("-", "_")) for flag, name, *_ in _OPTIONS}
+    values = option_values(args, _OPTIONS)
     options = CaptureOptions(**values, file=args.file, workdir=args.workdir)
     report = run_capture_bench(options, sys.stdout)
     if args.json is not None:

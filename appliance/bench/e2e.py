@@ -44,6 +44,7 @@ from pydicom.dataset import Dataset
 
 from appliance.bench.inference import percentile
 from appliance.bench.memory import status_mb
+from appliance.bench.options import OptionRow, add_options, option_values
 from appliance.bench.peers import AE_TITLE, BenchError, _env, free_port
 from appliance.bench.results import _table
 from appliance.config import Settings, load_settings
@@ -290,7 +291,7 @@ class E2EReport:
 # --- command line ---------------------------------------------------------------------------
 
 # flag, E2EOptions field, type, metavar, help
-_OPTIONS: tuple[tuple[str, str, type, str, str], ...] = (
+_OPTIONS: tuple[OptionRow, ...] = (
     ("--studies", "studies", int, "N", "studies (one image each) in the steady push"),
     ("--interval", "interval_s", float, "S", "seconds between the steady push's studies"),
     ("--burst", "burst", int, "N", "images in the burst, on one association"),
@@ -314,11 +315,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
     )
     defaults = E2EOptions()
-    for flag, name, kind, metavar, text in _OPTIONS:
-        default = getattr(defaults, name)
-        parser.add_argument(
-            flag, type=kind, default=default, metavar=metavar, help=f"{text} (default {default})"
-        )
+    add_options(parser, _OPTIONS, defaults)
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the report here")
     workdir = "keep the files, the store and the appliance's log in a new folder under DIR"
     parser.add_argument("--workdir", type=Path, metavar="DIR", help=workdir)
@@ -328,7 +325,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def main(args: argparse.Namespace) -> int:
     """The `bench e2e` handler: print the report, write it as JSON if asked, return 0."""
     options = E2EOptions(
-        **{name: getattr(args, flag[2:].replace("-", "_")) for flag, name, *_ in _OPTIONS},
+        **option_values(args, _OPTIONS),
         workdir=args.workdir,
     )
     report = run_e2e(options, sys.stdout)

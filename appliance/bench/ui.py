@@ -42,6 +42,7 @@ from urllib.parse import urlencode
 import yaml
 
 from appliance.bench.inference import percentile
+from appliance.bench.options import OptionRow, add_options, option_values
 from appliance.bench.peers import BenchError, _env, free_port
 from appliance.bench.results import _table
 from appliance.config import Settings, load_settings
@@ -221,7 +222,7 @@ EMPTY = "empty"
 
 
 # flag, UIOptions field, type, metavar, help
-_OPTIONS: tuple[tuple[str, str, type, str, str], ...] = (
+_OPTIONS: tuple[OptionRow, ...] = (
     ("--studies", "studies", int, "N", "studies in the full store"),
     ("--seconds", "seconds", float, "S", "seconds of load per endpoint and store"),
     ("--clients", "clients", int, "N", "concurrent signed-in clients"),
@@ -237,11 +238,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
     )
     defaults = UIOptions()
-    for flag, name, kind, metavar, text in _OPTIONS:
-        default = getattr(defaults, name)
-        parser.add_argument(
-            flag, type=kind, default=default, metavar=metavar, help=f"{text} (default {default})"
-        )
+    add_options(parser, _OPTIONS, defaults)
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the report here")
     workdir = "keep the stores and the UI's logs in a new folder under DIR"
     parser.add_argument("--workdir", type=Path, metavar="DIR", help=workdir)
@@ -250,7 +247,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def main(args: argparse.Namespace) -> int:
     """The `bench ui` handler: print the report, write it as JSON if asked, return 0."""
-    values = {name: getattr(args, flag[2:]) for flag, name, *_ in _OPTIONS}
+    values = option_values(args, _OPTIONS)
     options = UIOptions(**values, workdir=args.workdir)
     report = run_ui_bench(options, sys.stdout)
     if args.json is not None:
