@@ -26,6 +26,8 @@ from appliance.receiver import Receiver
 from appliance.store import Store, open_store, users
 from appliance.web import create_app
 
+from browser_fixtures import Guarded, Screenshots, guarded_context, launch_chromium
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -223,3 +225,29 @@ def sign_in(client: FlaskClient, username: str, pin: str = "2468") -> None:
     token = csrf_of(client)
     response = client.post("/signin", data={"username": username, "pin": pin, "csrf_token": token})
     assert response.status_code == 302, response.get_data(as_text=True)
+
+
+# --- a real browser (Debian's Chromium through Playwright; see browser_fixtures.py) ------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium per test module; each test gets its own context."""
+    with launch_chromium() as launched:
+        yield launched
+
+
+@pytest.fixture
+def guarded(browser: Any) -> Iterator[Guarded]:
+    """A fresh guarded context; the test fails if anything in it tried to leave the machine."""
+    with guarded_context(browser) as context:
+        yield context
+
+
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Iterator[Screenshots]:
+    """Where a test's screenshots go; the folder is printed when any were taken."""
+    shots = Screenshots(tmp_path / "screenshots")
+    yield shots
+    if shots.taken:
+        print(f"\nscreenshots: {shots.folder}")

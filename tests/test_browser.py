@@ -14,7 +14,7 @@ import re
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,6 @@ from appliance.phantoms import CHEST_FINDINGS, chest_dataset, make_chest
 from browser_fixtures import (
     Guarded,
     Screenshots,
-    guarded_context,
-    launch_chromium,
     layout_problems,
     needs_chromium,
 )
@@ -84,28 +82,6 @@ def wait_for_line(proc: RoleProcess, text: str, timeout_s: float = START_S) -> N
         assert proc.process is not None and proc.process.poll() is None, "".join(proc.output)
         assert time.monotonic() < deadline, f"no {text!r} in:\n" + "".join(proc.output)
         time.sleep(0.05)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """One headless Chromium for this module; each test gets its own context."""
-    with launch_chromium() as launched:
-        yield launched
-
-
-@pytest.fixture
-def guarded(browser: Any) -> Iterator[Guarded]:
-    """A fresh guarded context; the test fails if anything in it tried to leave the machine."""
-    with guarded_context(browser) as context:
-        yield context
-
-
-@pytest.fixture
-def screenshots(tmp_path: Path) -> Iterator[Screenshots]:
-    shots = Screenshots(tmp_path / "screenshots")
-    yield shots
-    if shots.taken:
-        print(f"\nscreenshots: {shots.folder}")
 
 
 # --- what a person does ---------------------------------------------------------------------

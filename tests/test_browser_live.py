@@ -13,8 +13,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -25,8 +24,6 @@ from browser_fixtures import (
     SIZES,
     Guarded,
     Screenshots,
-    guarded_context,
-    launch_chromium,
     needs_chromium,
 )
 from conftest import RoleProcess, poll, read_only
@@ -56,26 +53,6 @@ SNAPSHOT_JS = """
   return canvas.toDataURL("image/png");
 }
 """
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with launch_chromium() as launched:
-        yield launched
-
-
-@pytest.fixture
-def guarded(browser: Any) -> Iterator[Guarded]:
-    with guarded_context(browser) as context:
-        yield context
-
-
-@pytest.fixture
-def screenshots(tmp_path: Any) -> Iterator[Screenshots]:
-    shots = Screenshots(tmp_path / "screenshots")
-    yield shots
-    if shots.taken:
-        print(f"\nscreenshots: {shots.folder}")
 
 
 def start_with_capture(make: Callable[..., RoleProcess]) -> RunningUI:
