@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 from appliance.store import audit
-from appliance.store.db import utc_now
+from appliance.store.db import transaction, utc_now
 
 KINDS = ("freeze", "resume", "save_frame", "save_clip")
 SAVES = ("save_frame", "save_clip")
@@ -67,7 +65,7 @@ def queue_request(
     if kind not in SAVES:
         study_id, patient_id, patient_name = None, "", ""
     now = utc_now()
-    with _transaction(conn):
+    with transaction(conn):
         if study_id is not None and not _study_exists(conn, study_id):
             raise CaptureRequestError(f"there is no study {study_id}")
         cur = conn.execute(
@@ -131,7 +129,7 @@ def finish_request(
     """
     state = "failed" if error else "done"
     text = error[:MAX_RESULT] if error else json.dumps(result or {}, sort_keys=True)
-    with _transaction(conn):
+    with transaction(conn):
         row = conn.execute(
             "UPDATE capture_requests SET state = ?, result = ?, updated_at = ?"
             " WHERE id = ? AND state = 'queued' RETURNING kind, requested_by",
@@ -174,7 +172,7 @@ def set_calibration(
     """
     new = Calibration(int(x), int(y), int(width), int(height), _float_or_none(mm_per_pixel))
     _check_calibration(device, new)
-    with _transaction(conn):
+    with transaction(conn):
         old = calibration(conn, device)
         conn.execute(
             "INSERT INTO capture_calibration (device, x, y, width, height, mm_per_pixel, set_by,"
@@ -226,14 +224,3 @@ def study_for_capture(conn: sqlite3.Connection, study_id: int) -> StudyForCaptur
 
 def _float_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
-
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from appliance.store import audit
-from appliance.store.db import utc_now
+from appliance.store.db import transaction, utc_now
 
 VERDICTS = ("agree", "disagree", "unsure")
 MAX_COMMENT = 1000
@@ -65,7 +64,7 @@ def add_feedback(
     if len(comment) > MAX_COMMENT:
         raise FeedbackError(f"a comment has at most {MAX_COMMENT} characters")
     at = utc_now()
-    with _transaction(conn):
+    with transaction(conn):
         cur = conn.execute(
             "INSERT INTO feedback (finding_ref, label, verdict, comment, user_ref, at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -115,7 +114,7 @@ def add_impression(
         raise FeedbackError("an impression needs some text")
     if len(text) > MAX_IMPRESSION:
         raise FeedbackError(f"an impression has at most {MAX_IMPRESSION} characters")
-    with _transaction(conn):
+    with transaction(conn):
         cur = conn.execute(
             "INSERT INTO impressions (study_ref, user_ref, text, final, at) VALUES (?, ?, ?, ?, ?)",
             (study_id, user_id, text, int(final), utc_now()),
@@ -166,16 +165,3 @@ def _one_impression(conn: sqlite3.Connection, impression_id: int) -> Impression:
 def _impression(row: sqlite3.Row) -> Impression:
     values = tuple(row)
     return Impression(values[0], values[1], values[2], bool(values[3]), *values[4:])
-
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) on an autocommit connection, so an
-    entry and its audit row are written together or not at all."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")

@@ -14,7 +14,7 @@ from pathlib import Path
 from appliance.domain import IngestOutcome, IngestResult, InstanceHeader, Origin
 from appliance.errors import OutOfSpaceError
 from appliance.store import audit, jobs
-from appliance.store.db import utc_now
+from appliance.store.db import transaction, utc_now
 from appliance.store.spool import CommittedFile, Spool, file_digest
 
 log = logging.getLogger(__name__)
@@ -83,14 +83,8 @@ def index_file(
     max_attempts: int,
 ) -> tuple[IngestResult, str | None]:
     """Write the rows in one transaction; return the result and a file that is no longer used."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result, unused = _index_in_transaction(conn, header, origin, stored, max_attempts)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return result, unused
+    with transaction(conn):
+        return _index_in_transaction(conn, header, origin, stored, max_attempts)
 
 
 def _index_in_transaction(

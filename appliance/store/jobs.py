@@ -13,15 +13,13 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from appliance.domain import JobState
 from appliance.store import audit
 from appliance.store.analyses import FailureRecorder
-from appliance.store.db import utc_now
+from appliance.store.db import transaction, utc_now
 
 ANALYSE = "analyse"
 PICTURES = "pictures"  # heatmaps and overlays of a saved analysis: after every analysis
@@ -160,7 +158,7 @@ def reap_stale(
 ) -> int:
     """Requeue running jobs whose lease expired; fail those out of attempts. Returns the count."""
     now = time.time() if now is None else now
-    with _immediate(conn):
+    with transaction(conn):
         stale = conn.execute(
             "SELECT id, instance_ref, attempts, max_attempts, lease_owner FROM jobs"
             " WHERE state = 'running' AND lease_expires < ?",
@@ -174,7 +172,7 @@ def reap_stale(
 def reap_dead_owners(conn: sqlite3.Connection, on_failed: FailureRecorder | None = None) -> int:
     """Take back running jobs leased by processes of this machine that no longer exist."""
     host = socket.gethostname()
-    with _immediate(conn):
+    with transaction(conn):
         running = conn.execute(
             "SELECT id, instance_ref, attempts, max_attempts, lease_owner FROM jobs"
             " WHERE state = 'running'"
@@ -196,17 +194,6 @@ def _dead_here(owner: str, host: str) -> bool:
     except PermissionError:
         return False  # a process of another user has the number now
     return False
-
-
-@contextmanager
-def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def _requeue_or_fail(

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from appliance.store.db import utc_now
+from appliance.store.db import transaction, utc_now
 from appliance.store.store import Store
 
 BEAT_S = 30.0  # how often a running role refreshes its heartbeat
@@ -54,8 +54,7 @@ def record_models(conn: sqlite3.Connection, rows: Iterable[ModelRow]) -> None:
     half-written list. Names repeat when two folders hold the same package name (one of them
     is refused); the later row then takes its folder into its name, so none is lost."""
     now = utc_now()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         conn.execute("DELETE FROM installed_models")
         for name, row in _unique_names(rows):
             conn.execute(
@@ -75,10 +74,6 @@ def record_models(conn: sqlite3.Connection, rows: Iterable[ModelRow]) -> None:
                     now,
                 ),
             )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def _unique_names(rows: Iterable[ModelRow]) -> Iterator[tuple[str, ModelRow]]:

@@ -12,7 +12,6 @@ import csv
 import io
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
@@ -34,6 +33,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from appliance.config import Settings
 from appliance.store import Store, status, users
+from appliance.store.db import transaction
 from appliance.web.i18n import t
 from appliance.web.security import ViewResult
 
@@ -72,18 +72,6 @@ def _helpers() -> dict[str, Callable[..., str]]:
     return {"local_time": local_time, "duration": duration, "size": size}
 
 
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """A change and its audit row commit together, or neither does."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
-
 # --- users -------------------------------------------------------------------------------------
 
 
@@ -108,7 +96,7 @@ def create_user() -> ViewResult:
     conn = _store().conn
     try:
         pin = _new_pin(form)
-        with _transaction(conn):
+        with transaction(conn):
             user = users.create_user(
                 conn,
                 form.get("username", "").strip(),
@@ -138,7 +126,7 @@ def set_active(user_id: int) -> ViewResult:
     user = users.get_user(conn, user_id) or abort(404)
     active = request.form.get("active") == "1"
     try:
-        with _transaction(conn):
+        with transaction(conn):
             _check_may_disable(conn, user, active)
             users.set_active(conn, user.id, active, _actor())
     except users.UserError as exc:
@@ -169,7 +157,7 @@ def reset_pin(user_id: int) -> ViewResult:
     user = users.get_user(conn, user_id) or abort(404)
     try:
         pin = _new_pin(request.form)
-        with _transaction(conn):
+        with transaction(conn):
             users.set_pin(conn, user.id, pin, _actor())
     except users.UserError as exc:
         flash(t("admin.pin_not_changed", username=user.username, reason=str(exc)))

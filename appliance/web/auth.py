@@ -20,6 +20,7 @@ from flask import (
 from werkzeug.wrappers import Response
 
 from appliance.store import users
+from appliance.store.db import transaction
 from appliance.web.i18n import t
 from appliance.web.security import ViewResult, csrf_token, public
 
@@ -80,17 +81,12 @@ def setup() -> ViewResult:
         users.check_pin(form.get("pin", ""))
         if form.get("pin") != form.get("pin_again"):
             raise users.UserError(t("auth.pins_differ"))
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):  # the code is spent only if the admin is created
             if not users.use_setup_code(conn, form.get("code", "")[:16]):
                 raise users.UserError(t("auth.bad_code"))
             admin = users.create_user(
                 conn, form["username"], form.get("display_name", ""), "admin", form["pin"], "setup"
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
     except users.UserError as exc:
         flash(str(exc))
         return render_template("auth/setup.html", username=form.get("username", "")), 400
