@@ -226,10 +226,10 @@ def test_triage_overrides_from_the_config(opened: Any, tmp_path: Path) -> None:
     instance = put_dataset(store, effusion_chest(), tmp_path, "cxr.dcm")
     drain(worker)
     [finding] = findings_of(store.conn, instance)
-    if positive_labels(finding) == {"pleural_effusion"}:
-        assert analysis_of(store.conn, instance)["priority"] == "routine"
-    else:  # another positive label keeps its own priority
-        assert analysis_of(store.conn, instance)["priority"] != "urgent"
+    assert positive_labels(finding) == {"pleural_effusion"}  # urgent by its manifest
+    assert analysis_of(store.conn, instance)["priority"] == "routine"
+    study = store.conn.execute("SELECT triage FROM studies").fetchone()
+    assert study["triage"] == "routine"
 
 
 def test_a_replaced_image_gets_new_findings_and_keeps_the_old(opened: Any, tmp_path: Path) -> None:
