@@ -34,9 +34,11 @@ TOTAL = SENDERS * PER_SENDER
 KILL_AT = TOTAL // 2
 SCU_TIMEOUT_S = 10.0
 # Short receiver timeouts make the end-of-association sweep of unfinished transfers
-# (network + DIMSE timeout) reachable within the test.
-RECEIVER_TIMEOUTS = {"network_timeout_s": 2.0, "dimse_timeout_s": 2.0, "acse_timeout_s": 10.0}
-SWEEP_AGE_S = 4.0
+# (network + DIMSE timeout) reachable within the test. Not too short: pynetdicom's network
+# timeout counts from the last PDU received, so it also runs while the receiver writes and
+# fsyncs an image; at 2 s a loaded two-core machine aborted a healthy association.
+RECEIVER_TIMEOUTS = {"network_timeout_s": 5.0, "dimse_timeout_s": 5.0, "acse_timeout_s": 10.0}
+SWEEP_AGE_S = RECEIVER_TIMEOUTS["network_timeout_s"] + RECEIVER_TIMEOUTS["dimse_timeout_s"]
 
 
 @dataclass
