@@ -6,7 +6,14 @@ import io
 
 import pytest
 
-from appliance.bench.inference import InferenceOptions, run_inference
+from appliance.bench.inference import (
+    InferenceOptions,
+    InferenceReport,
+    Speed,
+    Split,
+    beside_reference,
+    run_inference,
+)
 
 
 def test_a_small_run_reports_both_demo_models() -> None:
@@ -35,3 +42,16 @@ def test_the_reference_network_has_resnet50s_parameters() -> None:
     assert parameter_count(model) == 25_530_472
     convs = [node for node in model.graph.node if node.op_type == "Conv"]
     assert len(convs) == 1 + 16 * 3 + 4  # stem, 16 bottlenecks of 3, 4 projections
+
+
+def test_pre_and_post_are_also_set_against_the_reference_networks_time() -> None:
+    split = Split("demo-chest-xray", "CR 2048x1721", 7.0, 5.5, 4.0, 0.5, 280.0)
+    speeds = (
+        Speed("demo-chest-xray", "fp32", 4.0, 4.2, 8, 250.0),
+        Speed("resnet50-ref (224)", "fp32", 80.0, 85.0, 1, 12.0),
+        Speed("resnet50-ref (224)", "int8", 24.0, 25.0, 1, 40.0),
+    )
+    report = InferenceReport(InferenceOptions(), speeds, (split,), "")
+    lines = beside_reference(report)
+    assert lines[1].strip() == "demo-chest-xray (CR 2048x1721): 8% of its fp32, 25% of its int8"
+    assert beside_reference(InferenceReport(InferenceOptions(), speeds[:1], (split,), "")) == []

@@ -336,7 +336,8 @@ def format_report(report: InferenceReport) -> str:
             lat = rows["int8"].p50_ms / rows["fp32"].p50_ms
             thr = rows["int8"].images_per_s / rows["fp32"].images_per_s
             lines.append(f"  {name:<24} latency x{lat:.2f}   throughput x{thr:.2f}")
-    lines += ["", *format_splits(report.splits), "", report.gpu_note, ""]
+    lines += ["", *format_splits(report.splits), *beside_reference(report), ""]
+    lines += [report.gpu_note, ""]
     return "\n".join(lines)
 
 
@@ -361,6 +362,22 @@ def format_splits(splits: Sequence[Split]) -> list[str]:
         )
     note = "decode and explain are outside the target; explain = heatmap or mask overlay as PNG"
     lines.append(f"  ({note})")
+    return lines
+
+
+def beside_reference(report: InferenceReport) -> list[str]:
+    """The same pre+post against the reference-size classifier's own time: the demo models are
+    far smaller than a model a site would bring, so their ratio says little about a real one."""
+    reference = {s.precision: s for s in report.speeds if s.model.startswith("resnet50-ref")}
+    if not reference or not report.splits:
+        return []
+    lines = ["  beside the reference-size classifier (its batch-1 p50), same pre+post:"]
+    for s in report.splits:
+        parts = [
+            f"{100.0 * (s.preprocess_ms + s.postprocess_ms) / speed.p50_ms:.0f}% of its {name}"
+            for name, speed in sorted(reference.items())
+        ]
+        lines.append(f"    {s.model} ({s.image}): {', '.join(parts)}")
     return lines
 
 
