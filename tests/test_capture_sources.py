@@ -24,6 +24,7 @@ from appliance.capture.sources import (
     FrameSource,
     OpenCVSource,
     VideoFileSource,
+    lossy_method,
     open_source,
 )
 from appliance.config import CaptureSource
@@ -230,6 +231,21 @@ def test_open_source_builds_each_kind_unopened(tmp_path: Path) -> None:
     assert generated.read(timeout_s=0.01) is None  # not opened yet
     file = open_source(CaptureSource(kind="file", file=tmp_path / "a.avi", name="rec"))
     assert isinstance(file, VideoFileSource) and file.name == "rec"
+
+
+@pytest.mark.parametrize(
+    ("source", "method"),
+    [
+        (CaptureSource(kind="device", device="/dev/video0", fourcc="MJPG"), "ISO_10918_1"),
+        (CaptureSource(kind="device", device="/dev/video0", fourcc="YUYV"), None),
+        (CaptureSource(kind="file", file=Path("clip.mp4")), ""),
+        (CaptureSource(kind="generated"), None),
+    ],
+)
+def test_a_source_says_whether_its_frames_were_lossily_compressed(
+    source: CaptureSource, method: str | None
+) -> None:
+    assert lossy_method(source) == method
 
 
 @pytest.mark.parametrize(

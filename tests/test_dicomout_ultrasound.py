@@ -93,6 +93,18 @@ def test_several_frames_are_a_multiframe_clip_with_its_frame_time(tmp_path: Path
     assert ds.BurnedInAnnotation == "NO"
 
 
+@pytest.mark.parametrize(
+    ("method", "flag", "named"),
+    [(None, "00", None), ("ISO_10918_1", "01", "ISO_10918_1"), ("", "01", None)],
+)
+def test_lossy_compression_before_capture_is_recorded(
+    tmp_path: Path, method: str | None, flag: str, named: str | None
+) -> None:
+    _, ds = written(tmp_path, build(crops(1), lossy_method=method))
+    assert ds.LossyImageCompression == flag
+    assert ds.get("LossyImageCompressionMethod") == named
+
+
 def test_the_worker_measures_with_the_regions_spacing(tmp_path: Path) -> None:
     calibrated = build(crops(1), mm_per_pixel=0.4)
     geometry = describe_geometry(calibrated, 61, 83)

@@ -357,7 +357,7 @@ def format_splits(splits: Sequence[Split]) -> list[str]:
     for s in splits:
         verdict = "met" if s.share < TARGET_SHARE else "NOT met"
         lines.append(
-            f"  {s.model}: pre+post is {s.share:.0f}% of the model's time - target "
+            f"  {s.model}: pre+post is {s.share:.1f}% of the model's time - target "
             f"<{TARGET_SHARE:.0f}% {verdict}"
         )
     note = "decode and explain are outside the target; explain = heatmap or mask overlay as PNG"

@@ -86,6 +86,21 @@ def open_source(source: CaptureSource) -> FrameSource:
     raise CaptureError("capture.source.kind is 'none': no live capture is configured")
 
 
+def lossy_method(source: CaptureSource) -> str | None:
+    """How the frames this source delivers were lossily compressed on their way here, as DICOM's
+    Lossy Image Compression Method; "" when lossy by a method not known here; None when not.
+
+    A grabber set to MJPEG sends JPEG; a video file was compressed by its codec (played files
+    are almost always lossy, and claiming it wrongly is the safer error). YUYV and the
+    generated source are not compressed; a GStreamer pipeline's elements are not looked into.
+    """
+    if source.kind == "device" and source.fourcc == "MJPG":
+        return "ISO_10918_1"
+    if source.kind == "file":
+        return ""
+    return None
+
+
 class RealTimeClock:
     """Paces frames to real time: frame n is due at start + n / fps. A reader that falls
     behind gets the frame due now, as from a live camera, rather than a backlog. Skipping

@@ -49,12 +49,16 @@ def build_ultrasound(
     frame_time_ms: float,
     captured_wall: float,
     burned_in: bool = True,
+    lossy_method: str | None = None,
 ) -> Dataset:
     """An Ultrasound (Multi-frame) Image of `frames` (BGR crops of the scan area, H x W x 3).
 
     `study_uid` None starts a new study; `captured_wall` is the time.time() of the (first)
-    frame. Raises DetailsError naming the field for a patient value DICOM cannot hold, and
-    ValueError for frames that are not equal-sized 8-bit BGR images.
+    frame. `lossy_method` says the frames were lossily compressed before they got here (a
+    grabber's MJPEG: "ISO_10918_1"; "" for a method not known), None that they were not.
+
+    Raises DetailsError naming the field for a patient value DICOM cannot hold, and ValueError
+    for frames that are not equal-sized 8-bit BGR images.
     """
     pixels = _rgb_stack(frames)
     patient = (_patient_id(patient_id), _patient_name(patient_name), _accession(accession))
@@ -72,6 +76,7 @@ def build_ultrasound(
     _patient_and_study(ds, patient, study, taken if study_uid is None else None)
     _series_and_equipment(ds, series, device, taken)
     _image(ds, pixels, burned_in)
+    _lossy(ds, lossy_method)
     ds.SequenceOfUltrasoundRegions = DicomSequence([_region(rows, columns, mm_per_pixel)])
     if count > 1:
         _cine(ds, count, frame_time_ms)
@@ -167,6 +172,14 @@ def _image(ds: Dataset, pixels: npt.NDArray[np.uint8], burned_in: bool) -> None:
     if len(data) % 2:
         data += b"\x00"  # DICOM values have even length
     ds["PixelData"] = DataElement(0x7FE00010, "OB", data)
+
+
+def _lossy(ds: Dataset, method: str | None) -> None:
+    """Lossy Image Compression (required in the US modules once an image was lossily
+    compressed, PS3.3 C.8.5.6.1.1): a reader must not take JPEG artefacts for anatomy."""
+    ds.LossyImageCompression = "00" if method is None else "01"
+    if method:
+        ds.LossyImageCompressionMethod = method
 
 
 def _region(rows: int, columns: int, mm_per_pixel: float | None) -> Dataset:

@@ -46,7 +46,13 @@ import numpy.typing as npt
 
 from appliance.capture.region import detect_region
 from appliance.capture.signal import SignalMonitor, SignalState
-from appliance.capture.sources import CaptureError, Frame, FrameSource, open_source
+from appliance.capture.sources import (
+    CaptureError,
+    Frame,
+    FrameSource,
+    lossy_method,
+    open_source,
+)
 from appliance.config import CaptureSettings, Settings
 from appliance.dicomout.ultrasound import build_ultrasound
 from appliance.domain import Origin, Source
@@ -837,6 +843,7 @@ class Saver:
             mm_per_pixel=area.mm_per_pixel,
             frame_time_ms=frame_time_ms(shots, self.loop.nominal_fps),
             captured_wall=shots[0].wall,
+            lossy_method=lossy_method(self.loop.settings.capture.source),
         )
         tmp = self.store.spool.new_tmp_path()
         try:
