@@ -92,7 +92,7 @@ class JobSettings(_Section):
 
 
 BackendText = Literal["cpu", "cuda", "tensorrt", "tensorrt-native"]
-PrecisionText = Literal["fp32", "fp16", "int8"]
+PrecisionText = Literal["auto", "fp32", "fp16", "int8"]
 Priority = Literal["urgent", "review", "routine"]
 
 
@@ -102,7 +102,9 @@ class ModelSettings(_Section):
     # Folders of packages; empty: the demo packages bundled with the software.
     dirs: list[Path] = Field(default_factory=list)
     backend: BackendText = "cpu"
-    precision: PrecisionText = "int8"
+    # auto: INT8 on CPUs with 8-bit dot-product instructions (VNNI, Arm dotprod), else FP32;
+    # FP16 on TensorRT (see appliance.runtime.precision).
+    precision: PrecisionText = "auto"
     threads: int = Field(0, ge=0, le=256)
     # Package names present in `dirs` that the worker must not run.
     disabled: list[str] = Field(default_factory=list)

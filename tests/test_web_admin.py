@@ -18,6 +18,7 @@ from flask.testing import FlaskClient
 
 from appliance.domain import Origin, Source
 from appliance.imaging.header import read_header
+from appliance.runtime.precision import choose_precision
 from appliance.samples import write_sample
 from appliance.store import Store, audit, jobs, open_store, status, users
 from appliance.worker.models import ModelSet
@@ -280,7 +281,12 @@ def test_the_worker_role_records_models_and_its_heartbeat(
     try:
         names = {m.name: m.state for m in status.installed_models(store.conn)}
         [worker] = [r for r in status.role_states(store.conn) if r.role == "worker"]
-        assert worker.running and worker.detail == {"backend": "cpu", "precision": "int8"}
+        choice = choose_precision("auto", "cpu")  # the default, by this machine's processor
+        assert worker.running and worker.detail == {
+            "backend": "cpu",
+            "precision": choice.precision,
+            "precision_reason": choice.reason,
+        }
         proc.stop()
         [worker] = [r for r in status.role_states(store.conn) if r.role == "worker"]
     finally:

@@ -71,7 +71,7 @@ def effusion_chest(seed: int = 11, rows: int = 1024) -> Any:
 def test_a_chest_radiograph_gets_findings_heatmaps_triage_and_audit(
     opened: Any, tmp_path: Path
 ) -> None:
-    store, worker = opened()
+    store, worker = opened(models={"precision": "int8"})
     instance = put_dataset(store, effusion_chest(), tmp_path, "cxr.dcm")
     assert worker.run_once()  # the analysis
     conn = store.conn

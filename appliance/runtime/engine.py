@@ -35,9 +35,11 @@ from appliance.runtime.preprocess import ImageInput, Prepared, prepare
 class Model:
     """A package and its backend, loaded once and reused for every image."""
 
-    def __init__(self, package: ModelPackage, backend: Backend, file_precision: FilePrecision):
+    def __init__(self, package: ModelPackage, backend: Backend, options: BackendOptions):
+        file_precision: FilePrecision = "int8" if options.precision == "int8" else "fp32"
         self.package = package
         self.backend = backend
+        self.options = options  # to open another copy of this model the same way
         self.provenance = Provenance(
             model=package.name,
             version=package.version,
@@ -58,7 +60,7 @@ class Model:
         file_precision: FilePrecision = "int8" if options.precision == "int8" else "fp32"
         path = loaded.model_file(file_precision)
         backend = open_backend(path, model_io(loaded, file_precision), options)
-        return cls(loaded, backend, file_precision)
+        return cls(loaded, backend, options)
 
     @property
     def manifest(self) -> Manifest:

@@ -60,7 +60,6 @@ from appliance.errors import ApplianceError
 from appliance.imaging import DecodedImage, SpacingSource
 from appliance.imaging.header import read_header
 from appliance.paths import Paths
-from appliance.runtime.backends import BackendOptions
 from appliance.runtime.engine import Model
 from appliance.runtime.findings import ModelResult
 from appliance.runtime.quality import check_quality
@@ -374,7 +373,7 @@ class CaptureLoop:
         self.stopping = threading.Event()
         self.source_rate, self.published_rate = RateMeter(), RateMeter()
         self.mailbox = Mailbox()
-        self.model, self._own_model = live_model(models, settings, paths)
+        self.model, self._own_model = live_model(models, settings)
         self.grabber = Grabber(self, factory)
         self.inference = LiveInference(self, self.model)
         self.control = Control(self)
@@ -509,7 +508,7 @@ def start_capture(
     return loop
 
 
-def live_model(models: ModelSet, settings: Settings, paths: Paths) -> tuple[Model | None, bool]:
+def live_model(models: ModelSet, settings: Settings) -> tuple[Model | None, bool]:
     """The loaded package drawn over the live image (None, logged, when it is not loaded),
     and whether the loop owns it.
 
@@ -524,13 +523,7 @@ def live_model(models: ModelSet, settings: Settings, paths: Paths) -> tuple[Mode
         return None, False
     if model.backend.name != "tensorrt":
         return model, False
-    options = BackendOptions(
-        backend=settings.models.backend,
-        precision=settings.models.precision,
-        threads=settings.models.threads,
-        cache_dir=paths.cache_dir / "engines",
-    )
-    return Model.open(model.package, options), True
+    return Model.open(model.package, model.options), True
 
 
 # --- grab thread ---------------------------------------------------------------------------

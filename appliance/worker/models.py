@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from appliance.runtime.backends import BackendOptions
 from appliance.runtime.commands import DEFAULT_MODELS_DIR
 from appliance.runtime.engine import Model
 from appliance.runtime.package import ModelPackage, find_packages
+from appliance.runtime.precision import choose_precision
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,8 @@ class ModelSet:
     models: list[Model]
     refused: list[Refused] = field(default_factory=list)
     disabled: list[str] = field(default_factory=list)
+    precision: str = "fp32"  # models.precision as resolved on this machine ("auto" chooses)
+    precision_reason: str = ""
 
     @classmethod
     def load(cls, settings: ModelSettings, cache_dir: Path) -> ModelSet:
@@ -39,13 +43,15 @@ class ModelSet:
         that cannot load raises BackendError: the worker stops rather than silently running on
         something other than what the site configured.
         """
+        choice = choose_precision(settings.precision, settings.backend)
+        log.info("models: precision %s (%s)", choice.precision, choice.reason)
         options = BackendOptions(
             backend=settings.backend,
-            precision=settings.precision,
+            precision=choice.precision,
             threads=settings.threads,
             cache_dir=cache_dir / "engines",
         )
-        loaded = cls(models=[])
+        loaded = cls(models=[], precision=choice.precision, precision_reason=choice.reason)
         for entry in find_packages(settings.dirs or [DEFAULT_MODELS_DIR]):
             if entry.package is None:
                 loaded.refuse(entry.folder, entry.error or "not a valid package")
@@ -54,7 +60,7 @@ class ModelSet:
             elif problem := _unusable(entry.package, settings):
                 loaded.refuse(entry.folder, problem)
             else:
-                loaded.models.append(Model.open(entry.package, options))
+                loaded.models.append(Model.open(entry.package, _options(entry.package, options)))
         loaded.models.sort(key=lambda m: m.package.name)
         return loaded
 
@@ -74,6 +80,15 @@ class ModelSet:
     def close(self) -> None:
         for model in self.models:
             model.close()
+
+
+def _options(package: ModelPackage, options: BackendOptions) -> BackendOptions:
+    """`options`, except that a package without an INT8 file runs FP32 where `auto` chose
+    INT8 (an explicit `int8` refuses such a package instead, see `_unusable`)."""
+    if options.precision == "int8" and "int8" not in package.precisions:
+        log.info("model package %s has no INT8 file: it runs FP32", package.name)
+        return dataclasses.replace(options, precision="fp32")
+    return options
 
 
 def _unusable(package: ModelPackage, settings: ModelSettings) -> str:

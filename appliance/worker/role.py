@@ -39,7 +39,11 @@ def serve(settings: Settings, paths: Paths) -> int:
     models = ModelSet.load(settings.models, paths.cache_dir)
     record_models(store, models)
     beat = status.RoleBeat(
-        store, "worker", backend=settings.models.backend, precision=settings.models.precision
+        store,
+        "worker",
+        backend=settings.models.backend,
+        precision=models.precision,
+        precision_reason=models.precision_reason,
     )
     worker = Worker(store, models, settings)
     taken_back = worker.take_back()
@@ -48,6 +52,7 @@ def serve(settings: Settings, paths: Paths) -> int:
     _on_signals(stop, Doorbell(paths.doorbell))
     print(
         f"worker: ready (models loaded in {time.monotonic() - started:.1f} s): {models.describe()}"
+        + f"; precision {models.precision} ({models.precision_reason})"
         + (f"; {taken_back} interrupted job(s) taken back" if taken_back else ""),
         flush=True,
     )
