@@ -102,6 +102,7 @@ def test_run_restarts_a_crashed_role_and_stops_cleanly(tmp_path: Path) -> None:
         if run.poll() is None:
             run.kill()
     assert run.returncode == 0
+    assert "Traceback" not in output, output  # every role stopped cleanly
     assert "DICOM port" in output
     assert "role receiver exited with status -9; restarting" in output
     assert not answers(peer)

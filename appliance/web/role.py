@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
 from types import FrameType
 
 from waitress.server import create_server
@@ -33,19 +32,22 @@ def serve(settings: Settings, paths: Paths) -> int:
             flush=True,
         )
     beat = status.RoleBeat(store_of(app), "ui", host=host, port=server.effective_port)
-    _on_signals(server)
+    _on_signals()
     try:
-        server.run()
+        server.run()  # returns once a signal's SystemExit reached it
     finally:
+        server.close()
         beat.stop()
         store_of(app).close()
     return 0
 
 
-def _on_signals(server: object) -> None:
+def _on_signals() -> None:
     def handler(signum: int, frame: FrameType | None) -> None:
-        # close() makes run() return; from a thread, since we are inside a signal handler.
-        threading.Thread(target=server.close, daemon=True).start()  # type: ignore[attr-defined]
+        # Raised in the main thread, inside waitress' loop: run() catches SystemExit, stops
+        # its request threads and returns. Closing the sockets from another thread instead
+        # raced the loop's select() (EBADF, exit 1).
+        raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)

@@ -44,7 +44,7 @@ class ModelSet:
         something other than what the site configured.
         """
         choice = choose_precision(settings.precision, settings.backend)
-        log.info("models: precision %s (%s)", choice.precision, choice.reason)
+        log.debug("models: precision %s (%s)", choice.precision, choice.reason)
         options = BackendOptions(
             backend=settings.backend,
             precision=choice.precision,
