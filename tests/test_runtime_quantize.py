@@ -12,9 +12,11 @@ import appliance.phantoms as phantoms
 from appliance.cli import main
 from appliance.runtime.package import load_package, seal_package
 from appliance.runtime.quantize import (
+    STALE_NOTE,
     VARIANTS,
     Variant,
     candidate_variants,
+    drop_int8_figures,
     pick_variant,
 )
 
@@ -67,7 +69,27 @@ def test_quantize_writes_int8_updates_manifest_and_reseals(
     assert notes["calibration"] == "20 site images, MinMax"
     assert 0.9 <= notes["decision_agreement"] <= 1.0
     assert manifest["validation"]["metrics"]["pleural_effusion"]["auc"] == 1.0  # kept
+    # The copied manifest's INT8 figures described the demo's INT8 file, not this one.
+    for figures in manifest["validation"]["metrics"].values():
+        assert not [k for k in figures if "int8" in k], figures
+    assert notes["note"] == STALE_NOTE
     assert not (package / ".quantize-partial").exists()
+
+
+def test_int8_figures_are_dropped_and_the_rest_kept() -> None:
+    validation = {
+        "metrics": {
+            "fluid": {"dice_mean": 0.98, "dice_mean_int8": 0.97, "int8_agreement": 0.99},
+            "images": 600,
+        },
+        "latency_ms": {"threads": 1, "fp32": 5.3, "int8": 2.4},
+    }
+    assert drop_int8_figures(validation)
+    assert validation == {
+        "metrics": {"fluid": {"dice_mean": 0.98}, "images": 600},
+        "latency_ms": {"threads": 1, "fp32": 5.3},
+    }
+    assert not drop_int8_figures(validation)  # nothing left to drop
 
 
 def test_quantize_one_fixed_variant(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -357,19 +357,48 @@ def _install(
     return seal_package(package.folder)
 
 
+STALE_NOTE = "INT8 figures of the previous INT8 file removed: run `appliance model validate`"
+
+
 def update_manifest(path: Path, int8_name: str, int8_notes: Mapping[str, Any]) -> None:
     """Set files.int8 and (when the manifest has a validation section) validation.int8,
-    keeping every other field and its order; written atomically."""
+    keeping every other field and its order; written atomically.
+
+    Figures measured on the previous INT8 file (per-label `*_int8` and `int8_agreement`, the
+    INT8 latency) are removed rather than left to describe a file that is gone.
+    """
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
         raise PackageError(f"{path}: no files mapping to name the INT8 graph in")
     data["files"]["int8"] = int8_name
-    if isinstance(data.get("validation"), dict):
-        data["validation"]["int8"] = {k: v for k, v in int8_notes.items() if v is not None}
+    validation = data.get("validation")
+    if isinstance(validation, dict):
+        notes = {k: v for k, v in int8_notes.items() if v is not None}
+        if drop_int8_figures(validation):
+            notes["note"] = STALE_NOTE
+        validation["int8"] = notes
     partial = path.with_name(f".{path.name}.partial")
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
     partial.write_text(text, encoding="utf-8")
     os.replace(partial, path)
+
+
+def drop_int8_figures(validation: dict[str, Any]) -> bool:
+    """Remove the INT8 figures from a manifest's validation section; True if there were any."""
+    dropped = False
+    metrics = validation.get("metrics")
+    labels = metrics.values() if isinstance(metrics, dict) else ()
+    for figures in labels:
+        if isinstance(figures, dict):
+            stale = [k for k in figures if k.endswith("_int8") or k == "int8_agreement"]
+            for key in stale:
+                del figures[key]
+            dropped = dropped or bool(stale)
+    latency = validation.get("latency_ms")
+    if isinstance(latency, dict) and "int8" in latency:
+        del latency["int8"]
+        dropped = True
+    return dropped
 
 
 def format_table(result: QuantizeResult) -> str:
