@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
-from appliance.imaging import decode
+from appliance.imaging import decode, to_display
 from appliance.runtime import InputError, parse_manifest, prepare, read_picture
 from appliance.runtime.manifest import InputSpec
-from appliance.runtime.preprocess import array_display
+from appliance.runtime.preprocess import array_display, single_frame
 
-from imaging_fixtures import save, ultrasound_dataset, ultrasound_region
+from imaging_fixtures import image_dataset, save, ultrasound_dataset, ultrasound_region
 from runtime_models import blob_image, classifier_manifest, dicom_file
 
 
@@ -120,6 +120,22 @@ def test_the_ultrasound_region_is_cropped_and_mapped_back(tmp_path: Path) -> Non
     assert (x, y) == pytest.approx((20.0, 10.0))
     back = prepared.geometry.map_to_image(np.ones((1, 64, 64), dtype=np.float32))
     assert back[0, 5, 5] == 0 and back[0, 50, 50] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("photometric", ["RGB", "MONOCHROME2"])
+def test_the_whole_frame_display_is_made_once_when_asked(tmp_path: Path, photometric: str) -> None:
+    gray = blob_image(40, 60, (20, 30), 8).astype(np.uint8)
+    pixels = np.dstack([gray, gray // 2, 255 - gray]) if photometric == "RGB" else gray
+    ds = image_dataset(pixels, photometric, 8, Modality="US")
+    image = decode(save(ds, tmp_path))
+    prepared = prepare(image, spec())
+    assert prepared._displays == {}  # preparing the tensor did not make it
+    shown = prepared.display(0)
+    assert prepared.display(0) is shown and list(prepared._displays) == [0]
+    expected = np.rint(to_display(single_frame(image, 0, "file"))[0] * 255.0).astype(np.uint8)
+    assert shown.dtype == np.uint8 and np.array_equal(shown, expected)
+    if photometric == "RGB":
+        assert np.array_equal(shown, pixels)  # 8-bit RGB is its own display
 
 
 def test_no_region_to_crop_is_a_note_not_a_failure(tmp_path: Path) -> None:

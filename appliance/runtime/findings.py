@@ -164,7 +164,7 @@ class ModelResult:
     @property
     def display(self) -> npt.NDArray[np.uint8]:
         """The whole frame as uint8 display values, for overlays."""
-        return self.prepared.displays[self.position]
+        return self.prepared.display(self.position)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -14,7 +14,8 @@ come back with `Geometry.map_to_image`.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -125,17 +126,29 @@ class Geometry:
 class Prepared:
     """One image ready for a model: a tensor per selected frame and what maps results back.
 
-    `displays` holds each selected frame of the *whole* image as uint8 display values (for
-    overlays); `frames` the frame numbers they came from.
+    `display(i)` gives the i-th selected frame of the *whole* image as uint8 display values
+    (for overlays), computed on first use: scoring never needs it, pictures do. `frames` are
+    the frame numbers the tensors came from.
     """
 
     tensor: FloatArray
     geometry: Geometry
     frames: tuple[int, ...]
-    displays: tuple[npt.NDArray[np.uint8], ...]
+    display_of: Callable[[int], npt.NDArray[np.uint8]] = field(repr=False)
     spacing_mm: tuple[float, float] | None = None
     spacing_source: SpacingSource = SpacingSource.NONE
     notes: tuple[str, ...] = ()
+    _displays: dict[int, npt.NDArray[np.uint8]] = field(default_factory=dict, repr=False)
+
+    def display(self, position: int) -> npt.NDArray[np.uint8]:
+        """The whole frame at `position` (of `frames`) as uint8 display values, cached."""
+        if position not in self._displays:
+            self._displays[position] = self.display_of(position)
+        return self._displays[position]
+
+    @property
+    def displays(self) -> tuple[npt.NDArray[np.uint8], ...]:
+        return tuple(self.display(position) for position in range(len(self.frames)))
 
 
 def prepare(image: ImageInput, spec: InputSpec) -> Prepared:
@@ -149,36 +162,46 @@ def prepare(image: ImageInput, spec: InputSpec) -> Prepared:
         tensor=tensor[np.newaxis],
         geometry=geometry,
         frames=(0,),
-        displays=(_to_uint8(display),),
+        display_of=lambda position: _to_uint8(display),
     )
 
 
 def _prepare_decoded(image: DecodedImage, spec: InputSpec) -> Prepared:
     positions = spec.select_frames(image.pixels.shape[0])
     region, notes = _region(image, spec)
-    tensors, displays = [], []
+    tensors = []
     geometry: Geometry | None = None
     for position in positions:
         frame = single_frame(image, position, spec.window)
-        whole = _display(frame)
-        displays.append(_to_uint8(whole))
         if region is None:
-            shown, crop = whole, (0, 0, image.columns, image.rows)
+            shown, crop = _display(frame), (0, 0, image.columns, image.rows)
         else:  # cropped before windowing: a min-max window then sees the scan area only
             shown = _display(_crop(frame, region))
             crop = (region.x0, region.y0, region.columns, region.rows)
         tensor, geometry = to_tensor(shown, crop, (image.rows, image.columns), spec)
         tensors.append(tensor)
     assert geometry is not None  # select_frames always gives at least one frame
+
+    def display_of(index: int) -> npt.NDArray[np.uint8]:
+        return whole_display(single_frame(image, positions[index], spec.window))
+
     return Prepared(
         tensor=np.stack(tensors),
         geometry=geometry,
         frames=tuple(image.frame_indices[p] for p in positions),
-        displays=tuple(displays),
+        display_of=display_of,
         spacing_mm=image.spacing_mm,
         spacing_source=image.spacing_source,
         notes=notes,
     )
+
+
+def whole_display(frame: DecodedImage) -> npt.NDArray[np.uint8]:
+    """A one-frame image as uint8 display values. 8-bit RGB already is (its display is
+    value / 255), so it is returned as it is rather than through float and back."""
+    if frame.photometric == "RGB" and frame.pixels.dtype == np.uint8:
+        return np.asarray(frame.pixels[0])
+    return _to_uint8(_display(frame))
 
 
 def single_frame(image: DecodedImage, position: int, window: str) -> DecodedImage:
