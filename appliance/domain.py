@@ -6,7 +6,7 @@ import enum
 import re
 from dataclasses import dataclass, field
 
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\Z")
 
 
 def is_valid_uid(value: str) -> bool:

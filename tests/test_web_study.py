@@ -121,6 +121,13 @@ def test_unknown_studies_images_and_pictures_are_404(seeded: Seeded) -> None:
     assert seeded.client.get("/artifact/9999.png").status_code == 404
     assert seeded.client.get("/artifact/..%2F..%2Fappliance.sqlite3.png").status_code == 404
     assert seeded.client.get("/artifact/-1.png").status_code == 404
+    huge = "9" * 25  # past SQLite's integers
+    for path in (f"/study/{huge}", f"/study/{effusion}/image/{huge}.png", f"/artifact/{huge}.png"):
+        assert seeded.client.get(path).status_code == 404, path
+    superscript = seeded.client.get(
+        f"/study/{effusion}/image/{seeded.instances['effusion']}.png?frame=\u00b2"
+    )
+    assert superscript.status_code == 400
 
 
 # --- the page --------------------------------------------------------------------------------
@@ -409,7 +416,11 @@ def test_feedback_without_csrf_token_is_refused(seeded: Seeded) -> None:
         ({"label": "not_a_label"}, 400),
         ({"finding_id": "x"}, 400),
         ({"finding_id": 9999}, 404),
+        ({"finding_id": 1e30}, 400),
+        ({"finding_id": 2**64}, 400),
+        ({"finding_id": True}, 400),
         ({"comment": "x" * 1001}, 400),
+        ({"comment": ["a list"]}, 400),
     ],
 )
 def test_bad_feedback_is_refused(seeded: Seeded, change: dict[str, Any], status: int) -> None:
@@ -480,6 +491,25 @@ def test_impressions_need_text_and_a_csrf_token(seeded: Seeded) -> None:
         headers={"X-CSRF-Token": token},
     )
     assert json_empty.status_code == 400
+
+
+def test_line_breaks_count_once_and_a_too_long_impression_says_so(seeded: Seeded) -> None:
+    seeded.sign_in("clinician")
+    token = token_of(page(seeded, study_url(seeded, "effusion")))
+    # 4,000 characters as the textarea counts them; the browser sends each break as CR LF.
+    text = "\r\n".join(["x" * 99] * 40)
+    assert post_impression(seeded, "effusion", token, text=text).status_code == 302
+    [entry] = feedback.impressions_for(seeded.store.conn, seeded.studies["effusion"])
+    assert entry.text == text.replace("\r\n", "\n") and len(entry.text) == 3999
+    assert post_impression(seeded, "effusion", token, text="y" * 4001).status_code == 302
+    assert "too long to save" in html_lib.unescape(page(seeded, study_url(seeded, "effusion")))
+    assert len(feedback.impressions_for(seeded.store.conn, seeded.studies["effusion"])) == 1
+    listed = seeded.client.post(
+        f"{study_url(seeded, 'effusion')}/impression",
+        json={"text": ["a"]},
+        headers={"X-CSRF-Token": token},
+    )
+    assert listed.status_code == 400
 
 
 def test_the_newest_impression_comes_first(seeded: Seeded) -> None:

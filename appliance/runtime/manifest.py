@@ -29,14 +29,14 @@ Activation = Literal["none", "sigmoid", "softmax"]
 OutputKind = Literal["scores", "mask", "cam"]
 Problem = tuple[tuple[str | int, ...], str]
 
-_MODEL_NAME = re.compile(r"^[a-z0-9-]{2,64}$")
+_MODEL_NAME = re.compile(r"^[a-z0-9-]{2,64}\Z")
 _SEMVER = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$"
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?\Z"
 )
-_LABEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,122}\.onnx$")
-_FRAMES = re.compile(r"^(first|all|every:[1-9][0-9]{0,5})$")
-_CODE_STRING = re.compile(r"^[A-Z0-9 _]{1,16}$")  # DICOM CS: Modality, Body Part, View
+_LABEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,122}\.onnx\Z")
+_FRAMES = re.compile(r"^(first|all|every:[1-9][0-9]{0,5})\Z")
+_CODE_STRING = re.compile(r"^[A-Z0-9 _]{1,16}\Z")  # DICOM CS: Modality, Body Part, View
 PHOTOMETRIC = (
     "MONOCHROME1",
     "MONOCHROME2",

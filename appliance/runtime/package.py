@@ -25,8 +25,8 @@ from appliance.runtime.manifest import MANIFEST_NAME, Manifest, load_manifest
 SUMS_NAME = "SHA256SUMS"
 FilePrecision = Literal["fp32", "int8"]
 
-_SUM_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
-_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SUM_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)\Z")
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 _CHUNK = 1 << 20
 
 

@@ -245,6 +245,16 @@ MIGRATIONS: list[str] = [
         set_at TEXT NOT NULL
     );
     """,
+    # 5: UI sessions. A signed session cookie is honoured only while its row exists, so
+    # signing out (or timing out) ends the session on the box, not only in that browser.
+    """
+    CREATE TABLE ui_sessions (
+        sid TEXT PRIMARY KEY,
+        user_ref INTEGER NOT NULL REFERENCES users(id),
+        started_at REAL NOT NULL
+    );
+    CREATE INDEX ui_sessions_started ON ui_sessions(started_at);
+    """,
 ]
 
 

@@ -21,7 +21,12 @@ MAX_IMPRESSION = 4000
 
 
 class FeedbackError(ValueError):
-    """Feedback or an impression that cannot be accepted; the message says why."""
+    """Feedback or an impression that cannot be accepted; the message says why, `reason` in
+    one word for the UI's catalogue ("empty", "too_long", or "invalid")."""
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -61,14 +66,15 @@ def add_feedback(
     """Record a user's verdict on one label of a finding (the caller checks the label)."""
     if verdict not in VERDICTS:
         raise FeedbackError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
+    comment = comment.replace("\r\n", "\n").strip()  # a line break is one character
     if len(comment) > MAX_COMMENT:
-        raise FeedbackError(f"a comment has at most {MAX_COMMENT} characters")
+        raise FeedbackError(f"a comment has at most {MAX_COMMENT} characters", "too_long")
     at = utc_now()
     with transaction(conn):
         cur = conn.execute(
             "INSERT INTO feedback (finding_ref, label, verdict, comment, user_ref, at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (finding_id, label, verdict, comment.strip(), user_id, at),
+            (finding_id, label, verdict, comment, user_id, at),
         )
         subject = f"finding:{finding_id}"
         audit.append(conn, actor, "feedback.recorded", subject, label=label, verdict=verdict)
@@ -108,12 +114,16 @@ def _one_feedback(conn: sqlite3.Connection, feedback_id: int) -> Feedback:
 def add_impression(
     conn: sqlite3.Connection, study_id: int, text: str, final: bool, user_id: int, actor: str
 ) -> Impression:
-    """Record a user's impression of a study (the caller checks who may mark it final)."""
-    text = text.strip()
+    """Record a user's impression of a study (the caller checks who may mark it final).
+
+    Line breaks count as one character: browsers send a textarea's as CR LF, while its
+    `maxlength` counts them as one.
+    """
+    text = text.replace("\r\n", "\n").strip()
     if not text:
-        raise FeedbackError("an impression needs some text")
+        raise FeedbackError("an impression needs some text", "empty")
     if len(text) > MAX_IMPRESSION:
-        raise FeedbackError(f"an impression has at most {MAX_IMPRESSION} characters")
+        raise FeedbackError(f"an impression has at most {MAX_IMPRESSION} characters", "too_long")
     with transaction(conn):
         cur = conn.execute(
             "INSERT INTO impressions (study_ref, user_ref, text, final, at) VALUES (?, ?, ?, ?, ?)",

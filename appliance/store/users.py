@@ -12,6 +12,7 @@ import hmac
 import re
 import secrets
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -20,8 +21,9 @@ from appliance.store import audit
 from appliance.store.db import utc_now
 
 ROLES = ("technologist", "clinician", "admin")
-_USERNAME = re.compile(r"^[A-Za-z0-9._-]{2,32}$")
-_PIN = re.compile(r"^[0-9]{4,8}$")
+# Checked with fullmatch: "$" would let a final newline through.
+_USERNAME = re.compile(r"[A-Za-z0-9._-]{2,32}")
+_PIN = re.compile(r"[0-9]{4,8}")
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}  # ~40 ms per check on a small CPU: slows guessing
 _SETUP_KEY = "setup_code"
 
@@ -53,13 +55,13 @@ class SignInResult:
 
 
 def check_username(username: str) -> str:
-    if not _USERNAME.match(username):
+    if not _USERNAME.fullmatch(username):
         raise UserError("a user name has 2-32 letters, digits, dots, dashes or underscores")
     return username
 
 
 def check_pin(pin: str) -> str:
-    if not _PIN.match(pin):
+    if not _PIN.fullmatch(pin):
         raise UserError("a PIN has 4 to 8 digits")
     return pin
 
@@ -133,9 +135,10 @@ def sign_in(
     ).fetchone()
     now = time.time()
     if row is None or not row["active"]:
-        _pin_matches(pin, hash_pin("0000"))  # same work either way: no user-name probing
+        # Same work and the same lock-out as for a real account: no user-name probing.
+        _pin_matches(pin, hash_pin("0000"))
         audit.append(conn, f"ui:{username[:32]}", "signin.failed", f"user:{username[:32]}")
-        return SignInResult(SignIn.WRONG)
+        return _UNKNOWN.failed(username, attempts, lock_s, now)
     if row["locked_until"] > now:
         audit.append(conn, f"ui:{row['username']}", "signin.locked", f"user:{row['username']}")
         return SignInResult(SignIn.LOCKED, locked_for_s=row["locked_until"] - now)
@@ -147,6 +150,36 @@ def sign_in(
         audit.append(conn, f"ui:{row['username']}", "signin", f"user:{row['username']}")
         return SignInResult(SignIn.OK, _user(row))
     return _failed(conn, row, attempts, lock_s, now)
+
+
+class _UnknownNames:
+    """Wrong PINs for names without an (active) account, counted in memory as the users
+    table counts them for real ones, so that only a real account's lock-out cannot tell
+    which names exist. Bounded: the oldest names are forgotten first."""
+
+    KEEP = 1024
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._names: dict[str, tuple[int, float]] = {}  # name -> (failures, locked until)
+
+    def failed(self, name: str, attempts: int, lock_s: float, now: float) -> SignInResult:
+        with self._lock:
+            failures, locked_until = self._names.pop(name, (0, 0.0))
+            if locked_until > now:
+                self._names[name] = (failures, locked_until)
+                return SignInResult(SignIn.LOCKED, locked_for_s=locked_until - now)
+            failures += 1
+            locked = failures >= attempts
+            self._names[name] = (0, now + lock_s) if locked else (failures, 0.0)
+            while len(self._names) > self.KEEP:
+                del self._names[next(iter(self._names))]
+        if locked:
+            return SignInResult(SignIn.LOCKED, locked_for_s=lock_s)
+        return SignInResult(SignIn.WRONG)
+
+
+_UNKNOWN = _UnknownNames()
 
 
 def _failed(
@@ -164,6 +197,36 @@ def _failed(
         audit.append(conn, "system", "user.locked", subject, minutes=round(lock_s / 60, 1))
         return SignInResult(SignIn.LOCKED, locked_for_s=lock_s)
     return SignInResult(SignIn.WRONG)
+
+
+SESSION_MAX_S = 7 * 24 * 3600.0  # a sign-in older than this is forgotten, however used
+
+
+def open_session(conn: sqlite3.Connection, user_id: int) -> str:
+    """A new session id for a sign-in; sessions past `SESSION_MAX_S` are swept meanwhile."""
+    sid = secrets.token_urlsafe(24)
+    now = time.time()
+    conn.execute("DELETE FROM ui_sessions WHERE started_at < ?", (now - SESSION_MAX_S,))
+    conn.execute(
+        "INSERT INTO ui_sessions (sid, user_ref, started_at) VALUES (?, ?, ?)", (sid, user_id, now)
+    )
+    return sid
+
+
+def session_open(conn: sqlite3.Connection, sid: object, user_id: int) -> bool:
+    """Whether `sid` is an open session of this user (not signed out, not too old)."""
+    if not isinstance(sid, str):
+        return False
+    row = conn.execute(
+        "SELECT 1 FROM ui_sessions WHERE sid = ? AND user_ref = ? AND started_at >= ?",
+        (sid, user_id, time.time() - SESSION_MAX_S),
+    ).fetchone()
+    return row is not None
+
+
+def close_session(conn: sqlite3.Connection, sid: object) -> None:
+    if isinstance(sid, str):
+        conn.execute("DELETE FROM ui_sessions WHERE sid = ?", (sid,))
 
 
 def set_active(conn: sqlite3.Connection, user_id: int, active: bool, actor: str) -> None:

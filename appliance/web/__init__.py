@@ -16,6 +16,7 @@ from appliance.config import Settings
 from appliance.paths import Paths, resolve_paths
 from appliance.store import Store, open_store
 from appliance.web import admin, auth, health, i18n, imports, live, security, study, worklist
+from appliance.web.params import BoundedInt
 
 _SIGNING_KEY_ROW = "ui_secret"  # the kv row that holds the cookie signing key
 
@@ -36,6 +37,7 @@ def create_app(settings: Settings, paths: Paths | None = None, **overrides: Any)
         TEMPLATES_AUTO_RELOAD=False,
     )
     app.config.update(overrides)
+    app.url_map.converters["int"] = BoundedInt  # ids past SQLite's integers: 404, not 500
     i18n.init_app(app)
     security.init_app(app)
     areas = (auth.bp, health.bp, worklist.bp, study.bp, imports.bp, admin.bp, live.bp)

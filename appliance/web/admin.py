@@ -35,11 +35,13 @@ from appliance.config import Settings
 from appliance.store import Store, status, users
 from appliance.store.db import transaction
 from appliance.web.i18n import t
+from appliance.web.params import whole_number
 from appliance.web.security import ViewResult
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 PAGE_SIZE = 50  # audit rows per page
+MAX_PAGE = 10**9  # past any real audit trail; keeps OFFSET within SQLite's integers
 ROLES = ("receiver", "worker", "ui")  # shown even before they first report
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may run as a formula
 CSV_COLUMNS = ("id", "at_utc", "actor", "action", "subject", "detail")
@@ -234,7 +236,7 @@ def _role_names(states: Mapping[str, status.RoleState]) -> list[str]:
 @bp.route("/audit")
 def audit() -> ViewResult:
     search, problem = _audit_filter(request.args)
-    page = max(1, request.args.get("page", 1, type=int) or 1)
+    page = whole_number(request.args.get("page", "1"), low=1, high=MAX_PAGE) or 1
     conn = _store().conn
     rows, total = status.audit_page(conn, search, PAGE_SIZE, (page - 1) * PAGE_SIZE)
     page_html = render_template(
@@ -294,9 +296,12 @@ def _utc_start_of(text: str, days_after: int = 0) -> str:
     """The UTC time at which local day `text` (YYYY-MM-DD) begins, `days_after` days on."""
     if not text.strip():
         return ""
-    day = date.fromisoformat(text.strip()) + timedelta(days=days_after)
-    local = datetime.combine(day, time.min).astimezone()
-    return local.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    day = date.fromisoformat(text.strip())  # ValueError: not a date, the caller says so
+    try:
+        local = datetime.combine(day + timedelta(days=days_after), time.min).astimezone()
+        return local.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    except (OverflowError, ValueError, OSError):
+        return ""  # at either end of the calendar: no bound on that side
 
 
 def _filter_detail(search: status.AuditFilter) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -17,6 +18,7 @@ from flask import (
     session,
     url_for,
 )
+from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from appliance.store import users
@@ -39,7 +41,8 @@ def signin() -> ViewResult:
     if not users.has_admin(_conn()):
         return redirect(url_for("auth.setup"))
     if request.method == "GET":
-        return render_template("auth/signin.html", timed_out=g.get("timed_out", False))
+        timed_out = session.pop("timed_out", False) or g.get("timed_out", False)
+        return render_template("auth/signin.html", timed_out=timed_out)
     settings = current_app.extensions["appliance.settings"].ui
     username = request.form.get("username", "").strip()[:64]
     result = users.sign_in(
@@ -62,6 +65,7 @@ def signin() -> ViewResult:
 
 @bp.route("/signout", methods=["POST"])
 def signout() -> Response:
+    users.close_session(_conn(), session.get("sid"))  # the cookie is worthless from now on
     session.clear()
     return redirect(url_for("auth.signin"))
 
@@ -95,14 +99,34 @@ def setup() -> ViewResult:
 
 
 def _start_session(user_id: int) -> None:
+    users.close_session(_conn(), session.get("sid"))  # a sign-in over another ends that one
     session.clear()  # a fresh session (and CSRF token) at every sign-in
+    session["sid"] = users.open_session(_conn(), user_id)
     session["user_id"] = user_id
     session["seen"] = time.time()
     csrf_token()
 
 
 def _safe_next(target: str) -> str:
-    """Only paths on this site: never an open redirect."""
-    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
+    """Only a page of this site that can be opened (GET): never an open redirect.
+
+    Browsers drop tabs and newlines from a URL ("/<tab>/evil.example" becomes
+    "//evil.example"), so only printable ASCII without spaces or backslashes passes; and a
+    form's address (POST only) would end in "method not allowed", so it goes to the worklist.
+    """
+    path = urlsplit(target).path if _plain_path(target) else ""
+    if path:
+        try:
+            current_app.url_map.bind("localhost").match(path, method="GET")
+            return target
+        except HTTPException:  # no such page, or not one to open
+            pass
     return url_for("worklist.index")
+
+
+def _plain_path(target: str) -> bool:
+    return (
+        target.startswith("/")
+        and not target.startswith("//")
+        and all(33 <= ord(c) < 127 and c != "\\" for c in target)
+    )

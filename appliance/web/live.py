@@ -51,6 +51,7 @@ from appliance.config import Settings
 from appliance.store import Store, analyses, capture
 from appliance.store.worklist import StudyRow, WorklistQuery, worklist
 from appliance.web.i18n import t
+from appliance.web.params import whole_number
 from appliance.web.security import ViewResult, roles_required
 from appliance.web.worklist import patient_name, utc_text
 
@@ -68,7 +69,7 @@ RECENT_HOURS = 24  # studies offered to save into
 RECENT_STUDIES = 20
 BOUNDARY = "frame"
 _SLOTS = "appliance.live.streams"
-_VIEWER = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+_VIEWER = re.compile(r"^[A-Za-z0-9_-]{8,64}\Z")
 _MAX_PATIENT_FIELD = 64  # DICOM LO / PN
 _MAX_MM_PER_PIXEL = 10.0  # as CaptureSettings.mm_per_pixel
 _MAX_DEPTH_CM = 50.0
@@ -427,9 +428,10 @@ def save_target(conn: sqlite3.Connection, data: Mapping[str, Any]) -> tuple[int 
     """(study id, patient ID, patient name) of a save: an existing study, or a new patient."""
     chosen = str(data.get("study_id") or "").strip()
     if chosen and chosen != "new":
-        if not chosen.isdigit() or capture.study_for_capture(conn, int(chosen)) is None:
+        study_id = whole_number(chosen, low=1)
+        if study_id is None or capture.study_for_capture(conn, study_id) is None:
             raise Refused("study_id", t("live.no_such_study"))
-        return int(chosen), "", ""
+        return study_id, "", ""
     patient_id = _text_field(data, "patient_id")
     name = person_name(_text_field(data, "patient_name"))
     if not patient_id and not name:
@@ -580,10 +582,10 @@ def parse_calibration(form: Mapping[str, str], size: tuple[int, int]) -> Calibra
 
 
 def _int_field(form: Mapping[str, str], name: str, low: int) -> int:
-    text = str(form.get(name, "")).strip()
-    if not text.isdigit() or int(text) < low:
+    number = whole_number(str(form.get(name, "")), low=low)
+    if number is None:
         raise Refused(name, t("live.bad_whole", low=low))
-    return int(text)
+    return number
 
 
 def _float_field(form: Mapping[str, str], name: str, high: float) -> float | None:

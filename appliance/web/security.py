@@ -90,13 +90,15 @@ def _load_user() -> None:
     if user_id is None:
         return
     settings = current_app.extensions["appliance.settings"]
+    conn = store_of(current_app).conn
     seen = float(session.get("seen", 0))
     if time.time() - seen > settings.ui.session_timeout_min * 60:
-        session.clear()  # timed out: sign in again
-        g.timed_out = True
+        users.close_session(conn, session.get("sid"))
+        session.clear()  # timed out: sign in again, and the sign-in page says why
+        session["timed_out"] = g.timed_out = True
         return
-    user = users.get_user(store_of(current_app).conn, int(user_id))
-    if user is None or not user.active:
+    user = users.get_user(conn, int(user_id))
+    if user is None or not user.active or not users.session_open(conn, session.get("sid"), user.id):
         session.clear()
         return
     g.user = user
@@ -120,7 +122,10 @@ def _check_csrf() -> None:
         return
     sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token", "")
     expected = session.get("csrf")
-    if not isinstance(expected, str) or not hmac.compare_digest(sent, expected):
+    # As bytes: compare_digest refuses str with non-ASCII characters (a 500, not a 400).
+    if not isinstance(expected, str) or not hmac.compare_digest(
+        sent.encode("utf-8", "replace"), expected.encode()
+    ):
         abort(400, description="csrf")
 
 

@@ -60,13 +60,14 @@ from appliance.store.worklist import (
     study_images,
 )
 from appliance.web.i18n import t
+from appliance.web.params import whole_number
 from appliance.web.worklist import patient_name, utc_text
 
 log = logging.getLogger(__name__)
 bp = Blueprint("study", __name__)
 FINALIZERS = ("clinician", "admin")  # who may mark an impression final
 THUMB_PX = 160
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 _MAX_WINDOW_VALUE = 1e7  # beyond any stored pixel value (32-bit floats scaled by slope)
 
 
@@ -368,10 +369,9 @@ def image(study_id: int, instance_id: int) -> WerkzeugResponse:
 
 
 def _frame_arg(image: ImageRow) -> int:
-    text = request.args.get("frame", "0")
-    if not text.isdigit():
+    frame = whole_number(request.args.get("frame", "0"))
+    if frame is None:
         abort(400)
-    frame = int(text)
     if frame >= image.frames:
         abort(404)
     return frame
@@ -551,7 +551,9 @@ def add_feedback(study_id: int) -> WerkzeugResponse:
     label = str(data.get("label", ""))
     if label not in _labels_of(finding):
         abort(400)
-    verdict, comment = str(data.get("verdict", "")), str(data.get("comment", ""))
+    verdict, comment = data.get("verdict", ""), data.get("comment", "")
+    if not isinstance(verdict, str) or not isinstance(comment, str):
+        abort(400)
     actor = f"ui:{g.user.username}"
     try:
         entry = feedback.add_feedback(
@@ -567,9 +569,8 @@ def add_feedback(study_id: int) -> WerkzeugResponse:
 
 
 def _finding_arg(conn: sqlite3.Connection, study_id: int, value: Any) -> FindingRow:
-    try:
-        finding_id = int(value)
-    except (TypeError, ValueError):
+    finding_id = whole_number(value, low=1)
+    if finding_id is None:
         abort(400)
     finding = finding_in_study(conn, study_id, finding_id)
     if finding is None:
@@ -603,14 +604,18 @@ def add_impression(study_id: int) -> WerkzeugResponse | tuple[WerkzeugResponse, 
     final = str(data.get("final", "")).lower() in ("1", "on", "true", "yes")
     if final and g.user.role not in FINALIZERS:
         abort(403)
+    text = data.get("text", "")
+    if not isinstance(text, str):
+        abort(400)
     try:
         entry = feedback.add_impression(
-            conn, study_id, str(data.get("text", "")), final, g.user.id, f"ui:{g.user.username}"
+            conn, study_id, text, final, g.user.id, f"ui:{g.user.username}"
         )
-    except feedback.FeedbackError:
+    except feedback.FeedbackError as exc:
         if _wants_json():
             abort(400)
-        flash(t("study.impression_needs_text"))
+        too_long = exc.reason == "too_long"
+        flash(t("study.impression_too_long" if too_long else "study.impression_needs_text"))
         return redirect(url_for("study.view", study_id=study_id) + "#impression")
     if _wants_json():
         saved = {"id": entry.impression_id, "final": entry.final, "user": entry.username}

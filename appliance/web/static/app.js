@@ -28,7 +28,52 @@
     });
   }
 
+  // A textarea with data-draft keeps what was typed in this tab's sessionStorage until it
+  // shows up among the saved texts (elements matching data-saved): a session that timed out,
+  // or a refused save, then does not lose a long impression. Signing out forgets drafts.
+  const DRAFT = "draft:";
+
+  function plain(text) {
+    return text.replace(/\r\n/g, "\n").trim();
+  }
+
+  function keepDraft(area) {
+    const key = DRAFT + area.dataset.draft;
+    let stored = null;
+    try {
+      stored = window.sessionStorage.getItem(key);
+    } catch (error) {
+      return; // storage disabled: nothing to keep
+    }
+    if (stored !== null) {
+      const saved = Array.from(document.querySelectorAll(area.dataset.saved || "[data-none]"));
+      if (saved.some(function (el) { return plain(el.textContent) === plain(stored); })) {
+        window.sessionStorage.removeItem(key);
+      } else if (!area.value) {
+        area.value = stored;
+      }
+    }
+    area.addEventListener("input", function () {
+      if (area.value) window.sessionStorage.setItem(key, area.value);
+      else window.sessionStorage.removeItem(key);
+    });
+  }
+
+  function forgetDrafts() {
+    try {
+      Object.keys(window.sessionStorage)
+        .filter(function (key) { return key.indexOf(DRAFT) === 0; })
+        .forEach(function (key) { window.sessionStorage.removeItem(key); });
+    } catch (error) {
+      // storage disabled: nothing kept
+    }
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll(".keypad").forEach(keypad);
+    document.querySelectorAll("textarea[data-draft]").forEach(keepDraft);
+    document.querySelectorAll("form.signout").forEach(function (form) {
+      form.addEventListener("submit", forgetDrafts);
+    });
   });
 })();
