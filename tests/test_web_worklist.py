@@ -321,6 +321,7 @@ def test_filters_by_priority_and_state(seeded: Seeded, query: str, expected: lis
         ("doe", ["effusion"]),
         ("Jane Doe", ["effusion"]),  # every word, in any order, case-insensitive
         ("DOE^JANE", ["effusion"]),
+        ("DOE, JANE", ["effusion"]),  # as the worklist shows the name
         ("EFF-001", ["effusion"]),
         ("-00", ["effusion", "failed", "ultrasound", "blank", "normal", "hand"]),
         ("o'brien", ["blank"]),
@@ -339,6 +340,18 @@ def test_search_by_patient_name_or_id(seeded: Seeded, search: str, expected: lis
     assert names_in_order(seeded, response.get_data(as_text=True)) == expected
     count = seeded.store.conn.execute("SELECT COUNT(*) FROM studies").fetchone()[0]
     assert count == len(EXPECTED_ORDER)  # and nothing was harmed
+
+
+def test_search_ignores_case_beyond_ascii(seeded: Seeded) -> None:
+    seeded.store.conn.execute(
+        "UPDATE patients SET patient_name = 'MÜLLER^JÜRGEN' WHERE id ="
+        " (SELECT patient_ref FROM studies WHERE id = ?)",
+        (seeded.studies["effusion"],),
+    )
+    seeded.sign_in("technologist")
+    for search in ("müller", "MÜLLER", "jürgen müller", "Müller, Jürgen"):
+        response = seeded.client.get("/", query_string={"q": search})
+        assert names_in_order(seeded, response.get_data(as_text=True)) == ["effusion"], search
 
 
 def test_the_search_text_is_shown_back_escaped(seeded: Seeded) -> None:

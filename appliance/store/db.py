@@ -285,7 +285,13 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
+    conn.create_function("casefold", 1, _casefold, deterministic=True)
     return conn
+
+
+def _casefold(value: str | None) -> str | None:
+    """SQL casefold(text): Unicode case-insensitive matching (LIKE folds ASCII only)."""
+    return value.casefold() if isinstance(value, str) else value
 
 
 def migrate(conn: sqlite3.Connection, lock_path: Path) -> int:

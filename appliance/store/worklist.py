@@ -122,7 +122,11 @@ _FILTER_STATE = (
     f"COALESCE((SELECT MIN({_IMAGE_STATE_RANK}) {_IMAGES_OF_STUDY} AND se.study_ref = st.id),"
     " 1) = ?"
 )
-_FILTER_WORD = "(p.patient_name LIKE ? ESCAPE '\\' OR p.patient_id LIKE ? ESCAPE '\\')"
+# casefold() (store.db) because SQLite's LIKE ignores case for ASCII letters only: "müller"
+# must find "Müller".
+_FILTER_WORD = (
+    "(casefold(p.patient_name) LIKE ? ESCAPE '\\' OR casefold(p.patient_id) LIKE ? ESCAPE '\\')"
+)
 
 # Built from the constant fragments above; values only ever come in as parameters.
 _PAGE_STATES = f"""
@@ -162,7 +166,7 @@ def _where(query: WorklistQuery) -> tuple[list[str], list[Any]]:
         where.append(_FILTER_STATE)
         params.append(STATE_ORDER.index(query.state))
     for word in search_words(query.search):
-        pattern = "%" + escape_like(word) + "%"
+        pattern = "%" + escape_like(word.casefold()) + "%"
         where.append(_FILTER_WORD)
         params += [pattern, pattern]
     return where, params
@@ -170,8 +174,9 @@ def _where(query: WorklistQuery) -> tuple[list[str], list[Any]]:
 
 def search_words(text: str) -> list[str]:
     """The words a search looks for (each must match the name or the ID): at most a few, so
-    a pasted paragraph cannot make a slow query. DICOM's '^' name separator counts as a space."""
-    return text.replace("^", " ").split()[:_MAX_TOKENS]
+    a pasted paragraph cannot make a slow query. DICOM's '^' name separator and the comma the
+    worklist shows for it ("DOE, JANE") count as spaces."""
+    return text.replace("^", " ").replace(",", " ").split()[:_MAX_TOKENS]
 
 
 def escape_like(text: str) -> str:
