@@ -12,7 +12,7 @@ from appliance.config import Settings
 from appliance.domain import IngestOutcome, IngestResult, Origin, Source
 from appliance.errors import StoreError
 from appliance.imaging.header import read_header
-from appliance.samples import write_sample
+from appliance.samples import make_dataset, write_sample
 from appliance.store import Store, jobs, open_store
 from appliance.store.db import MIGRATIONS, connect, migrate
 
@@ -108,6 +108,50 @@ def test_changed_resend_replaces_and_is_audited(store: Store, tmp_path: Path) ->
     assert store.conn.execute("SELECT patient_name FROM patients").fetchone()[0] == (
         "CORRECTED^NAME"
     )
+
+
+def study_patient(store: Store) -> str:
+    return str(
+        store.conn.execute(
+            "SELECT p.patient_id FROM studies st JOIN patients p ON p.id = st.patient_ref"
+        ).fetchone()[0]
+    )
+
+
+def test_a_corrected_patient_moves_the_study_and_is_audited(store: Store, tmp_path: Path) -> None:
+    put(store, tmp_path, "cr", seed=4, patient_id="WRONG01")
+    _, second = put(store, tmp_path, "cr", seed=4, patient_id="RIGHT01")
+    assert second.outcome is IngestOutcome.REPLACED
+    assert study_patient(store) == "RIGHT01"
+    [detail] = store.conn.execute(
+        "SELECT detail FROM audit WHERE action = 'study.patient_changed'"
+    ).fetchall()
+    assert '"before": "WRONG01"' in detail[0] and '"after": "RIGHT01"' in detail[0]
+
+
+def test_a_resend_fills_in_series_values_but_an_empty_one_erases_nothing(
+    store: Store, tmp_path: Path
+) -> None:
+    put(store, tmp_path, "cr", seed=4, body_part="")
+    put(store, tmp_path, "cr", seed=4, body_part="CHEST")  # the worker routes by this row
+    put(store, tmp_path, "cr", seed=5, body_part="")  # another image of the series, untagged
+    assert store.conn.execute("SELECT body_part FROM series").fetchall()[0][0] == "CHEST"
+
+
+def test_an_image_moved_to_another_study_leaves_no_empty_study(
+    store: Store, tmp_path: Path
+) -> None:
+    put(store, tmp_path, "cr", seed=4)
+    moved = make_dataset("cr", seed=4, rows=32, columns=32, study_key="study-2")
+    moved.SOPInstanceUID = make_dataset("cr", seed=4, rows=32, columns=32).SOPInstanceUID
+    moved.file_meta.MediaStorageSOPInstanceUID = moved.SOPInstanceUID
+    incoming = store.spool.new_tmp_path()
+    moved.save_as(incoming, enforce_file_format=True)
+    assert store.ingest(incoming, read_header(incoming), ORIGIN).outcome is IngestOutcome.REPLACED
+    studies = store.conn.execute("SELECT study_uid FROM studies").fetchall()
+    assert [row[0] for row in studies] == [str(moved.StudyInstanceUID)]
+    assert count(store, "SELECT COUNT(*) FROM series") == 1
+    assert count(store, "SELECT COUNT(*) FROM audit WHERE action = 'study.removed'") == 1
 
 
 def test_hierarchy_is_shared_across_instances(store: Store, tmp_path: Path) -> None:

@@ -95,7 +95,7 @@ def _index_in_transaction(
     max_attempts: int,
 ) -> tuple[IngestResult, str | None]:
     existing = conn.execute(
-        "SELECT id, sha256, file_name, state FROM instances WHERE sop_instance_uid = ?",
+        "SELECT id, sha256, file_name, state, series_ref FROM instances WHERE sop_instance_uid = ?",
         (header.sop_instance_uid,),
     ).fetchone()
     subject = f"instance:{header.sop_instance_uid}"
@@ -114,6 +114,8 @@ def _index_in_transaction(
     else:
         instance_id = existing["id"]
         _update_instance(conn, instance_id, header, origin, stored, series_id)
+        if existing["series_ref"] != series_id:
+            _drop_if_empty(conn, existing["series_ref"])
         outcome, unused = IngestOutcome.REPLACED, existing["file_name"]
     job_id = jobs.enqueue(conn, instance_id, max_attempts)
     audit.append(
@@ -132,7 +134,12 @@ def _index_in_transaction(
 
 
 def _upsert_hierarchy(conn: sqlite3.Connection, h: InstanceHeader) -> int:
-    """Create or refresh the patient, study and series rows; return the series id."""
+    """Create or refresh the patient, study and series rows; return the series id.
+
+    The newest file's values win, so a corrected re-send (the right patient, an added body
+    part) corrects the study and series, and the worker routes by them; an empty value does not
+    erase a known one. A study that changes patient is audited.
+    """
     now = utc_now()
     key = h.patient_id or f"name:{h.patient_name}"
     patient = conn.execute(
@@ -142,29 +149,84 @@ def _upsert_hierarchy(conn: sqlite3.Connection, h: InstanceHeader) -> int:
         " sex = excluded.sex RETURNING id",
         (key, h.patient_id, h.patient_name, h.patient_birth_date, h.patient_sex),
     ).fetchone()["id"]
-    study = conn.execute(
-        "INSERT INTO studies (study_uid, patient_ref, accession_number, study_date, study_time,"
-        " description, first_received_at, last_received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT(study_uid) DO UPDATE SET last_received_at = excluded.last_received_at"
-        " RETURNING id",
-        (
-            h.study_uid,
-            patient,
-            h.accession_number,
-            h.study_date,
-            h.study_time,
-            h.study_description,
-            now,
-            now,
-        ),
-    ).fetchone()["id"]
+    before = conn.execute(
+        "SELECT st.patient_ref, p.patient_key FROM studies st"
+        " JOIN patients p ON p.id = st.patient_ref WHERE st.study_uid = ?",
+        (h.study_uid,),
+    ).fetchone()
+    study = conn.execute(_UPSERT_STUDY, (h.study_uid, patient, *_study_values(h), now, now))
+    study_id = study.fetchone()["id"]
+    if before is not None and before["patient_ref"] != patient:
+        audit.append(
+            conn,
+            "system",
+            "study.patient_changed",
+            f"study:{h.study_uid}",
+            before=before["patient_key"],
+            after=key,
+        )
     series: int = conn.execute(
-        "INSERT INTO series (series_uid, study_ref, modality, body_part, series_number,"
-        " description) VALUES (?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT(series_uid) DO UPDATE SET modality = excluded.modality RETURNING id",
-        (h.series_uid, study, h.modality, h.body_part, h.series_number, h.series_description),
+        _UPSERT_SERIES,
+        (h.series_uid, study_id, h.modality, h.body_part, h.series_number, h.series_description),
     ).fetchone()["id"]
     return series
+
+
+def _study_values(h: InstanceHeader) -> tuple[str, str, str, str]:
+    return (h.accession_number, h.study_date, h.study_time, h.study_description)
+
+
+# "Keep the known value unless the new one says something": COALESCE(NULLIF(new, ''), old).
+_UPSERT_STUDY = """
+INSERT INTO studies (study_uid, patient_ref, accession_number, study_date, study_time,
+                     description, first_received_at, last_received_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(study_uid) DO UPDATE SET
+    patient_ref = excluded.patient_ref,
+    accession_number = COALESCE(NULLIF(excluded.accession_number, ''), accession_number),
+    study_date = COALESCE(NULLIF(excluded.study_date, ''), study_date),
+    study_time = COALESCE(NULLIF(excluded.study_time, ''), study_time),
+    description = COALESCE(NULLIF(excluded.description, ''), description),
+    last_received_at = excluded.last_received_at
+RETURNING id
+"""
+_UPSERT_SERIES = """
+INSERT INTO series (series_uid, study_ref, modality, body_part, series_number, description)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT(series_uid) DO UPDATE SET
+    modality = COALESCE(NULLIF(excluded.modality, ''), modality),
+    body_part = COALESCE(NULLIF(excluded.body_part, ''), body_part),
+    series_number = COALESCE(excluded.series_number, series_number),
+    description = COALESCE(NULLIF(excluded.description, ''), description)
+RETURNING id
+"""
+
+
+def _drop_if_empty(conn: sqlite3.Connection, series_id: int) -> None:
+    """Remove a series its last image left (moved by a re-send to another study or series),
+    and then its study if nothing else is in or refers to it: no empty study on the worklist.
+    A study with impressions or capture requests stays, since those are never deleted."""
+    row = conn.execute(
+        "SELECT se.study_ref, st.study_uid FROM series se JOIN studies st ON st.id = se.study_ref"
+        " WHERE se.id = ? AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.series_ref = se.id)",
+        (series_id,),
+    ).fetchone()
+    if row is None:
+        return
+    conn.execute("DELETE FROM series WHERE id = ?", (series_id,))
+    study_id = row["study_ref"]
+    if conn.execute(_STUDY_IN_USE, (study_id, study_id, study_id)).fetchone() is None:
+        conn.execute("DELETE FROM studies WHERE id = ?", (study_id,))
+        audit.append(
+            conn, "system", "study.removed", f"study:{row['study_uid']}", reason="no images left"
+        )
+
+
+_STUDY_IN_USE = """
+SELECT 1 WHERE EXISTS (SELECT 1 FROM series WHERE study_ref = ?)
+    OR EXISTS (SELECT 1 FROM impressions WHERE study_ref = ?)
+    OR EXISTS (SELECT 1 FROM capture_requests WHERE study_ref = ?)
+"""
 
 
 _INSTANCE_COLUMNS = (
