@@ -21,6 +21,7 @@ class StoreStatus(enum.IntEnum):
     OUT_OF_RESOURCES = 0xA700
     SOP_MISMATCH = 0xA900
     CANNOT_UNDERSTAND = 0xC000
+    PROCESSING_FAILURE = 0x0110
 
 
 class Source(str, enum.Enum):

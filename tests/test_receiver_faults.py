@@ -265,10 +265,30 @@ def _garbage(ds: Dataset) -> bytes:
     return bytes(range(7, 251)) * 8
 
 
+def _series_number_past_infinity(ds: Dataset) -> bytes:
+    ds.SeriesNumber = 7
+    body = encode_body(ds)
+    element = b"\x20\x00\x11\x00IS\x02\x007 "
+    assert element in body
+    return body.replace(element, b"\x20\x00\x11\x00IS\x06\x001e4000")  # int(inf) fails
+
+
+def _unknown_vr(ds: Dataset) -> bytes:
+    body = encode_body(ds)
+    at = body.index(b"\x10\x00\x20\x00LO")  # Patient ID
+    return body[: at + 4] + b"XX" + body[at + 6 :]
+
+
 @pytest.mark.parametrize(
     "make_body",
-    [_truncated_in_header, _truncated_in_pixels, _garbage],
-    ids=["truncated-header", "truncated-pixels", "garbage"],
+    [
+        _truncated_in_header,
+        _truncated_in_pixels,
+        _garbage,
+        _series_number_past_infinity,
+        _unknown_vr,
+    ],
+    ids=["truncated-header", "truncated-pixels", "garbage", "infinite-number", "unknown-vr"],
 )
 def test_a_dataset_that_cannot_be_parsed_is_refused_with_c000(
     start_receiver: StartReceiver,

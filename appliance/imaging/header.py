@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pydicom
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from appliance.domain import InstanceHeader, is_valid_uid
@@ -44,6 +43,12 @@ _UNDEFINED = 0xFFFFFFFF
 _REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
+def _plain(exc: Exception) -> str:
+    """An exception as one short line: its message without pydicom's advice to developers."""
+    text = str(exc).split(" To replace this error")[0].split(" Use force=True")[0]
+    return (text or type(exc).__name__).strip()[:300]
+
+
 def read_header(path: Path) -> InstanceHeader:
     """Parse the header of the DICOM file at `path`, or raise RejectedInput saying why.
 
@@ -57,10 +62,13 @@ def read_header(path: Path) -> InstanceHeader:
             transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
             if transfer_syntax != DeflatedExplicitVRLittleEndian:  # inflated elsewhere
                 _check_pixel_data(handle, transfer_syntax, path.stat().st_size)
-    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
-        raise RejectedInput(f"cannot parse the dataset: {exc}") from exc
     except RecursionError as exc:
         raise RejectedInput("cannot parse the dataset: sequences nested too deeply") from exc
+    except Exception as exc:
+        # Hostile or broken input makes pydicom raise many kinds of error (OverflowError,
+        # struct.error, zlib.error, BytesLengthException, ...): all mean the sender's dataset
+        # cannot be read, and must be refused with a reason rather than crash the handler.
+        raise RejectedInput(f"cannot parse the dataset: {_plain(exc)}") from exc
     for name in _REQUIRED_UIDS:
         if not is_valid_uid(values[name]):
             problem = "missing" if not values[name] else f"not a valid UID: {values[name]!r}"

@@ -145,6 +145,13 @@ class Receiver:
                 subject,
                 f"could not write the image: {exc.strerror or exc}",
             )
+        except Exception as exc:
+            # A fault of ours, not of the dataset: refused (the modality keeps its copy and
+            # may retry), logged with its traceback, audited; the receiver goes on.
+            log.exception("storing a received image failed")
+            return self._refuse(
+                path, StoreStatus.PROCESSING_FAILURE, origin, subject, f"internal error: {exc}"
+            )
         return StoreStatus.SUCCESS
 
     def _refuse(
