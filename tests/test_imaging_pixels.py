@@ -35,6 +35,7 @@ from appliance.imaging import (
     supported_transfer_syntaxes,
     to_display,
 )
+from appliance.samples import write_sample
 
 from imaging_fixtures import (
     bundled,
@@ -543,3 +544,14 @@ def test_decoded_image_refuses_inconsistent_pixels() -> None:
             bits_stored=16,
             signed=False,
         )
+
+
+def test_a_value_of_the_wrong_length_is_a_decode_error_in_plain_words(tmp_path: Path) -> None:
+    path = write_sample(tmp_path / "odd.dcm", "us", rows=16, columns=16)
+    raw = path.read_bytes()
+    at = raw.index(b"\x28\x00\x01\x01US\x02\x00")  # Bits Stored, 2 bytes as US must be
+    path.write_bytes(raw[: at + 6] + b"\x03\x00" + raw[at + 8 : at + 10] + b"\x00" + raw[at + 10 :])
+    with pytest.raises(DecodeError) as caught:
+        decode(path)
+    assert "cannot be decoded" in str(caught.value)
+    assert "To replace this error" not in str(caught.value)  # pydicom's advice to developers

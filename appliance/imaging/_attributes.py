@@ -63,3 +63,10 @@ def as_floats(value: Any) -> tuple[float, ...] | None:
     if not numbers or not all(math.isfinite(n) for n in numbers):
         return None
     return numbers
+
+
+def plain_error(exc: BaseException) -> str:
+    """An exception as one short line for people: its message without pydicom's advice to
+    developers ("To replace this error...", "Use force=True...")."""
+    text = str(exc).split(" To replace this error")[0].split(" Use force=True")[0]
+    return (text or type(exc).__name__).strip()[:300]

@@ -14,6 +14,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, Imp
 
 from appliance.domain import InstanceHeader, is_valid_uid
 from appliance.errors import RejectedInput
+from appliance.imaging._attributes import plain_error
 
 _TAGS = [
     "SOPClassUID",
@@ -43,12 +44,6 @@ _UNDEFINED = 0xFFFFFFFF
 _REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
-def _plain(exc: Exception) -> str:
-    """An exception as one short line: its message without pydicom's advice to developers."""
-    text = str(exc).split(" To replace this error")[0].split(" Use force=True")[0]
-    return (text or type(exc).__name__).strip()[:300]
-
-
 def read_header(path: Path) -> InstanceHeader:
     """Parse the header of the DICOM file at `path`, or raise RejectedInput saying why.
 
@@ -68,7 +63,7 @@ def read_header(path: Path) -> InstanceHeader:
         # Hostile or broken input makes pydicom raise many kinds of error (OverflowError,
         # struct.error, zlib.error, BytesLengthException, ...): all mean the sender's dataset
         # cannot be read, and must be refused with a reason rather than crash the handler.
-        raise RejectedInput(f"cannot parse the dataset: {_plain(exc)}") from exc
+        raise RejectedInput(f"cannot parse the dataset: {plain_error(exc)}") from exc
     for name in _REQUIRED_UIDS:
         if not is_valid_uid(values[name]):
             problem = "missing" if not values[name] else f"not a valid UID: {values[name]!r}"

@@ -30,7 +30,7 @@ from pydicom.uid import (
     JPEGTransferSyntaxes,
 )
 
-from appliance.imaging._attributes import as_floats, lookup, tag_text
+from appliance.imaging._attributes import as_floats, lookup, plain_error, tag_text
 from appliance.imaging.display import Voi, voi_from_dataset
 from appliance.imaging.geometry import describe_geometry
 from appliance.imaging.image import DecodedImage, DecodeError, Photometric
@@ -99,6 +99,18 @@ def decode(source: Source, *, index: int | None = None, every: int = 1) -> Decod
     corrupt/truncated pixel stream. Metadata that only describes the image (spacing, region,
     window) is left out with a note in `notes` when unusable, rather than refusing the image.
     """
+    try:
+        return _decode(source, index, every)
+    except (DecodeError, MemoryError):
+        raise  # out of memory may pass; a broken file will not
+    except Exception as exc:
+        # Broken or hostile files make pydicom raise many kinds of error (a wrong value
+        # length, an overflowing number, a corrupt deflate stream): the file is at fault, and
+        # trying again cannot help.
+        raise DecodeError(f"the image cannot be decoded: {plain_error(exc)}") from exc
+
+
+def _decode(source: Source, index: int | None, every: int) -> DecodedImage:
     ds = _read(source)
     syntax = _transfer_syntax(ds)
     decoder = _decoder(syntax)
