@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import struct
 import subprocess
@@ -202,6 +203,40 @@ def test_cli_send_echo_and_status(
 def test_cli_send_reports_a_bad_peer(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["send", "--to", "nowhere", str(tmp_path)]) == 2
     assert "expected HOST:PORT" in capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["echo", "nohost.invalid:104"], "cannot find host 'nohost.invalid'"),
+        (["echo", "127.0.0.1:{port}"], "connection refused (nothing listens on that port)"),
+        (["echo", "127.0.0.1:{port}", "--aet", "A" * 17], "calling AE title 'AAAAAAAAAAAAAAAAA'"),
+        (["echo", "127.0.0.1:{port}", "--aec", ""], "called AE title ''"),
+    ],
+)
+def test_cli_says_in_one_line_why_a_peer_cannot_be_reached(
+    capsys: pytest.CaptureFixture[str], argv: list[str], says: str
+) -> None:
+    port = free_port()  # nothing listens there
+    assert main([part.format(port=port) for part in argv]) == 2
+    # The last line is ours (pytest's own log capture may add lines before it).
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("appliance: ") and says in last
+
+
+def test_cli_send_of_no_dicom_file_reports_each_without_an_association(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not DICOM")
+    assert main(["send", "--to", f"127.0.0.1:{free_port()}", str(text)]) == 1
+    assert "FAIL" in capsys.readouterr().out
 
 
 def test_receiver_role_reconciles_at_start(

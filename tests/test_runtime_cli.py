@@ -118,6 +118,23 @@ def test_a_dicom_without_pixels_says_which_attribute_is_missing(
     assert "Traceback" not in err
 
 
+def test_a_broken_picture_is_named_once_and_out_must_be_a_folder(
+    tmp_path: Path, models: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    code, report, err = run([str(broken), "--models-dir", str(models)], capsys)
+    assert "not a readable PNG" in report["images"][0]["error"]
+    assert code == 1
+    assert f"appliance: {broken}: not a readable PNG or JPEG image" in err
+    assert err.count(str(broken)) == 1
+    taken = tmp_path / "a-file"
+    taken.write_text("not a folder")
+    good = dicom_file(tmp_path, blob_image(32, 32, (16, 16), 8))
+    assert main(["infer", str(good), "--models-dir", str(models), "--out", str(taken)]) == 2
+    assert f"--out {taken}: cannot use it as a folder" in capsys.readouterr().err
+
+
 def test_no_packages_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["infer", str(tmp_path / "x.dcm"), "--models-dir", str(tmp_path)]) == 2
     assert "no usable model packages" in capsys.readouterr().err

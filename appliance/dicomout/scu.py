@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,9 @@ def send(paths: Iterable[Path], peer: Peer, timeout_s: float = 60.0) -> Iterator
     files = list(paths)
     ae = _ae(peer, timeout_s)
     contexts = {c for c in (_context_of(p) for p in files) if c is not None}
+    if not contexts:  # nothing to propose: no association at all
+        yield from (SendResult(p, None, "not a readable DICOM file") for p in files)
+        return
     for sop_class, syntax in sorted(contexts)[:MAX_CONTEXTS]:
         ae.add_requested_context(sop_class, [syntax])
     assoc = _associate(ae, peer)
@@ -101,17 +105,45 @@ def _context_of(path: Path) -> tuple[str, str] | None:
 
 
 def _ae(peer: Peer, timeout_s: float) -> AE:
+    _check_ae_title("calling", peer.calling_aet)
+    _check_ae_title("called", peer.called_aet)
     ae = AE(ae_title=peer.calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     return ae
 
 
+def _check_ae_title(which: str, title: str) -> None:
+    """An AE title is 1-16 characters of printable ASCII, not only spaces, no backslash."""
+    if not 0 < len(title) <= 16 or not title.strip() or not title.isascii() or "\\" in title:
+        raise ApplianceError(
+            f"{which} AE title {title!r}: it must be 1 to 16 characters of plain ASCII"
+        )
+
+
 def _associate(ae: AE, peer: Peer) -> Association:
+    where = f"{peer.called_aet}@{peer.host}:{peer.port}"
+    try:
+        socket.getaddrinfo(peer.host, peer.port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ApplianceError(f"{where}: cannot find host {peer.host!r}") from exc
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.called_aet)
     if not assoc.is_established:
-        reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
-        raise ApplianceError(f"association with {peer.called_aet}@{peer.host}:{peer.port} {reason}")
+        raise ApplianceError(f"association with {where} {_why_not(assoc, peer)}")
     return assoc
+
+
+def _why_not(assoc: Association, peer: Peer) -> str:
+    """Rejected by the peer, or why there was no DICOM conversation at all."""
+    if assoc.is_rejected:
+        return "rejected (is the called AE title right, and is this machine allowed?)"
+    try:
+        with socket.create_connection((peer.host, peer.port), timeout=5.0):
+            pass
+    except ConnectionRefusedError:
+        return "failed: connection refused (nothing listens on that port)"
+    except OSError as exc:
+        return f"failed: {exc.strerror or exc}"
+    return "aborted by the peer"
 
 
 def _status_of(status: pydicom.Dataset) -> int:

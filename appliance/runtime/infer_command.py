@@ -59,7 +59,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
     """Run `appliance infer` (arguments: see `commands._add_infer_command`)."""
     models = _Models(_packages(args), _options(args))
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # e.g. --out names an existing file
+            raise ApplianceError(f"--out {args.out}: cannot use it as a folder: {exc}") from exc
     images, failed = [], 0
     try:
         for number, path in enumerate(args.files, start=1):

@@ -249,7 +249,7 @@ def read_picture(path: Path) -> npt.NDArray[Any]:
     data = np.fromfile(path, dtype=np.uint8)
     picture = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if picture is None:
-        raise InputError(f"{path}: not a readable PNG or JPEG image")
+        raise InputError("not a readable PNG or JPEG image")  # the caller names the file
     if picture.ndim == 3 and picture.shape[2] == 4:
         return cv2.cvtColor(picture, cv2.COLOR_BGRA2RGB)
     if picture.ndim == 3 and picture.shape[2] == 3:

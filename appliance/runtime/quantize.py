@@ -180,7 +180,10 @@ def read_image(path: Path, first_frame_only: bool = True) -> ImageInput:
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
     if head.startswith(_PNG) or head.startswith(_JPEG):
-        return read_picture(path)
+        try:
+            return read_picture(path)
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from exc
     try:
         return decode(path, index=0 if first_frame_only else None)
     except DecodeError as exc:
