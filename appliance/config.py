@@ -9,10 +9,18 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from appliance.errors import ApplianceError, ConfigError
 
@@ -44,6 +52,23 @@ NetworkText = Annotated[str, AfterValidator(check_network)]
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_yes_no_for_numbers(cls, data: Any) -> Any:
+        """`port: true` is a slip, not port 1: pydantic would take a boolean for a number."""
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name)
+                if isinstance(value, bool) and field is not None and _numeric(field.annotation):
+                    raise ValueError(f"{name}: expected a number, got {str(value).lower()}")
+        return data
+
+
+def _numeric(annotation: Any) -> bool:
+    """Whether a field holds a number (int or float, possibly optional), not a yes/no."""
+    kinds = get_args(annotation) or (annotation,)
+    return bool({int, float} & set(kinds)) and bool not in kinds
 
 
 class ReceiverSettings(_Section):
@@ -206,6 +231,14 @@ class Settings(_Section):
     capture: CaptureSettings = Field(default_factory=lambda: CaptureSettings())
     logging: LoggingSettings = Field(default_factory=lambda: LoggingSettings())
 
+    @model_validator(mode="after")
+    def _ports_differ(self) -> Settings:
+        if self.ui.port == self.receiver.port:
+            raise ValueError(
+                f"ui.port and receiver.port are both {self.ui.port}: each needs its own port"
+            )
+        return self
+
 
 def load_settings(path: Path | None) -> Settings:
     """Read and validate the YAML file at `path`; with no path, the built-in defaults."""
@@ -227,11 +260,28 @@ def read_text(path: Path, what: str, error: type[ApplianceError]) -> str:
 def parse_yaml(text: str, source: str, error: type[ApplianceError]) -> tuple[yaml.Node | None, Any]:
     """The node tree (for line numbers) and the plain data of YAML `text`."""
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader), yaml.safe_load(text)
+        return yaml.compose(text, Loader=yaml.SafeLoader), yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
-        raise error(f"{source}{line}: not valid YAML: {exc}") from exc
+        detail = getattr(exc, "problem", None) or str(exc)  # without YAML's source excerpt
+        raise error(f"{source}{line}: not valid YAML: {detail}") from exc
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping (YAML would silently keep
+    the last one, so a site's edit could be overridden by a forgotten line further down)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is written twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_settings(text: str, source: str = "<config>") -> Settings:

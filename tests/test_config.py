@@ -67,6 +67,9 @@ def test_wrong_type_names_the_key_and_line() -> None:
         ("jobs:\n  max_attempts: 0\n", "site.yaml:2: jobs.max_attempts:"),
         ("storage:\n  free_space_floor_mb: -1\n", "site.yaml:2: storage.free_space_floor_mb:"),
         ("logging:\n  level: LOUD\n", "site.yaml:2: logging.level:"),
+        ("receiver:\n  port: true\n", "site.yaml:2: receiver: port: expected a number, got true"),
+        ("jobs:\n  retry_delay_s: no\n", "jobs: retry_delay_s: expected a number, got false"),
+        ("ui:\n  port: 11112\n", "ui.port and receiver.port are both 11112"),
     ],
 )
 def test_impossible_values_name_the_key(text: str, expected: str) -> None:
@@ -81,6 +84,13 @@ def test_several_errors_are_reported_together() -> None:
 def test_yaml_syntax_error_gives_the_line() -> None:
     message = error_of("receiver:\n  port: [1, 2\nstorage: {}\n")
     assert message.startswith("site.yaml:3: not valid YAML")
+
+
+def test_a_key_written_twice_is_refused_with_its_line() -> None:
+    message = error_of("receiver:\n  port: 11112\nui:\n  port: 8080\nreceiver:\n  port: 104\n")
+    assert message == "site.yaml:5: not valid YAML: the key 'receiver' is written twice"
+    nested = error_of("receiver:\n  port: 11112\n  port: 104\n")
+    assert nested.startswith("site.yaml:3:") and "'port' is written twice" in nested
 
 
 def test_top_level_must_be_a_mapping() -> None:
