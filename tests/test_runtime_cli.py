@@ -135,6 +135,20 @@ def test_a_broken_picture_is_named_once_and_out_must_be_a_folder(
     assert f"--out {taken}: cannot use it as a folder" in capsys.readouterr().err
 
 
+def test_an_implausible_picture_is_held_back_as_the_worker_would(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    black = tmp_path / "black.png"
+    assert cv2.imwrite(str(black), np.zeros((64, 64), dtype=np.uint8))
+    chest = Path(__file__).resolve().parent.parent / "models" / "demo-chest-xray"
+    argv = [str(black), "--model", str(chest), "--modality", "CR", "--body-part", "CHEST"]
+    code, report, _ = run(argv, capsys)
+    assert code == 0
+    [result] = report["images"][0]["results"]
+    assert "labels" not in result and "positives" not in result  # never scored
+    assert any("blank" in reason for reason in result["held_back"])
+
+
 def test_no_packages_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["infer", str(tmp_path / "x.dcm"), "--models-dir", str(tmp_path)]) == 2
     assert "no usable model packages" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from appliance.runtime.errors import InputError
 from appliance.runtime.findings import ModelResult
 from appliance.runtime.package import ModelPackage, find_packages, load_package
 from appliance.runtime.preprocess import ImageInput, read_picture
+from appliance.runtime.quality import check_quality
 from appliance.runtime.routing import ImageTags, Route, dicom_tags, route
 
 _PNG = b"\x89PNG\r\n\x1a\n"
@@ -123,11 +125,28 @@ def _infer_file(
             continue
         model = models.get(package)
         for result in model.infer([image]):
-            described = result.to_dict()
-            described["notes"] += list(matched.reasons)
-            described.update(_explain(number, model, result, args))
-            entry["results"].append(described)
+            entry["results"].append(_described(number, model, result, matched.reasons, args))
     return entry
+
+
+def _described(
+    number: int, model: Model, result: ModelResult, reasons: Sequence[str], args: Any
+) -> dict[str, Any]:
+    """A result as the worker would keep it: a frame that fails the package's plausibility
+    check is held back with the reason, never scored."""
+    check = check_quality(model.manifest, result.prepared, result.position)
+    if not check.passed:
+        return {
+            **model.provenance.to_dict(),
+            "frame": result.frame,
+            "held_back": list(check.reasons),
+            "quality": check.statistics,
+        }
+    described = result.to_dict()
+    described["notes"] += [*reasons, *check.notes]
+    described["quality"] = check.statistics
+    described.update(_explain(number, model, result, args))
+    return described
 
 
 def _kind(path: Path) -> str:
