@@ -182,6 +182,8 @@ def test_wrong_called_ae_title_is_rejected(receiver: Started) -> None:
         actions = [r[0] for r in store.conn.execute("SELECT action FROM audit")]
         time.sleep(0.02)
     assert actions == ["association.rejected"]
+    [detail] = store.conn.execute("SELECT detail FROM audit").fetchone()
+    assert "called AE title 'SOMEONE_ELSE' is not this receiver's" in detail
 
 
 def test_cli_send_echo_and_status(

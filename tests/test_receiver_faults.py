@@ -458,6 +458,27 @@ def test_an_unknown_sop_class_makes_storescu_fail(
 # -- who may talk to the receiver ----------------------------------------------------------
 
 
+def test_an_association_past_the_limit_is_rejected_saying_so(
+    start_receiver: StartReceiver,
+) -> None:
+    receiver, store = start_receiver(receiver={"max_associations": 1})
+    first = scu("MODALITY1")
+    first.add_requested_context(Verification)
+    held = first.associate(*receiver.address, ae_title="APPLIANCE")
+    assert held.is_established
+    try:
+        second = scu("MODALITY2")
+        second.add_requested_context(Verification)
+        assert second.associate(*receiver.address, ae_title="APPLIANCE").is_rejected
+        wait_for(lambda: bool(audit_rows(store, "association.rejected")), "the audit row")
+        [row] = audit_rows(store, "association.rejected")
+        assert row["detail"]["reason"] == (
+            "too many associations at once (receiver.max_associations is 1)"
+        )
+    finally:
+        held.release()
+
+
 def test_a_calling_ae_title_not_allowed_is_rejected_and_audited(
     start_receiver: StartReceiver, inputs: Path
 ) -> None:
@@ -472,6 +493,7 @@ def test_a_calling_ae_title_not_allowed_is_rejected_and_audited(
     wait_for(lambda: bool(audit_rows(store, "association.rejected")), "the rejection's audit row")
     [row] = audit_rows(store, "association.rejected")
     assert row["actor"].startswith("ae:INTRUDER@")
+    assert row["detail"]["reason"] == "calling AE title 'INTRUDER' is not allowed"
     # The allowed title still gets through on the same receiver.
     [result] = list(send([path], Peer(*receiver.address, calling_aet="MODALITY")))
     assert result.status == StoreStatus.SUCCESS

@@ -199,8 +199,24 @@ def _handle_rejected(event: evt.Event, receiver: Receiver) -> None:
         f"ae:{requestor.ae_title}@{requestor.address}",
         "association.rejected",
         "receiver",
-        reason="calling or called AE title not allowed",
+        reason=_rejection_reason(event.assoc),
     )
+
+
+def _rejection_reason(assoc: Any) -> str:
+    """Why pynetdicom rejected the association, by its own tests in its order (the event does
+    not say): the association limit is checked last, so it wins when several apply."""
+    ae, limit = assoc.ae, assoc.ae.maximum_associations
+    if len([a for a in ae.active_associations if a.is_acceptor]) > limit:
+        return f"too many associations at once (receiver.max_associations is {limit})"
+    if assoc.requestor.primitive is not None:
+        called = str(assoc.requestor.primitive.called_ae_title).strip()
+        if called != assoc.acceptor.ae_title.strip():
+            return f"called AE title {called!r} is not this receiver's"
+    allowed = [title.strip() for title in ae.require_calling_aet]
+    if allowed and assoc.requestor.ae_title.strip() not in allowed:
+        return f"calling AE title {assoc.requestor.ae_title.strip()!r} is not allowed"
+    return "refused by the DICOM association checks"
 
 
 def _handle_closed(event: evt.Event, receiver: Receiver) -> None:
