@@ -235,6 +235,13 @@ def test_the_page_says_when_capture_is_not_set_up(tmp_path: Path, live_dir: Path
         client = app.test_client()
         sign_in(client, "root")
         assert "capture.source.kind is none" in client.get("/live").get_data(as_text=True)
+        token = csrf_of(client, "/live")
+        refused = client.post(
+            "/live/command", json={"kind": "freeze"}, headers={"X-CSRF-Token": token}
+        )
+        assert refused.status_code == 409  # nobody would ever carry it out
+        count = store_of(app).conn.execute("SELECT COUNT(*) FROM capture_requests").fetchone()[0]
+        assert count == 0
     finally:
         store_of(app).close()
 

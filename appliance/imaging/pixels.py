@@ -179,7 +179,7 @@ def _read(source: Source) -> Dataset:
     try:
         return dcmread(os.fspath(source))
     except (InvalidDicomError, EOFError, ValueError, struct.error) as exc:
-        raise DecodeError(f"not a readable DICOM file: {exc}") from exc
+        raise DecodeError(f"not a readable DICOM file: {plain_error(exc)}") from exc
 
 
 def _transfer_syntax(ds: Dataset) -> UID:

@@ -61,9 +61,10 @@ class Spool:
         """Raise OutOfSpaceError if storing `incoming_bytes` would cross the free-space floor."""
         free = self.free_bytes()
         if free - incoming_bytes < self.floor:
+            incoming = f" less {incoming_bytes / 2**20:.1f} MiB incoming" if incoming_bytes else ""
             raise OutOfSpaceError(
-                f"free space {free // 2**20} MiB minus {incoming_bytes // 2**20} MiB incoming "
-                f"is under the floor of {self.floor // 2**20} MiB"
+                f"free space {free // 2**20} MiB{incoming} is under the floor of "
+                f"{self.floor // 2**20} MiB (storage.free_space_floor_mb)"
             )
 
     def commit(self, tmp_path: Path, digest: FileDigest | None = None) -> CommittedFile:

@@ -457,6 +457,8 @@ def _queue(data: Mapping[str, Any]) -> int:
 def command() -> tuple[Response, int]:
     """Queue freeze, resume, save_frame or save_clip for the worker's capture loop (audited
     by the store); the request's id and where to follow it."""
+    if _settings().capture.source.kind == "none":  # nobody would ever carry it out
+        return jsonify(error=t("live.not_configured"), field=""), 409
     try:
         request_id = _queue(_posted())
     except Refused as refused:
