@@ -83,7 +83,9 @@ def test_sign_in_with_the_right_pin_and_not_with_a_wrong_one(
     assert unknown.status_code == 401  # the same answer: no probing for user names
     sign_in(client, "tech", "1234")
     page = client.get("/")
-    assert page.status_code == 200 and "Tech (technologist)" in page.get_data(as_text=True)
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200
+    assert '<span class="who-name">Tech</span> <span class="who-role">(technologist)</span>' in html
     actions = [row["action"] for row in audit.recent(store_conn(app))]
     assert actions.count("signin.failed") == 2 and "signin" in actions
 

@@ -125,9 +125,15 @@ def has_admin(conn: sqlite3.Connection) -> bool:
 
 
 def sign_in(
-    conn: sqlite3.Connection, username: str, pin: str, attempts: int, lock_s: float
+    conn: sqlite3.Connection,
+    username: str,
+    pin: str,
+    attempts: int,
+    lock_s: float,
+    unknown: UnknownNames,
 ) -> SignInResult:
-    """Check a PIN; count failures and lock the account after `attempts` in a row."""
+    """Check a PIN; count failures and lock the account after `attempts` in a row (names
+    without an account in `unknown`, the same way)."""
     row = conn.execute(
         "SELECT id, username, display_name, role, active, pin_hash, failed_attempts,"
         " locked_until FROM users WHERE username = ?",
@@ -138,7 +144,7 @@ def sign_in(
         # Same work and the same lock-out as for a real account: no user-name probing.
         _pin_matches(pin, hash_pin("0000"))
         audit.append(conn, f"ui:{username[:32]}", "signin.failed", f"user:{username[:32]}")
-        return _UNKNOWN.failed(username, attempts, lock_s, now)
+        return unknown.failed(username, attempts, lock_s, now)
     if row["locked_until"] > now:
         audit.append(conn, f"ui:{row['username']}", "signin.locked", f"user:{row['username']}")
         return SignInResult(SignIn.LOCKED, locked_for_s=row["locked_until"] - now)
@@ -152,10 +158,10 @@ def sign_in(
     return _failed(conn, row, attempts, lock_s, now)
 
 
-class _UnknownNames:
-    """Wrong PINs for names without an (active) account, counted in memory as the users
-    table counts them for real ones, so that only a real account's lock-out cannot tell
-    which names exist. Bounded: the oldest names are forgotten first."""
+class UnknownNames:
+    """Wrong PINs for names without an (active) account, counted in memory (one per UI) as
+    the users table counts them for real ones, so that a lock-out cannot tell which names
+    exist. Bounded: the oldest names are forgotten first."""
 
     KEEP = 1024
 
@@ -177,9 +183,6 @@ class _UnknownNames:
         if locked:
             return SignInResult(SignIn.LOCKED, locked_for_s=lock_s)
         return SignInResult(SignIn.WRONG)
-
-
-_UNKNOWN = _UnknownNames()
 
 
 def _failed(

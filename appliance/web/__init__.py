@@ -14,7 +14,7 @@ from flask import Flask
 
 from appliance.config import Settings
 from appliance.paths import Paths, resolve_paths
-from appliance.store import Store, open_store
+from appliance.store import Store, open_store, users
 from appliance.web import admin, auth, health, i18n, imports, live, security, study, worklist
 from appliance.web.params import BoundedInt
 
@@ -27,6 +27,7 @@ def create_app(settings: Settings, paths: Paths | None = None, **overrides: Any)
     store = open_store(settings, paths or resolve_paths(settings))
     app.extensions["appliance.store"] = store
     app.extensions["appliance.settings"] = settings
+    app.extensions["appliance.unknown_names"] = users.UnknownNames()
     app.config.update(
         SECRET_KEY=_secret_key(store),
         SESSION_COOKIE_HTTPONLY=True,

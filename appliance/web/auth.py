@@ -51,6 +51,7 @@ def signin() -> ViewResult:
         request.form.get("pin", "")[:16],
         settings.lockout_attempts,
         settings.lockout_min * 60.0,
+        current_app.extensions["appliance.unknown_names"],
     )
     if result.outcome is users.SignIn.OK and result.user is not None:
         _start_session(result.user.id)
