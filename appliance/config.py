@@ -266,6 +266,10 @@ def parse_yaml(text: str, source: str, error: type[ApplianceError]) -> tuple[yam
         line = f":{mark.line + 1}" if mark is not None else ""
         detail = getattr(exc, "problem", None) or str(exc)  # without YAML's source excerpt
         raise error(f"{source}{line}: not valid YAML: {detail}") from exc
+    except RecursionError as exc:
+        raise error(f"{source}: not valid YAML: nested too deeply") from exc
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. a date like 2026-13-45
+        raise error(f"{source}: not valid YAML: {exc}") from exc
 
 
 class _UniqueKeys(yaml.SafeLoader):
@@ -276,6 +280,10 @@ class _UniqueKeys(yaml.SafeLoader):
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str | int | float | bool) and key is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a key must be a plain word or number", key_node.start_mark
+                )
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"the key {key!r} is written twice", key_node.start_mark

@@ -93,6 +93,17 @@ def test_a_key_written_twice_is_refused_with_its_line() -> None:
     assert nested.startswith("site.yaml:3:") and "'port' is written twice" in nested
 
 
+@pytest.mark.parametrize("key", ["? [a, b]\n: x\n", "? {a: 1}\n: x\n"])
+def test_a_key_that_is_a_list_or_mapping_is_refused_with_its_line(key: str) -> None:
+    message = error_of("receiver:\n  port: 11112\n" + key)
+    assert message == "site.yaml:3: not valid YAML: a key must be a plain word or number"
+
+
+def test_a_value_yaml_cannot_build_is_a_config_error() -> None:
+    assert "month must be in 1..12" in error_of("site_name: 2026-13-45\n")
+    assert "nested too deeply" in error_of("site_name: " + "[" * 5000 + "]" * 5000 + "\n")
+
+
 def test_top_level_must_be_a_mapping() -> None:
     assert "top level" in error_of("- a\n- b\n")
 
