@@ -10,6 +10,7 @@ import yaml
 
 import appliance.phantoms as phantoms
 from appliance.cli import main
+from appliance.runtime import quantize
 from appliance.runtime.package import load_package, seal_package
 from appliance.runtime.quantize import (
     STALE_NOTE,
@@ -17,6 +18,7 @@ from appliance.runtime.quantize import (
     Variant,
     candidate_variants,
     drop_int8_figures,
+    int8_name,
     pick_variant,
 )
 
@@ -103,6 +105,52 @@ def test_quantize_one_fixed_variant(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "calibrated on 3 input(s)" in out
     notes = yaml.safe_load((package / "manifest.yaml").read_text())["validation"]["int8"]
     assert notes["reduce_range"] is False
+
+
+def test_the_int8_file_never_takes_the_fp32_files_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    package = fp32_only_chest(tmp_path)
+    (package / "model.onnx").rename(package / "model.int8.onnx")  # a site's odd naming
+    manifest = yaml.safe_load((package / "manifest.yaml").read_text())
+    manifest["files"]["fp32"] = "model.int8.onnx"
+    (package / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    seal_package(package)
+    fp32_bytes = (package / "model.int8.onnx").read_bytes()
+    calibration = chest_images(tmp_path / "calibration", 3)
+    argv = ["model", "quantize", str(package), "--calibration", str(calibration)]
+    assert main([*argv, "--variant", "qint8", "--reduce-range", "no"]) == 0, capsys.readouterr()
+    loaded = load_package(package)
+    assert loaded.manifest.files.int8 == "model.int8.q8.onnx"
+    assert (package / "model.int8.onnx").read_bytes() == fp32_bytes  # the FP32 graph is intact
+
+
+def test_a_failure_while_installing_puts_the_package_back(tmp_path: Path) -> None:
+    package = fp32_only_chest(tmp_path)
+    before = {p.name: p.read_bytes() for p in package.iterdir() if p.is_file()}
+    with pytest.raises(RuntimeError), quantize._restored_on_failure(package, "model.int8.onnx"):
+        (package / "model.int8.onnx").write_bytes(b"half")
+        (package / "manifest.yaml").write_text("files: broken\n")
+        raise RuntimeError("sealing failed")
+    assert {p.name: p.read_bytes() for p in package.iterdir() if p.is_file()} == before
+    assert load_package(package).precisions == ("fp32",)
+
+
+def test_int8_names() -> None:
+    assert int8_name("model.onnx", None) == "model.int8.onnx"
+    assert int8_name("model.onnx", "site.int8.onnx") == "site.int8.onnx"
+    assert int8_name("model.int8.onnx", "model.int8.onnx") == "model.int8.q8.onnx"
+
+
+@pytest.mark.parametrize("count", ["0", "-3"])
+def test_max_images_must_be_one_or_more(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], count: str
+) -> None:
+    package = fp32_only_chest(tmp_path)
+    calibration = chest_images(tmp_path / "calibration", 1)
+    argv = ["model", "quantize", str(package), "--calibration", str(calibration)]
+    assert main([*argv, "--max-images", count]) == 2
+    assert f"--max-images must be 1 or more, got {count}" in capsys.readouterr().err
 
 
 def test_refuses_empty_calibration_folder(

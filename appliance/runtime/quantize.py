@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +30,7 @@ from appliance.runtime.engine import model_io
 from appliance.runtime.errors import InputError, PackageError
 from appliance.runtime.findings import activate
 from appliance.runtime.manifest import MANIFEST_NAME, Manifest
-from appliance.runtime.package import ModelPackage, load_package, seal_package
+from appliance.runtime.package import SUMS_NAME, ModelPackage, load_package, seal_package
 from appliance.runtime.preprocess import ImageInput, prepare, read_picture
 
 FloatArray = npt.NDArray[np.float32]
@@ -300,6 +301,8 @@ def quantize_package(
     Refuses (PackageError/InputError) before writing anything when the package does not verify
     or no calibration image is usable.
     """
+    if max_images is not None and max_images < 1:
+        raise InputError(f"--max-images must be 1 or more, got {max_images}")
     package = load_package(folder)
     paths = list_images(calibration_dir)
     if not paths:
@@ -336,7 +339,8 @@ def _measure(
     for number, variant in enumerate(variants, start=1):
         progress(f"quantizing and measuring variant {number}/{len(variants)}: {variant.slug}")
         path = work / f"{variant.slug}.onnx"
-        quantize_graph(package.model_file("fp32"), path, variant, inputs, keep_float)
+        batch = 16 if package.manifest.input.batch == "dynamic" else 1  # a fixed-batch graph
+        quantize_graph(package.model_file("fp32"), path, variant, inputs, keep_float, batch)
         outputs = run_graph(package, path, inputs, threads)
         measured[variant] = agreement(package.manifest, reference, outputs)
     progress_done()
@@ -350,14 +354,47 @@ def _install(
     from appliance.runtime.graph import check_graph
 
     check_graph(path, package.manifest)
-    name = package.manifest.files.int8 or INT8_NAME
-    os.replace(path, package.folder / name)
+    name = int8_name(package.manifest.files.fp32, package.manifest.files.int8)
     notes = {**variant.describe(), "calibration": f"{len(inputs)} site images, MinMax"}
     notes["decision_agreement"] = measured.decisions
     notes["pixel_agreement"] = measured.pixels
     notes["max_score_difference"] = round(measured.max_difference, 6)
-    update_manifest(package.folder / MANIFEST_NAME, name, notes)
-    return seal_package(package.folder)
+    with _restored_on_failure(package.folder, name):
+        os.replace(path, package.folder / name)
+        update_manifest(package.folder / MANIFEST_NAME, name, notes)
+        return seal_package(package.folder)
+
+
+def int8_name(fp32: str, int8: str | None) -> str:
+    """The INT8 file's name: the manifest's, else model.int8.onnx, never the FP32 file's."""
+    if int8 and int8 != fp32:
+        return int8
+    if fp32 != INT8_NAME:
+        return INT8_NAME
+    return f"{Path(fp32).stem}.q8.onnx"
+
+
+@contextmanager
+def _restored_on_failure(folder: Path, int8: str) -> Iterator[None]:
+    """Put the INT8 file, the manifest and SHA256SUMS back as they were if the block fails,
+    so that a failed quantize leaves the package as valid as it found it."""
+    names = (int8, MANIFEST_NAME, SUMS_NAME)
+    saved = {n: (folder / n).read_bytes() for n in names if (folder / n).is_file()}
+    try:
+        yield
+    except BaseException:
+        for n in names:
+            if n in saved:
+                _write_atomically(folder / n, saved[n])
+            else:
+                (folder / n).unlink(missing_ok=True)
+        raise
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
 
 
 STALE_NOTE = "INT8 figures of the previous INT8 file removed: run `appliance model validate`"
