@@ -111,6 +111,11 @@ def test_demo_package_on_phantoms(tmp_path: Path, capsys: pytest.CaptureFixture[
         ("file,bright\np0.png,1\nmissing.png,0\n", "'missing.png'"),
         ("file,bright\np0.png,yes\n", "column 'bright' must be 0 or 1"),
         ("file\np0.png\n", "no label column"),
+        ("file,bright\np0.png,1\np1.png,0,EXTRA\n", "labels.csv:3: 3 fields but the header has 2"),
+        ("file,bright,bright\np0.png,1,0\n", "column(s) 'bright' appear twice"),
+        ("file,bright\np0.png,1\np0.png,1\n", "listed more than once"),
+        ("file,bright\n../data/p0.png,1\n", "without '..' or a leading '/'"),
+        ("file,bright\n/etc/hostname,1\n", "without '..' or a leading '/'"),
     ],
 )
 def test_csv_errors_name_the_fault(

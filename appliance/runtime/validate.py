@@ -118,24 +118,52 @@ def _segmentation_labels(
 
 
 def _read_csv(path: Path) -> tuple[list[dict[str, str]], list[str]]:
+    """Rows as dicts, and the columns. Each row must have the header's number of fields and
+    no column may appear twice: either would silently shift or shadow a label."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            rows = [row for row in reader if any((v or "").strip() for v in row.values())]
-            columns = [c.strip() for c in reader.fieldnames or []]
+            lines = list(csv.reader(handle))
     except FileNotFoundError as exc:
         raise InputError(
             f"{path}: no labels file (give --labels or put labels.csv in the dataset)"
         ) from exc
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{path}: cannot read the labels CSV: {exc}") from exc
-    rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in rows]
+    numbered = [(n, [v.strip() for v in row]) for n, row in enumerate(lines, 1) if any(row)]
+    if not numbered:
+        raise InputError(f"{path}: empty: no header")
+    _, columns = numbered[0]
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:
+        raise InputError(f"{path}:1: column(s) {', '.join(map(repr, twice))} appear twice")
+    rows = []
+    for number, values in numbered[1:]:
+        if not any(values):
+            continue
+        if len(values) != len(columns):
+            raise InputError(
+                f"{path}:{number}: {len(values)} fields but the header has {len(columns)}"
+            )
+        rows.append(dict(zip(columns, values, strict=True)))
     if not rows:
         raise InputError(f"{path}: no rows below the header")
     return rows, columns
 
 
 def _listed_files(path: Path, dataset: Path, names: Sequence[str]) -> tuple[Path, ...]:
+    """The dataset's files the CSV names: plain names inside DIR, each once."""
+    outside = [n for n in names if Path(n).is_absolute() or ".." in Path(n).parts]
+    if outside:
+        raise InputError(
+            f"{path}: file(s) must be named inside {dataset}, without '..' or a leading '/': "
+            + ", ".join(repr(n) for n in outside[:10])
+        )
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InputError(
+            f"{path}: file(s) listed more than once (each image counts once): "
+            + ", ".join(repr(n) for n in twice[:10])
+        )
     missing = [n for n in names if not n or not (dataset / n).is_file()]
     if missing:
         shown = ", ".join(repr(n) for n in missing[:10])
