@@ -87,6 +87,9 @@ def test_demo_package_on_phantoms(tmp_path: Path, capsys: pytest.CaptureFixture[
         phantoms.chest_dataset(phantom).save_as(dataset / f"{seed}.dcm", enforce_file_format=True)
         labels = phantom.labels
         lines.append(f"{seed}.dcm,{int(labels['pleural_effusion'])},{int(labels['cardiomegaly'])}")
+    # A blank picture labelled positive: the worker would hold it back, so it must not count.
+    cv2.imwrite(str(dataset / "blank.png"), np.zeros((256, 256), dtype=np.uint8))
+    lines.append("blank.png,1,1")
     (dataset / "labels.csv").write_text("\n".join(lines) + "\n")
     out = tmp_path / "report"
 
@@ -98,6 +101,9 @@ def test_demo_package_on_phantoms(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert report["precisions"] == ["fp32", "int8"]
     effusion = report["labels"]["pleural_effusion"]
     assert effusion["fp32"]["n"] == 30 and effusion["fp32"]["auc"]["value"] > 0.9
+    [held] = report["held_back"]
+    assert held["file"] == "blank.png" and "blank" in held["reason"]
+    assert "held back by the plausibility check" in captured.out
     assert effusion["int8_vs_fp32"]["decision_agreement"] >= 0.9
     assert report["plots"] == ["roc-pleural_effusion.png", "roc-cardiomegaly.png"]
     assert "pleural_effusion" in captured.out and "int8 vs fp32" in captured.out

@@ -27,6 +27,8 @@ from appliance.runtime.engine import Model
 from appliance.runtime.errors import InputError
 from appliance.runtime.manifest import Manifest
 from appliance.runtime.package import ModelPackage, load_package
+from appliance.runtime.preprocess import prepare
+from appliance.runtime.quality import check_quality
 from appliance.runtime.quantize import progress, progress_done, read_image
 
 FloatArray = npt.NDArray[np.float64]
@@ -294,6 +296,29 @@ def label_metrics(
 # --- running the model -----------------------------------------------------------------------
 
 
+def held_back(package: ModelPackage, files: Sequence[Path]) -> dict[Path, str]:
+    """The images the worker would hold back (the package's plausibility check), with the
+    reason: they are never scored in production, so they do not count here either."""
+    first_only = package.manifest.input.frames == "first"
+    held: dict[Path, str] = {}
+    for path in files:
+        prepared = prepare(read_image(path, first_only), package.manifest.input)
+        check = check_quality(package.manifest, prepared, 0)
+        if not check.passed:
+            held[path] = "; ".join(check.reasons)
+    return held
+
+
+def without(labels: LabelSet, held: Mapping[Path, str]) -> LabelSet:
+    """`labels` less the images in `held`."""
+    keep = np.array([path not in held for path in labels.files], dtype=bool)
+    return LabelSet(
+        files=tuple(path for path in labels.files if path not in held),
+        truth={name: truth[keep] for name, truth in labels.truth.items()},
+        areas=None if labels.areas is None else labels.areas[keep],
+    )
+
+
 @dataclass(frozen=True)
 class Scored:
     """One precision's answers for every image: scores per label, mask area per image."""
@@ -503,6 +528,10 @@ def validate(
     package = load_package(folder)
     csv_path = labels_csv or dataset / "labels.csv"
     labels = read_labels(csv_path, dataset, package.manifest)
+    held = held_back(package, labels.files)
+    labels = without(labels, held)
+    if not labels.files:
+        raise InputError(f"{dataset}: every image was held back by the plausibility check")
     precisions = _precisions(package, precision)
     runs = [score_images(package, labels.files, p, threads) for p in precisions]
     segmentation = labels.areas is not None
@@ -523,6 +552,7 @@ def validate(
         "proportion_interval": "Wilson score, 95%",
         "labels": figures,
         "labels_not_in_csv": [n for n in score_labels(package.manifest) if n not in labels.truth],
+        "held_back": [{"file": path.name, "reason": why} for path, why in held.items()],
     }
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -568,6 +598,12 @@ def format_report(report: Mapping[str, Any]) -> str:
                 )
         if "int8_vs_fp32" in entry:
             lines.append(f"{name:<18} int8 vs fp32: {json.dumps(entry['int8_vs_fp32'])}")
+    if report["held_back"]:
+        lines.append(
+            f"held back by the plausibility check, as the worker would (not counted): "
+            f"{len(report['held_back'])} image(s), e.g. {report['held_back'][0]['file']}: "
+            f"{report['held_back'][0]['reason']}"
+        )
     if report["labels_not_in_csv"]:
         lines.append(f"not validated (no CSV column): {', '.join(report['labels_not_in_csv'])}")
     return "\n".join(lines)
