@@ -66,6 +66,8 @@ def test_the_readme_example_is_a_valid_manifest(tmp_path: Path) -> None:
         ("frames: first", "frames: every:0", "input.frames", "'every:0'"),
         ("batch: dynamic", "batch: 4", "input.batch", "(got 4)"),
         ("threshold: 0.5", "threshold: 1.5", "outputs.0.labels.0.threshold", "1.5"),
+        ("std: [0.25]", "std: [.inf]", "input.std.0", "finite number"),
+        ("mean: [0.5]", "mean: [.nan]", "input.mean.0", "finite number"),
         ("priority: urgent", "priority: high", "outputs.0.labels.0.priority", "'high'"),
         ("kind: cam ", "kind: heatmap ", "outputs.1.kind", "'heatmap'"),
         ("fp32: model.onnx", "fp32: ../model.onnx", "files.fp32", "'../model.onnx'"),
