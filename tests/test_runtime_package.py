@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
+import onnx
 import pytest
 import yaml
 
 from appliance.cli import main
+from appliance.config import ModelSettings
 from appliance.runtime import (
     BackendError,
     Model,
@@ -19,6 +22,7 @@ from appliance.runtime import (
 )
 from appliance.runtime.backends import BackendOptions
 from appliance.runtime.importing import import_model
+from appliance.worker.models import ModelSet
 
 from runtime_models import (
     classifier_manifest,
@@ -189,6 +193,37 @@ def test_import_refuses_a_graph_that_does_not_fit_the_manifest(tmp_path: Path) -
     with pytest.raises(PackageError, match=r"input: the graph's shape \(\?, 1, 32, 32\)"):
         import_model(onnx_file, manifest, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def mistyped(path: Path, **options: Any) -> Path:
+    """The test classifier declaring its float scores as INT64: the ONNX checker lets it pass,
+    ONNX Runtime cannot load it (as with a graph edited or exported by a faulty tool)."""
+    classifier_onnx(path, **options)
+    model = onnx.load(str(path))
+    model.graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.INT64
+    onnx.save(model, str(path))
+    return path
+
+
+def test_import_refuses_a_graph_onnx_runtime_cannot_load(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(yaml.safe_dump(classifier_manifest(), sort_keys=False))
+    with pytest.raises(PackageError, match="ONNX Runtime cannot load it"):
+        import_model(mistyped(tmp_path / "new.onnx"), manifest, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_worker_refuses_only_the_package_whose_graph_cannot_load(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    write_package(models / "good", classifier_manifest(name="test-good"))
+    write_package(models / "future", classifier_manifest(name="test-future"), mistyped)
+    loaded = ModelSet.load(ModelSettings(dirs=[models], precision="fp32"), tmp_path / "cache")
+    try:
+        assert [m.package.name for m in loaded.models] == ["test-good"]
+        [refused] = loaded.refused
+        assert refused.folder.name == "future" and "ONNX Runtime cannot load" in refused.reason
+    finally:
+        loaded.close()
 
 
 def test_import_refuses_a_fixed_batch_graph_declared_dynamic(tmp_path: Path) -> None:

@@ -17,6 +17,11 @@ class BackendError(ApplianceError):
     """An inference backend cannot load or run a model; nothing falls back to another one."""
 
 
+class GraphError(BackendError):
+    """The backend works but cannot load or run this package's graph (e.g. an opset it does
+    not know): the package is at fault, not the backend, so only it is refused."""
+
+
 class InferenceError(ApplianceError):
     """An image cannot be fed to a model, or the model answered with the wrong shapes."""
 

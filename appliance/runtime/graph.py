@@ -27,6 +27,28 @@ def check_graph(path: Path, manifest: Manifest) -> None:
     problems = _input_problems(inputs, manifest) + _output_problems(outputs, manifest)
     if problems:
         raise PackageError("\n".join(f"{path}: {problem}" for problem in problems))
+    _check_runtime_loads(path)
+
+
+def _check_runtime_loads(path: Path) -> None:
+    """A graph the ONNX checker accepts may still be one ONNX Runtime cannot load (an opset it
+    does not know, a type no kernel takes): find out at import, not at the worker's start."""
+    import onnxruntime  # type: ignore[import-untyped]
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors come back as the exception
+    try:
+        onnxruntime.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:
+        raise PackageError(f"{path}: ONNX Runtime cannot load it: {plain_text(exc)}") from exc
+
+
+def plain_text(exc: Exception) -> str:
+    """ONNX Runtime's message without its bracketed status prefix, on one line."""
+    text = str(exc).split("] ", 1)[-1] if str(exc).startswith("[") else str(exc)
+    return " ".join(text.split())[:400]
 
 
 def _load(path: Path) -> onnx.GraphProto:

@@ -11,6 +11,7 @@ from appliance.config import ModelSettings
 from appliance.runtime.backends import BackendOptions
 from appliance.runtime.commands import DEFAULT_MODELS_DIR
 from appliance.runtime.engine import Model
+from appliance.runtime.errors import GraphError
 from appliance.runtime.package import ModelPackage, find_packages
 from appliance.runtime.precision import choose_precision
 
@@ -60,9 +61,17 @@ class ModelSet:
             elif problem := _unusable(entry.package, settings):
                 loaded.refuse(entry.folder, problem)
             else:
-                loaded.models.append(Model.open(entry.package, _options(entry.package, options)))
+                loaded.open(entry.package, _options(entry.package, options))
         loaded.models.sort(key=lambda m: m.package.name)
         return loaded
+
+    def open(self, package: ModelPackage, options: BackendOptions) -> None:
+        """Load one package; a graph the backend cannot load refuses that package only (a
+        backend that cannot start at all raises BackendError and stops the worker)."""
+        try:
+            self.models.append(Model.open(package, options))
+        except GraphError as exc:
+            self.refuse(package.folder, str(exc))
 
     def refuse(self, folder: Path, reason: str) -> None:
         log.error("model package %s refused: %s", folder, reason)

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from appliance.runtime.backends import BackendOptions, ModelIO, Outputs, run_in_chunks
-from appliance.runtime.errors import BackendError
+from appliance.runtime.errors import BackendError, GraphError
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -64,7 +64,7 @@ class OnnxRuntimeBackend:
                 providers=_providers(options, io),
             )
         except _errors() as exc:
-            raise BackendError(f"ONNX Runtime cannot load {model_path}: {exc}") from exc
+            raise GraphError(f"ONNX Runtime cannot load {model_path}: {exc}") from exc
         started = session.get_providers()
         if not started or started[0] != wanted:
             raise BackendError(
@@ -90,7 +90,7 @@ class OnnxRuntimeBackend:
         try:
             values = self._session.run(names, {self._io.input_name: np.ascontiguousarray(chunk)})
         except _errors() as exc:
-            raise BackendError(f"{self._io.label}: ONNX Runtime failed to run: {exc}") from exc
+            raise GraphError(f"{self._io.label}: ONNX Runtime failed to run: {exc}") from exc
         return {
             name: np.asarray(v, dtype=np.float32) for name, v in zip(names, values, strict=True)
         }
