@@ -311,7 +311,8 @@ def test_a_save_without_frames_fails_with_the_reason(start: Callable[..., Runnin
     running = start({"source": {"kind": "generated"}}, factory=lambda: FlakySource(switch))
     request = capture_store.queue_request(running.store.conn, "save_clip", "tech", patient_id="P3")
     row = poll(lambda: _finished(running.store, request), 10)
-    assert row["state"] == "failed" and "no clip to save" in row["result"]
+    assert row["state"] == "failed"
+    assert "not saved: no image has come from the capture device yet" in row["result"]
     [failed] = audit_rows(running.store.conn, "capture.save_clip.failed")
     assert failed["actor"] == "capture:tech"
     assert running.status()["state"] == "no_signal"
@@ -379,9 +380,26 @@ def test_the_clip_is_the_newest_run_cut_with_one_box_and_drops_are_counted() -> 
     assert [shot.index for shot in live.clip()] == [2, 3, 4]  # ring of 4, newest box only
     live.on_frame(_frame(9), SignalState.LIVE, now=1.0)
     assert live.snapshot(1.0)["dropped"] == 4  # frames 5-8 never came
-    assert live.freeze() is not None and live.frame_to_save() is not None
+    assert live.freeze(1.0) is not None and live.frame_to_save() is not None
     assert not live.on_frame(_frame(10), SignalState.LIVE, now=1.1)  # frozen: not published
     assert live.frame_to_save().index == 4  # type: ignore[union-attr]  # what the user sees
+
+
+def test_nothing_is_saved_or_frozen_once_the_signal_is_lost_unless_frozen_before() -> None:
+    live = LiveState(ring_frames=4)
+    for index in range(3):
+        live.on_frame(_frame(index), SignalState.LIVE, now=index / 30)
+        live.on_published(_frame(index), _shot(index, (0, 0, 4, 4)))
+    assert live.not_live(0.1) == ""
+    later = 0.1 + 2.0  # no frame for two seconds: unplugged
+    assert live.not_live(later) == "the capture shows no signal, not a live scan"
+    assert live.freeze(later) is None  # the last picture is not the scan now
+    live.on_frame(_frame(3), SignalState.BLACK, now=later)
+    assert "a black image" in live.not_live(later)
+    live.on_frame(_frame(4), SignalState.LIVE, now=later + 0.03)
+    frozen = live.freeze(later + 0.03)
+    assert frozen is not None  # frozen while live: what the user looks at stays saveable
+    assert live.not_live(later + 5.0) == "" and live.frame_to_save() is frozen
 
 
 def test_inference_gets_the_newest_frame_only() -> None:

@@ -55,6 +55,19 @@ def test_a_failed_request_keeps_its_reason(store: Store) -> None:
     assert failed["detail"]["reason"] == "no frames from the capture device"
 
 
+def test_requests_left_queued_expire_when_a_loop_starts(store: Store) -> None:
+    conn = store.conn
+    done = capture_store.queue_request(conn, "resume", "tech")
+    capture_store.finish_request(conn, done, {"frozen": False})
+    stale = [capture_store.queue_request(conn, kind, "tech") for kind in ("freeze", "resume")]
+    assert capture_store.expire_requests(conn) == 2
+    for request in stale:
+        row = capture_store.request_row(conn, request)
+        assert row is not None and row["state"] == "failed" and "expired" in row["result"]
+    assert capture_store.request_row(conn, done)["state"] == "done"  # type: ignore[index]
+    assert capture_store.next_request(conn) is None
+
+
 @pytest.mark.parametrize(
     ("kind", "fields", "message"),
     [

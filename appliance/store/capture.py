@@ -8,6 +8,7 @@ change of a device's scan region or calibration is in the audit trail.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from typing import Any, NamedTuple
@@ -112,6 +113,19 @@ def next_request(conn: sqlite3.Connection) -> sqlite3.Row | None:
         "SELECT * FROM capture_requests WHERE state = 'queued' ORDER BY id LIMIT 1"
     ).fetchone()
     return row if isinstance(row, sqlite3.Row) else None
+
+
+def expire_requests(conn: sqlite3.Connection) -> int:
+    """Fail every request still queued when a capture loop starts: it was asked of a loop that
+    has gone (a worker restart), and carried out now it would freeze or save a scene the user
+    no longer looks at. Returns how many; each is audited as failed."""
+    ids = [row[0] for row in conn.execute("SELECT id FROM capture_requests WHERE state = 'queued'")]
+    for request_id in ids:
+        with contextlib.suppress(CaptureRequestError):  # finished meanwhile
+            finish_request(
+                conn, request_id, None, error="expired: live capture restarted before it ran"
+            )
+    return len(ids)
 
 
 def request_row(conn: sqlite3.Connection, request_id: int) -> sqlite3.Row | None:

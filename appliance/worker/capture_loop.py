@@ -74,6 +74,12 @@ SourceFactory = Callable[[], FrameSource]
 
 JPEG_QUALITY = 80
 NO_SIGNAL_AFTER_S = 1.0  # no frame for this long: the state is no_signal
+_STATE_WORDS = {
+    SignalState.LIVE: "a live image",
+    SignalState.NO_SIGNAL: "no signal",
+    SignalState.BLACK: "a black image",
+    SignalState.FROZEN: "a picture that does not change (the scanner's own freeze?)",
+}
 READ_TIMEOUT_S = 0.25  # the grab thread looks at the signal at least this often
 REOPEN_AFTER_S = 2.0  # no frame for this long: close the source and open it again
 BACKOFF_S = (0.25, 0.5, 1.0, 2.0, 4.0)  # waits between attempts to (re)open a source
@@ -291,12 +297,33 @@ class LiveState:
         with self._lock:
             return self.state
 
-    def freeze(self) -> Frame | None:
-        """Hold the published frame (the one the user sees); return it."""
+    def freeze(self, now: float) -> Frame | None:
+        """Hold the published frame (the one the user sees); return it. Nothing is frozen
+        (None) while no live image comes: the last picture before a loss is not the scan now."""
         with self._lock:
-            self.user_frozen = True
-            self.frozen = self.published or self.newest
-            return self.frozen
+            if self.user_frozen:
+                return self.frozen
+            frame = self.published or self.newest
+            if frame is None or not self._live(now):
+                return None
+            self.user_frozen, self.frozen = True, frame
+            return frame
+
+    def not_live(self, now: float) -> str:
+        """What the capture shows when it is not a live scan ("" when it is, or when the user
+        froze a live image). Only then may an image be saved, so that a picture from before a
+        lost signal is never filed under the patient chosen since."""
+        with self._lock:
+            if self.user_frozen or self._live(now):
+                return ""
+            if self.newest is None:
+                return "no image has come from the capture device yet"
+            silent = now - self.last_frame_at > NO_SIGNAL_AFTER_S
+            state = SignalState.NO_SIGNAL if silent else self.state
+        return f"the capture shows {_STATE_WORDS[state]}, not a live scan"
+
+    def _live(self, now: float) -> bool:
+        return self.state is SignalState.LIVE and now - self.last_frame_at <= NO_SIGNAL_AFTER_S
 
     def resume(self) -> None:
         """Back to live; the clip starts afresh, so a saved clip never jumps over the pause."""
@@ -386,6 +413,9 @@ class CaptureLoop:
         """Start the grab, inference and control threads (each returns at `stop()`)."""
         self.files.remove("frame.jpg")  # a picture left by a crashed worker is not live
         self.files.remove("overlay.json")
+        expired = capture_store.expire_requests(self.store.conn)
+        if expired:
+            log.info("capture: %d request(s) from before the restart expired", expired)
         self.publish_status(force=True)
         for name, target in (
             ("capture-grab", self.grabber.run),
@@ -433,7 +463,7 @@ class CaptureLoop:
         """Hold the picture now on the screen (frame.jpg) until `resume`; the overlay is made
         for that very frame (inference may have moved on to a newer, unpublished one)."""
         with self._publish_lock:
-            frame = self.live.freeze()
+            frame = self.live.freeze(time.monotonic())
         if frame is not None:
             self.mailbox.put(frame, self.live.signal_state())
         self.publish_status(force=True)
@@ -795,10 +825,15 @@ class Control:
         live = self.loop.live
         if kind == "freeze":
             frame = self.loop.freeze()
-            return {"frozen": True, "frame_index": None if frame is None else frame.index}
+            if frame is None:
+                raise CaptureError(f"nothing to freeze: {live.not_live(time.monotonic())}")
+            return {"frozen": True, "frame_index": frame.index}
         if kind == "resume":
             self.loop.resume()
             return {"frozen": False}
+        problem = live.not_live(time.monotonic())
+        if problem:
+            raise CaptureError(f"not saved: {problem}")
         if kind == "save_frame":
             frame = live.frame_to_save()
             if frame is None:
