@@ -599,6 +599,24 @@ def test_an_admin_sets_the_region_and_scale(app: Flask, admin: FlaskClient, live
     assert capture.calibration(conn, "usb") == (40, 20, 200, 150, None)
     entry = audit.recent(conn, "capture.calibrated")[0]
     assert entry["actor"] == "ui:root" and entry["subject"] == "device:usb"
+    # A depth measured on the screen wins over a scale typed for an earlier box.
+    assert calibrate(admin, **box, mm_per_pixel="0.2974", depth_cm="6").status_code == 302
+    assert capture.calibration(conn, "usb") == (40, 20, 200, 150, 0.4)
+
+
+def test_an_admin_forgets_a_calibration(app: Flask, admin: FlaskClient, live_dir: Path) -> None:
+    write_live(live_dir, 1)
+    assert calibrate(admin, x="0", y="0", width="320", height="180").status_code == 302
+    assert 'id="cal-clear"' in admin.get("/live/calibrate").get_data(as_text=True)
+    token = csrf_of(admin, "/live/calibrate")
+    response = admin.post("/live/calibrate/clear", data={"csrf_token": token})
+    assert response.status_code == 302
+    conn = store_of(app).conn
+    assert capture.calibration(conn, "usb") is None
+    [entry] = audit.recent(conn, "capture.calibration_cleared")
+    assert entry["detail"]["previous"] == [0, 0, 320, 180]
+    html = admin.get("/live/calibrate").get_data(as_text=True)
+    assert "Calibration forgotten" in html and 'id="cal-clear"' not in html
 
 
 @pytest.mark.parametrize(
@@ -613,6 +631,7 @@ def test_an_admin_sets_the_region_and_scale(app: Flask, admin: FlaskClient, live
         ({"x": "0", "y": "0", "width": "10", "height": "10", "mm_per_pixel": "11"}, "at most 10"),
         ({"x": "0", "y": "0", "width": "10", "height": "10", "mm_per_pixel": "nan"}, "above 0"),
         ({"x": "0", "y": "0", "width": "10", "height": "1", "depth_cm": "2"}, "at most 50"),
+        ({"x": "0", "y": "0", "width": "10", "height": "10", "mm_per_pixel": "1e-320"}, "above 0"),
     ],
 )
 def test_a_calibration_that_cannot_be_right_is_refused(

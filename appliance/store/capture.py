@@ -169,6 +169,25 @@ def calibration(conn: sqlite3.Connection, device: str) -> Calibration | None:
     return Calibration(row["x"], row["y"], row["width"], row["height"], _float_or_none(mm))
 
 
+def clear_calibration(conn: sqlite3.Connection, device: str, user: str) -> bool:
+    """Forget `device`'s calibration (the loop goes back to the settings' region or to finding
+    the scan area itself); audited with the old values. False when there was none."""
+    with transaction(conn):
+        old = calibration(conn, device)
+        if old is None:
+            return False
+        conn.execute("DELETE FROM capture_calibration WHERE device = ?", (device,))
+        audit.append(
+            conn,
+            f"ui:{user}",
+            "capture.calibration_cleared",
+            f"device:{device}",
+            previous=[old.x, old.y, old.width, old.height],
+            previous_mm_per_pixel=old.mm_per_pixel,
+        )
+    return True
+
+
 def set_calibration(
     conn: sqlite3.Connection,
     device: str,

@@ -72,6 +72,7 @@ _SLOTS = "appliance.live.streams"
 _VIEWER = re.compile(r"^[A-Za-z0-9_-]{8,64}\Z")
 _MAX_PATIENT_FIELD = 64  # DICOM LO / PN
 _MAX_MM_PER_PIXEL = 10.0  # as CaptureSettings.mm_per_pixel
+_MIN_MM_PER_PIXEL = 0.001  # a micrometre per pixel: finer is a typing slip
 _MAX_DEPTH_CM = 50.0
 
 
@@ -576,10 +577,12 @@ def parse_calibration(form: Mapping[str, str], size: tuple[int, int]) -> Calibra
         raise Refused("width", t("live.box_outside", width=size[0], height=size[1]))
     mm = _float_field(form, "mm_per_pixel", _MAX_MM_PER_PIXEL)
     depth = _float_field(form, "depth_cm", _MAX_DEPTH_CM)
-    if mm is None and depth is not None:
+    if depth is not None:  # the measured depth wins over a scale typed before the box changed
         mm = round(depth * 10.0 / height, 6)
-        if mm > _MAX_MM_PER_PIXEL:
+        if not _MIN_MM_PER_PIXEL <= mm <= _MAX_MM_PER_PIXEL:
             raise Refused("depth_cm", t("live.bad_number", high=f"{_MAX_DEPTH_CM:g}"))
+    elif mm is not None and mm < _MIN_MM_PER_PIXEL:
+        raise Refused("mm_per_pixel", t("live.bad_number", high=f"{_MAX_MM_PER_PIXEL:g}"))
     return CalibrationForm(x, y, width, height, mm)
 
 
@@ -601,6 +604,16 @@ def _float_field(form: Mapping[str, str], name: str, high: float) -> float | Non
     if not math.isfinite(value) or not 0 < value <= high:
         raise Refused(name, t("live.bad_number", high=f"{high:g}"))
     return value
+
+
+@bp.route("/live/calibrate/clear", methods=["POST"])
+@roles_required("admin")
+def clear_calibration() -> ViewResult:
+    """Forget this device's calibration: the loop finds the scan area itself again."""
+    status = fresh_status(_live_dir(), time.time())
+    if capture.clear_calibration(_store().conn, _device(status), g.user.username):
+        flash(t("live.calibration_cleared"))
+    return redirect(url_for("live.calibrate_form"))
 
 
 @bp.route("/live/calibrate", methods=["POST"])

@@ -436,7 +436,10 @@
       self.svg.addEventListener(name, function () { self.start = null; });
     });
     Object.keys(self.inputs).forEach(function (name) {
-      self.inputs[name].addEventListener("input", function () { self.drawFromInputs(); });
+      self.inputs[name].addEventListener("input", function () {
+        self.drawFromInputs();
+        self.fromDepth(); // a new height changes the scale a depth gives
+      });
     });
     self.depth.addEventListener("input", function () { self.fromDepth(); });
     const detected = document.getElementById("cal-detected");
