@@ -507,6 +507,13 @@ def test_a_form_post_works_as_well_as_json(app: Flask, tech: FlaskClient) -> Non
         ({"kind": "save_frame", "study_id": "1; DROP"}, "study_id", "not in the store"),
         ({"kind": "save_clip", "patient_id": "A\\B"}, "patient_id", "No backslash"),
         ({"kind": "save_clip", "patient_name": "x" * 65}, "patient_name", "At most 64"),
+        ({"kind": "save_frame", "patient_id": ["a"]}, "patient_id", "No backslash"),
+        ({"kind": "save_frame", "patient_name": {"x": "y"}}, "patient_name", "No backslash"),
+        ({"kind": "save_frame", "patient_id": 123}, "patient_id", "No backslash"),
+        ({"kind": "save_frame", "patient_name": "a\u0085b"}, "patient_name", "No backslash"),
+        ({"kind": "save_frame", "patient_name": "a\u2028b"}, "patient_name", "No backslash"),
+        ({"kind": "save_frame", "patient_name": "=Müller, Jürgen"}, "patient_name", "'='"),
+        ({"kind": "save_frame", "patient_name": "a^b^c^d^e^f"}, "patient_name", "five parts"),
     ],
 )
 def test_a_command_that_cannot_be_queued_says_why(

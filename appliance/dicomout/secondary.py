@@ -74,7 +74,7 @@ class PictureDetails:
 
 def _clean(field: str, value: str) -> str:
     text = value.strip()
-    if any(unicodedata.category(c) in ("Cc", "Cf") for c in text):
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in text):
         raise DetailsError(field, f"{field}: control characters are not allowed in {text!r}")
     if "\\" in text:  # DICOM's value separator: it would split the value in two
         raise DetailsError(field, f"{field}: a backslash is not allowed in {text!r}")

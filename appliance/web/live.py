@@ -23,6 +23,7 @@ import secrets
 import sqlite3
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -409,12 +410,20 @@ def _posted() -> Mapping[str, Any]:
 def _text_field(data: Mapping[str, Any], name: str) -> str:
     """A patient field as DICOM can hold it: at most 64 characters, no backslash (DICOM's
     value separator) and no control characters."""
-    text = str(data.get(name) or "").strip()
+    value = data.get(name) or ""
+    if not isinstance(value, str):  # JSON may carry a list or a number: not a name
+        raise Refused(name, t("live.bad_characters"))
+    text = value.strip()
     if len(text) > _MAX_PATIENT_FIELD:
         raise Refused(name, t("live.too_long", n=_MAX_PATIENT_FIELD))
-    if "\\" in text or any(ord(c) < 32 or ord(c) == 127 for c in text):
+    if "\\" in text or any(unicodedata.category(c) in _INVISIBLE for c in text):
         raise Refused(name, t("live.bad_characters"))
     return text
+
+
+# Control and format characters and line/paragraph separators: invisible on the screen, and
+# not allowed in DICOM text (the saved image's builder would refuse them later, too late).
+_INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
 def person_name(text: str) -> str:
@@ -435,6 +444,10 @@ def save_target(conn: sqlite3.Connection, data: Mapping[str, Any]) -> tuple[int 
         return study_id, "", ""
     patient_id = _text_field(data, "patient_id")
     name = person_name(_text_field(data, "patient_name"))
+    if "=" in name:  # DICOM's separator of a name's ideographic and phonetic forms
+        raise Refused("patient_name", t("live.name_equals"))
+    if name.count("^") > 4:
+        raise Refused("patient_name", t("live.name_parts"))
     if not patient_id and not name:
         raise Refused("patient_id", t("live.patient_needed"))
     return None, patient_id, name
