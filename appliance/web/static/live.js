@@ -307,7 +307,12 @@
   }
 
   Live.prototype.done = function (request) {
-    this.showSaved("done", this.saved.dataset.saved);
+    // A clip says how long it came out (right after Resume it holds only the frames since).
+    const frames = request.result && request.result.frames;
+    const clip = request.kind === "save_clip" && frames;
+    this.showSaved("done", clip
+      ? this.saved.dataset.savedClip.replace("{frames}", String(frames))
+      : this.saved.dataset.saved);
     if (!request.study_url) return;
     const link = document.createElement("a");
     link.className = "button";
@@ -337,12 +342,20 @@
     this.saved.textContent = text || "";
     this.saved.dataset.state = state;
     this.saved.hidden = false;
+    inView(this.saved);
   };
 
   Live.prototype.showError = function (text) {
     this.error.textContent = text || "";
     this.error.hidden = !text;
+    if (text) inView(this.error);
   };
+
+  // On a 480-pixel panel the answer to a tap may sit below the fold: bring it into sight, or
+  // the tap looks as if nothing happened.
+  function inView(element) {
+    if (element.scrollIntoView) element.scrollIntoView({ block: "nearest" });
+  }
 
   Live.prototype.choseStudy = function () {
     this.newPatient.hidden = this.study.value !== "new";
