@@ -204,7 +204,8 @@ def _candidates(dirs: Iterable[Path], found: list[FoundPackage]) -> list[Path]:
     folders: list[Path] = []
     for folder in (Path(d) for d in dirs):
         if not folder.is_dir():
-            found.append(FoundPackage(folder, error=f"{folder}: no such folder"))
+            what = "a file, not a folder" if folder.exists() else "no such folder"
+            found.append(FoundPackage(folder, error=f"{folder}: {what}"))
         elif (folder / MANIFEST_NAME).exists():
             folders.append(folder)
         else:
