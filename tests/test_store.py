@@ -154,6 +154,44 @@ def test_an_image_moved_to_another_study_leaves_no_empty_study(
     assert count(store, "SELECT COUNT(*) FROM audit WHERE action = 'study.removed'") == 1
 
 
+def test_a_corrected_study_uid_moves_the_image_even_in_the_same_series(
+    store: Store, tmp_path: Path
+) -> None:
+    first = make_dataset("cr", seed=4, rows=32, columns=32)
+    incoming = store.spool.new_tmp_path()
+    first.save_as(incoming, enforce_file_format=True)
+    store.ingest(incoming, read_header(incoming), ORIGIN)
+    moved = make_dataset("cr", seed=4, rows=32, columns=32, study_key="corrected")
+    moved.SOPInstanceUID, moved.SeriesInstanceUID = first.SOPInstanceUID, first.SeriesInstanceUID
+    moved.file_meta.MediaStorageSOPInstanceUID = moved.SOPInstanceUID
+    incoming = store.spool.new_tmp_path()
+    moved.save_as(incoming, enforce_file_format=True)
+    assert store.ingest(incoming, read_header(incoming), ORIGIN).outcome is IngestOutcome.REPLACED
+    rows = store.conn.execute(
+        "SELECT st.study_uid, COUNT(i.id) FROM studies st JOIN series se ON se.study_ref = st.id"
+        " JOIN instances i ON i.series_ref = se.id GROUP BY st.id"
+    ).fetchall()
+    assert [tuple(r) for r in rows] == [(str(moved.StudyInstanceUID), 1)]
+    assert count(store, "SELECT COUNT(*) FROM studies") == 1
+
+
+def test_the_study_an_image_left_gets_its_triage_again(store: Store, tmp_path: Path) -> None:
+    put(store, tmp_path, "cr", seed=4)
+    put(store, tmp_path, "cr", seed=5)  # stays behind in the first study
+    store.conn.execute("UPDATE studies SET triage = 'urgent', triage_rank = 0")  # from seed 4
+    moved = make_dataset("cr", seed=4, rows=32, columns=32, study_key="study-2")
+    moved.SOPInstanceUID = make_dataset("cr", seed=4, rows=32, columns=32).SOPInstanceUID
+    moved.file_meta.MediaStorageSOPInstanceUID = moved.SOPInstanceUID
+    incoming = store.spool.new_tmp_path()
+    moved.save_as(incoming, enforce_file_format=True)
+    store.ingest(incoming, read_header(incoming), ORIGIN)
+    left = store.conn.execute(
+        "SELECT triage FROM studies WHERE study_uid = ?",
+        (str(make_dataset("cr", seed=5, rows=32, columns=32).StudyInstanceUID),),
+    ).fetchone()
+    assert left[0] == "pending"  # recomputed from what it still holds (nothing analysed yet)
+
+
 def test_hierarchy_is_shared_across_instances(store: Store, tmp_path: Path) -> None:
     for seed in range(3):
         put(store, tmp_path, "cr", seed=seed)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from appliance.domain import IngestOutcome, IngestResult, InstanceHeader, Origin
 from appliance.errors import OutOfSpaceError
-from appliance.store import audit, jobs
+from appliance.store import analyses, audit, jobs
 from appliance.store.db import transaction, utc_now
 from appliance.store.spool import CommittedFile, Spool, file_digest
 
@@ -95,7 +95,8 @@ def _index_in_transaction(
     max_attempts: int,
 ) -> tuple[IngestResult, str | None]:
     existing = conn.execute(
-        "SELECT id, sha256, file_name, state, series_ref FROM instances WHERE sop_instance_uid = ?",
+        "SELECT i.id, i.sha256, i.file_name, i.state, i.series_ref, se.study_ref"
+        " FROM instances i JOIN series se ON se.id = i.series_ref WHERE i.sop_instance_uid = ?",
         (header.sop_instance_uid,),
     ).fetchone()
     subject = f"instance:{header.sop_instance_uid}"
@@ -114,8 +115,7 @@ def _index_in_transaction(
     else:
         instance_id = existing["id"]
         _update_instance(conn, instance_id, header, origin, stored, series_id)
-        if existing["series_ref"] != series_id:
-            _drop_if_empty(conn, existing["series_ref"])
+        _tidy_after_move(conn, existing["series_ref"], existing["study_ref"])
         outcome, unused = IngestOutcome.REPLACED, existing["file_name"]
     job_id = jobs.enqueue(conn, instance_id, max_attempts)
     audit.append(
@@ -194,6 +194,7 @@ _UPSERT_SERIES = """
 INSERT INTO series (series_uid, study_ref, modality, body_part, series_number, description)
 VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT(series_uid) DO UPDATE SET
+    study_ref = excluded.study_ref,
     modality = COALESCE(NULLIF(excluded.modality, ''), modality),
     body_part = COALESCE(NULLIF(excluded.body_part, ''), body_part),
     series_number = COALESCE(excluded.series_number, series_number),
@@ -202,24 +203,23 @@ RETURNING id
 """
 
 
-def _drop_if_empty(conn: sqlite3.Connection, series_id: int) -> None:
-    """Remove a series its last image left (moved by a re-send to another study or series),
-    and then its study if nothing else is in or refers to it: no empty study on the worklist.
-    A study with impressions or capture requests stays, since those are never deleted."""
-    row = conn.execute(
-        "SELECT se.study_ref, st.study_uid FROM series se JOIN studies st ON st.id = se.study_ref"
-        " WHERE se.id = ? AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.series_ref = se.id)",
-        (series_id,),
-    ).fetchone()
-    if row is None:
+def _tidy_after_move(conn: sqlite3.Connection, series_id: int, study_id: int) -> None:
+    """After a re-send replaced an image, wherever it went: remove the series and the study
+    it may have left empty (no empty study on the worklist), else give the study it was in
+    its triage again from the images it still holds. A study with impressions or capture
+    requests stays, since those are never deleted."""
+    conn.execute(
+        "DELETE FROM series WHERE id = ? AND NOT EXISTS"
+        " (SELECT 1 FROM instances WHERE series_ref = ?)",
+        (series_id, series_id),
+    )
+    if conn.execute(_STUDY_IN_USE, (study_id, study_id, study_id)).fetchone() is not None:
+        analyses.update_triage(conn, study_id)
         return
-    conn.execute("DELETE FROM series WHERE id = ?", (series_id,))
-    study_id = row["study_ref"]
-    if conn.execute(_STUDY_IN_USE, (study_id, study_id, study_id)).fetchone() is None:
-        conn.execute("DELETE FROM studies WHERE id = ?", (study_id,))
-        audit.append(
-            conn, "system", "study.removed", f"study:{row['study_uid']}", reason="no images left"
-        )
+    uid = conn.execute("DELETE FROM studies WHERE id = ? RETURNING study_uid", (study_id,))
+    audit.append(
+        conn, "system", "study.removed", f"study:{uid.fetchone()[0]}", reason="no images left"
+    )
 
 
 _STUDY_IN_USE = """
