@@ -7,6 +7,7 @@ setup code that the UI role prints on its first start (`setup_code`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -70,6 +71,13 @@ def hash_pin(pin: str) -> str:
     salt = secrets.token_bytes(16)
     digest = hashlib.scrypt(pin.encode(), salt=salt, **_SCRYPT)
     return f"scrypt${salt.hex()}${digest.hex()}"
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A PIN hash to check against when there is no account: made once, so that its cost is
+    one check, as for a real account."""
+    return hash_pin(secrets.token_hex(8))
 
 
 def _pin_matches(pin: str, stored: str) -> bool:
@@ -140,12 +148,14 @@ def sign_in(
         (username,),
     ).fetchone()
     now = time.time()
+    # Every path checks one PIN (one scrypt), and names without an account lock out like real
+    # ones: neither the time nor the answer tells which user names exist.
     if row is None or not row["active"]:
-        # Same work and the same lock-out as for a real account: no user-name probing.
-        _pin_matches(pin, hash_pin("0000"))
+        _pin_matches(pin, _dummy_hash())
         audit.append(conn, f"ui:{username[:32]}", "signin.failed", f"user:{username[:32]}")
         return unknown.failed(username, attempts, lock_s, now)
     if row["locked_until"] > now:
+        _pin_matches(pin, _dummy_hash())
         audit.append(conn, f"ui:{row['username']}", "signin.locked", f"user:{row['username']}")
         return SignInResult(SignIn.LOCKED, locked_for_s=row["locked_until"] - now)
     if _pin_matches(pin, row["pin_hash"]):
@@ -170,6 +180,7 @@ class UnknownNames:
         self._names: dict[str, tuple[int, float]] = {}  # name -> (failures, locked until)
 
     def failed(self, name: str, attempts: int, lock_s: float, now: float) -> SignInResult:
+        name = name.casefold()  # as the users table matches names (COLLATE NOCASE)
         with self._lock:
             failures, locked_until = self._names.pop(name, (0, 0.0))
             if locked_until > now:
