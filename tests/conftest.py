@@ -19,7 +19,7 @@ import yaml
 from flask import Flask
 from flask.testing import FlaskClient
 
-from appliance.bench.peers import BenchError, dcmtk, free_port
+from appliance.bench.peers import BenchError, dcmtk, free_ports
 from appliance.config import Settings
 from appliance.paths import Paths, resolve_paths
 from appliance.receiver import Receiver
@@ -44,10 +44,11 @@ needs_dcmtk = pytest.mark.skipif(not has_dcmtk(), reason="DCMTK is not installed
 
 def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
     """Settings for tests: data under tmp_path, loopback on a free port, no free-space floor."""
+    receiver_port, ui_port = free_ports(2)
     data: dict[str, Any] = {
         "storage": {"data_dir": str(tmp_path / "data"), "free_space_floor_mb": 0},
-        "receiver": {"bind_address": "127.0.0.1", "port": free_port()},
-        "ui": {"bind_address": "127.0.0.1", "port": free_port()},
+        "receiver": {"bind_address": "127.0.0.1", "port": receiver_port},
+        "ui": {"bind_address": "127.0.0.1", "port": ui_port},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)

@@ -402,6 +402,17 @@ def test_nothing_is_saved_or_frozen_once_the_signal_is_lost_unless_frozen_before
     assert live.not_live(later + 5.0) == "" and live.frame_to_save() is frozen
 
 
+def test_a_clip_never_spans_a_lost_signal() -> None:
+    live = LiveState(ring_frames=10)
+    for index in range(4):
+        live.on_frame(_frame(index), SignalState.LIVE, now=index / 30)
+        live.on_published(_frame(index), _shot(index, (0, 0, 4, 4)))
+    back = 60.0  # a minute without frames: unplugged, maybe the next patient meanwhile
+    live.on_frame(_frame(100), SignalState.LIVE, now=back)
+    live.on_published(_frame(100), _shot(100, (0, 0, 4, 4)))
+    assert [shot.index for shot in live.clip()] == [100]
+
+
 def test_inference_gets_the_newest_frame_only() -> None:
     box = Mailbox()
     for index in range(3):

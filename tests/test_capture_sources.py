@@ -238,6 +238,8 @@ def test_open_source_builds_each_kind_unopened(tmp_path: Path) -> None:
     [
         (CaptureSource(kind="device", device="/dev/video0", fourcc="MJPG"), "ISO_10918_1"),
         (CaptureSource(kind="device", device="/dev/video0", fourcc="YUYV"), None),
+        (CaptureSource(kind="device", device="/dev/video0"), ""),  # its default: maybe MJPEG
+        (CaptureSource(kind="gstreamer", pipeline="v4l2src ! videoconvert ! appsink"), ""),
         (CaptureSource(kind="file", file=Path("clip.mp4")), ""),
         (CaptureSource(kind="generated"), None),
     ],

@@ -104,6 +104,13 @@ def test_a_value_yaml_cannot_build_is_a_config_error() -> None:
     assert "nested too deeply" in error_of("site_name: " + "[" * 5000 + "]" * 5000 + "\n")
 
 
+def test_yaml_merge_keys_still_work_and_may_be_overridden() -> None:
+    text = "x-defaults: &base {port: 104}\n"
+    settings = parse_settings("receiver:\n  <<: {port: 104, ae_title: SITE}\n  port: 4242\n")
+    assert (settings.receiver.port, settings.receiver.ae_title) == (4242, "SITE")
+    assert "unknown key" in error_of(text)  # anchors work; the extra section is still refused
+
+
 def test_top_level_must_be_a_mapping() -> None:
     assert "top level" in error_of("- a\n- b\n")
 

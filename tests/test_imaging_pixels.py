@@ -555,3 +555,8 @@ def test_a_value_of_the_wrong_length_is_a_decode_error_in_plain_words(tmp_path: 
         decode(path)
     assert "cannot be decoded" in str(caught.value)
     assert "To replace this error" not in str(caught.value)  # pydicom's advice to developers
+
+
+def test_a_file_that_cannot_be_opened_is_a_disk_error_not_a_broken_image(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):  # the worker retries these; a DecodeError it does not
+        decode(tmp_path / "gone.dcm")

@@ -10,7 +10,7 @@ import pytest
 
 from appliance.config import Settings
 from appliance.domain import IngestOutcome, IngestResult, Origin, Source
-from appliance.errors import StoreError
+from appliance.errors import RejectedInput, StoreError
 from appliance.imaging.header import read_header
 from appliance.samples import make_dataset, write_sample
 from appliance.store import Store, jobs, open_store
@@ -305,3 +305,11 @@ def test_an_unusable_data_folder_is_a_clear_error(tmp_path: Path) -> None:
     settings = Settings.model_validate({"storage": {"data_dir": str(blocker / "data")}})
     with pytest.raises(StoreError, match=r"cannot use the data folder .*storage\.data_dir"):
         open_store(settings)
+
+
+def test_a_truncated_image_is_refused_saying_so_once(tmp_path: Path) -> None:
+    source = write_sample(tmp_path / "cut.dcm", "cr", rows=32, columns=32)
+    source.write_bytes(source.read_bytes()[:-100])
+    with pytest.raises(RejectedInput) as refused:
+        read_header(source)
+    assert str(refused.value).startswith("pixel data is truncated")  # not wrapped again

@@ -35,7 +35,7 @@ import yaml
 from appliance.bench.e2e import Appliance, running_appliance
 from appliance.bench.inference import percentile
 from appliance.bench.options import OptionRow, add_options, option_values
-from appliance.bench.peers import BenchError, free_port
+from appliance.bench.peers import BenchError, free_ports
 from appliance.bench.results import _table
 from appliance.bench.ui import HTTP_TIMEOUT_S, PIN, USER, Session
 from appliance.config import Settings, load_settings
@@ -281,14 +281,15 @@ def write_config(workdir: Path, options: CaptureOptions) -> tuple[Path, Settings
     }
     if options.file is not None:
         source["file"] = str(options.file.resolve())
+    receiver_port, ui_port = free_ports(2)
     values = {
         "storage": {
             "data_dir": str(workdir / "data"),
             "cache_dir": str(workdir / "cache"),
             "free_space_floor_mb": 0,
         },
-        "receiver": {"bind_address": "127.0.0.1", "port": free_port()},
-        "ui": {"bind_address": "127.0.0.1", "port": free_port()},
+        "receiver": {"bind_address": "127.0.0.1", "port": receiver_port},
+        "ui": {"bind_address": "127.0.0.1", "port": ui_port},
         "capture": {"source": source},
     }
     config = workdir / "appliance.yaml"

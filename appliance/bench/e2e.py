@@ -45,7 +45,7 @@ from pydicom.dataset import Dataset
 from appliance.bench.inference import percentile
 from appliance.bench.memory import status_mb
 from appliance.bench.options import OptionRow, add_options, option_values
-from appliance.bench.peers import AE_TITLE, BenchError, _env, free_port
+from appliance.bench.peers import AE_TITLE, BenchError, _env, free_ports
 from appliance.bench.results import _table
 from appliance.config import Settings, load_settings
 from appliance.paths import resolve_paths
@@ -638,10 +638,11 @@ class Sender:
 
 def _write_config(workdir: Path) -> tuple[Path, Settings]:
     """Default settings but for the data folders, loopback on a free port and the lease."""
+    receiver_port, ui_port = free_ports(2)
     values = {
         "storage": {"data_dir": str(workdir / "data"), "cache_dir": str(workdir / "cache")},
-        "receiver": {"bind_address": "127.0.0.1", "port": free_port()},
-        "ui": {"bind_address": "127.0.0.1", "port": free_port()},
+        "receiver": {"bind_address": "127.0.0.1", "port": receiver_port},
+        "ui": {"bind_address": "127.0.0.1", "port": ui_port},
         "jobs": {"lease_s": LEASE_S},
     }
     config = workdir / "appliance.yaml"

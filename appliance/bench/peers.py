@@ -8,6 +8,7 @@ are not answered as duplicates and every accepted file can be counted.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -93,10 +94,21 @@ def dcmtk(tool: str) -> str:
 
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    (port,) = free_ports(1)
+    return port
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` different TCP ports on loopback that nothing listens on right now (held open
+    together while chosen, so two calls cannot hand out the same one)."""
+    with contextlib.ExitStack() as stack:
+        socks = [
+            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            for _ in range(count)
+        ]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 @contextmanager

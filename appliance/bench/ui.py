@@ -43,7 +43,7 @@ import yaml
 
 from appliance.bench.inference import percentile
 from appliance.bench.options import OptionRow, add_options, option_values
-from appliance.bench.peers import BenchError, _env, free_port
+from appliance.bench.peers import BenchError, _env, free_ports
 from appliance.bench.results import _table
 from appliance.config import Settings, load_settings
 from appliance.domain import (
@@ -327,10 +327,11 @@ def _write_config(folder: Path) -> tuple[Path, Settings]:
     """Default settings but for the data folder and loopback ports; the file `appliance ui`
     reads, and the settings this process opens the same store with."""
     folder.mkdir(parents=True, exist_ok=True)
+    receiver_port, ui_port = free_ports(2)
     values = {
         "storage": {"data_dir": str(folder / "data"), "free_space_floor_mb": 0},
-        "receiver": {"bind_address": "127.0.0.1", "port": free_port()},
-        "ui": {"bind_address": "127.0.0.1", "port": free_port()},
+        "receiver": {"bind_address": "127.0.0.1", "port": receiver_port},
+        "ui": {"bind_address": "127.0.0.1", "port": ui_port},
     }
     config = folder / "appliance.yaml"
     config.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")

@@ -90,15 +90,16 @@ def lossy_method(source: CaptureSource) -> str | None:
     """How the frames this source delivers were lossily compressed on their way here, as DICOM's
     Lossy Image Compression Method; "" when lossy by a method not known here; None when not.
 
-    A grabber set to MJPEG sends JPEG; a video file was compressed by its codec (played files
-    are almost always lossy, and claiming it wrongly is the safer error). YUYV and the
-    generated source are not compressed; a GStreamer pipeline's elements are not looked into.
+    A grabber set to MJPEG sends JPEG. Only a grabber set to YUYV and the generated source are
+    known not to be compressed; anything else might be (a grabber's default format is often
+    MJPEG, a video file or a GStreamer pipeline decodes a codec), and claiming lossy wrongly
+    is the safer error.
     """
     if source.kind == "device" and source.fourcc == "MJPG":
         return "ISO_10918_1"
-    if source.kind == "file":
-        return ""
-    return None
+    if source.kind == "generated" or (source.kind == "device" and source.fourcc == "YUYV"):
+        return None
+    return ""
 
 
 class RealTimeClock:

@@ -57,6 +57,8 @@ def read_header(path: Path) -> InstanceHeader:
             transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
             if transfer_syntax != DeflatedExplicitVRLittleEndian:  # inflated elsewhere
                 _check_pixel_data(handle, transfer_syntax, path.stat().st_size)
+    except (RejectedInput, MemoryError):
+        raise  # already says why; out of memory is ours, not the sender's
     except RecursionError as exc:
         raise RejectedInput("cannot parse the dataset: sequences nested too deeply") from exc
     except Exception as exc:

@@ -101,8 +101,8 @@ def decode(source: Source, *, index: int | None = None, every: int = 1) -> Decod
     """
     try:
         return _decode(source, index, every)
-    except (DecodeError, MemoryError):
-        raise  # out of memory may pass; a broken file will not
+    except (DecodeError, MemoryError, OSError):
+        raise  # out of memory or a disk error may pass (retried); a broken file will not
     except Exception as exc:
         # Broken or hostile files make pydicom raise many kinds of error (a wrong value
         # length, an overflowing number, a corrupt deflate stream): the file is at fault, and

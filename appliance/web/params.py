@@ -27,8 +27,13 @@ def whole_number(value: object, low: int = 0, high: int = MAX_ID) -> int | None:
         return None
     if isinstance(value, int):
         number = value
-    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+    elif isinstance(value, str) and _digits(value.strip()):
         number = int(value.strip())
     else:
         return None
     return number if low <= number <= high else None
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits, few enough for int() (it refuses over 4,300) and SQLite (19 at most)."""
+    return 0 < len(text) <= 19 and text.isascii() and text.isdigit()

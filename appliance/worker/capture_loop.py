@@ -279,6 +279,8 @@ class LiveState:
         with self._lock:
             if self.newest is not None and frame.index > self.newest.index + 1:
                 self.dropped += frame.index - self.newest.index - 1
+            if now - self.last_frame_at > NO_SIGNAL_AFTER_S and not self.user_frozen:
+                self.ring.clear()  # a clip never spans a lost signal (maybe another patient)
             self.newest, self.state, self.last_frame_at = frame, state, now
             return not self.user_frozen
 
