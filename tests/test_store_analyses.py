@@ -3,6 +3,7 @@ only while holding the lease, triage order, pictures on disk and the wake-up doo
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 
 from appliance.domain import Analysis, AnalysisState, ModelOutcome
 from appliance.store import Store, jobs
+from appliance.store.db import transaction
 from appliance.store.doorbell import Doorbell, Listener
 from appliance.store.worklist import studies
 
@@ -110,6 +112,29 @@ def test_an_exhausted_job_of_a_dead_worker_fails_with_an_analysis(
     assert store.conn.execute("SELECT triage FROM studies").fetchone()[0] == "review"
 
 
+def test_an_exhausted_pictures_job_leaves_the_findings_and_triage_alone(
+    store: Store, tmp_path: Path
+) -> None:
+    put(store, tmp_path, "cr", seed=1)
+    job = jobs.claim(store.conn, "w", lease_s=600)
+    assert job is not None
+    assert store.complete(job, "w", findings("urgent", "Pneumothorax 0.99"), "worker", True)
+    store.conn.execute("UPDATE jobs SET max_attempts = 1 WHERE kind = 'pictures'")
+    assert jobs.claim(store.conn, "w", lease_s=0, quiet_s=0) is not None  # the pictures job
+    assert jobs.reap_stale(store.conn, now=time.time() + 1, on_failed=store.record_failure) == 1
+    row = store.conn.execute("SELECT state, summary FROM analyses").fetchone()
+    assert (row["state"], row["summary"]) == ("findings", "Pneumothorax 0.99")
+    assert store.conn.execute("SELECT triage FROM studies").fetchone()[0] == "urgent"
+    actions = [r[0] for r in store.conn.execute("SELECT action FROM audit")]
+    assert "pictures.failed" in actions
+
+
+def test_a_transaction_the_database_ended_itself_raises_the_first_error(store: Store) -> None:
+    with pytest.raises(ValueError, match="the real fault"), transaction(store.conn):
+        store.conn.execute("ROLLBACK")  # as SQLite does by itself on a full disk
+        raise ValueError("the real fault")
+
+
 def test_a_result_is_saved_only_by_the_lease_holder(store: Store, tmp_path: Path) -> None:
     put(store, tmp_path, "cr", seed=1)
     job = jobs.claim(store.conn, "slow-worker", lease_s=0)
@@ -151,6 +176,26 @@ def test_pictures_are_written_durably_and_names_are_checked(store: Store) -> Non
     assert store.results.sweep_unreferenced({names[0]}, older_than_s=-1) == 1
     assert store.results.path_of(names[0]).exists()
     assert not store.results.path_of(names[1]).exists()
+
+
+def test_a_full_disk_while_writing_pictures_leaves_none_behind(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 3:  # the second picture's data: the disk is full now
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError, match="No space left"):
+        store.results.write_all([b"\x89PNG one", b"\x89PNG two"])
+    monkeypatch.undo()
+    assert list(store.results.tmp.iterdir()) == []
+    written = [p for p in store.results.root.rglob("*.png")]
+    assert written == []  # nothing refers to them: they would only keep the disk full
 
 
 def test_the_doorbell_wakes_a_listener_and_rings_nobody_without_error(tmp_path: Path) -> None:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from appliance.store import audit, users
+from appliance.store import audit, status, users
+from appliance.web import create_app
 from appliance.web.security import CSP
 
-from conftest import add_user, csrf_of, sign_in
+from conftest import add_user, csrf_of, make_settings, sign_in
 
 
 def store_conn(app: Flask) -> sqlite3.Connection:
@@ -136,7 +138,18 @@ def test_only_sign_in_setup_and_health_are_public(app: Flask, client: FlaskClien
         if getattr(app.view_functions[rule.endpoint], "public", False)
     }
     assert public == {"auth.signin", "auth.setup", "health.health"}
-    assert client.get("/health").get_json() == {"status": "ok"}
+    health = client.get("/health")  # public, and truthful: no receiver or worker has run here
+    assert health.status_code == 503
+    assert health.get_json() == {
+        "status": "degraded",
+        "problems": ["receiver has not started", "worker has not started"],
+    }
+    for role in ("receiver", "worker"):
+        status.record_start(store_conn(app), role)
+    assert (client.get("/health").status_code, client.get("/health").get_json()) == (
+        200,
+        {"status": "ok"},
+    )
     for rule in app.url_map.iter_rules():
         if rule.endpoint in public or rule.endpoint == "static" or "GET" not in rule.methods:
             continue
@@ -231,3 +244,20 @@ def test_pins_are_stored_only_as_salted_hashes(app: Flask) -> None:
     assert [f[0] for f in fields] == ["scrypt", "scrypt"] and all(len(f) == 3 for f in fields)
     assert all(len(bytes.fromhex(f[1])) >= 16 and len(bytes.fromhex(f[2])) >= 32 for f in fields)
     assert fields[0][1] != fields[1][1] and hashes[0] != hashes[1]  # each PIN its own salt
+
+
+def test_health_names_a_stopped_role_and_a_disk_under_its_floor(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, storage={"free_space_floor_mb": 10**9})
+    app = create_app(settings, TESTING=True)
+    try:
+        conn = store_conn(app)
+        for role in ("receiver", "worker"):
+            status.record_start(conn, role)
+        status.record_stop(conn, "worker")
+        answer = app.test_client().get("/health")
+        assert answer.status_code == 503
+        problems = answer.get_json()["problems"]
+        assert problems[0] == "worker is not running"
+        assert problems[1].startswith("disk free") and "new images are refused" in problems[1]
+    finally:
+        app.extensions["appliance.store"].close()

@@ -19,7 +19,7 @@ def test_the_ui_role_stops_cleanly_on_a_signal(
     for _ in range(3):  # the stop used to race waitress' select loop: try it more than once
         proc = role_process("ui", ready="ui: serving on")
         proc.start()
-        url = f"http://127.0.0.1:{proc.settings.ui.port}/health"
+        url = f"http://127.0.0.1:{proc.settings.ui.port}/signin"  # -> /setup: no admin yet
         with urllib.request.urlopen(url, timeout=30) as response:
             assert response.status == 200
         code = proc.stop(sig)

@@ -273,8 +273,16 @@ def transaction(conn: sqlite3.Connection) -> Iterator[None]:
         yield
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback(conn)
         raise
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    """ROLLBACK if a transaction is still open. SQLite ends one by itself on some errors
+    (a full disk, I/O): a ROLLBACK then raises "no transaction is active" and would hide the
+    error that matters."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 def connect(path: Path) -> sqlite3.Connection:

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from appliance.domain import JobState
 from appliance.store import audit
 from appliance.store.analyses import FailureRecorder
-from appliance.store.db import transaction, utc_now
+from appliance.store.db import rollback, transaction, utc_now
 
 ANALYSE = "analyse"
 PICTURES = "pictures"  # heatmaps and overlays of a saved analysis: after every analysis
@@ -82,7 +82,7 @@ def claim(conn: sqlite3.Connection, owner: str, lease_s: float, quiet_s: float =
         )
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback(conn)
         raise
     return Job(
         row["id"], row["instance_ref"], row["kind"], row["attempts"] + 1, row["max_attempts"]
@@ -160,7 +160,7 @@ def reap_stale(
     now = time.time() if now is None else now
     with transaction(conn):
         stale = conn.execute(
-            "SELECT id, instance_ref, attempts, max_attempts, lease_owner FROM jobs"
+            "SELECT id, instance_ref, kind, attempts, max_attempts, lease_owner FROM jobs"
             " WHERE state = 'running' AND lease_expires < ?",
             (now,),
         ).fetchall()
@@ -174,7 +174,7 @@ def reap_dead_owners(conn: sqlite3.Connection, on_failed: FailureRecorder | None
     host = socket.gethostname()
     with transaction(conn):
         running = conn.execute(
-            "SELECT id, instance_ref, attempts, max_attempts, lease_owner FROM jobs"
+            "SELECT id, instance_ref, kind, attempts, max_attempts, lease_owner FROM jobs"
             " WHERE state = 'running'"
         ).fetchall()
         dead = [row for row in running if _dead_here(row["lease_owner"] or "", host)]
@@ -216,5 +216,9 @@ def _requeue_or_fail(
         outcome=state,
         attempts=row["attempts"],
     )
-    if exhausted and on_failed is not None:
+    if not exhausted:
+        return
+    if row["kind"] == PICTURES:  # the findings stand; only their pictures are missing
+        audit.append(conn, "system", "pictures.failed", f"job:{row['id']}", reason=error)
+    elif on_failed is not None:
         on_failed(conn, row["id"], row["instance_ref"], error)

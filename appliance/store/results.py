@@ -29,23 +29,32 @@ class ResultFiles:
         if not contents:
             return []
         self.tmp.mkdir(parents=True, exist_ok=True)
-        names, folders = [], set()
-        for data in contents:
-            token = uuid.uuid4().hex
-            partial = self.tmp / f"{token}.part"
-            with partial.open("wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            folder = self.root / token[:2]
-            if not folder.exists():
-                folder.mkdir(exist_ok=True)
-                fsync_dir(self.root)
-            os.replace(partial, folder / f"{token}{suffix}")
-            folders.add(folder)
-            names.append(f"{token[:2]}/{token}{suffix}")
-        for folder in folders:
-            fsync_dir(folder)
+        names: list[str] = []
+        folders = set()
+        partial = self.tmp / "none.part"
+        try:
+            for data in contents:
+                token = uuid.uuid4().hex
+                partial = self.tmp / f"{token}.part"
+                with partial.open("wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                folder = self.root / token[:2]
+                if not folder.exists():
+                    folder.mkdir(exist_ok=True)
+                    fsync_dir(self.root)
+                os.replace(partial, folder / f"{token}{suffix}")
+                folders.add(folder)
+                names.append(f"{token[:2]}/{token}{suffix}")
+            for folder in folders:
+                fsync_dir(folder)
+        except OSError:
+            # A full disk: leave nothing behind that would keep it full (nothing refers to
+            # these files yet); the caller retries the whole set later.
+            partial.unlink(missing_ok=True)
+            self.remove_all(names)
+            raise
         return names
 
     def path_of(self, name: str) -> Path:

@@ -9,6 +9,7 @@ that dies cannot say so: its heartbeat goes stale, and a stale heartbeat reads a
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -19,6 +20,8 @@ from typing import Any
 
 from appliance.store.db import transaction, utc_now
 from appliance.store.store import Store
+
+log = logging.getLogger(__name__)
 
 BEAT_S = 30.0  # how often a running role refreshes its heartbeat
 STALE_AFTER_S = 3 * BEAT_S  # a heartbeat older than this: the role is not running
@@ -195,7 +198,8 @@ class RoleBeat:
         self.store = store
         self.role = role
         self.every_s = every_s
-        record_start(store.conn, role, **detail)
+        self.detail = detail
+        self._started = _tolerant(self._record_start, role)
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"{role}-beat", daemon=True)
         self._thread.start()
@@ -203,15 +207,35 @@ class RoleBeat:
     def _loop(self) -> None:
         try:
             while not self._stopped.wait(self.every_s):
-                beat(self.store.conn, self.role)
+                if not self._started:  # the store could not be written at start
+                    self._started = _tolerant(self._record_start, self.role)
+                else:
+                    _tolerant(self._beat, self.role)
         finally:
             self.store.close_thread_connection()
+
+    def _record_start(self) -> None:
+        record_start(self.store.conn, self.role, **self.detail)
+
+    def _beat(self) -> None:
+        beat(self.store.conn, self.role)
 
     def stop(self) -> None:
         """Stop beating and mark the role stopped (call before the store is closed)."""
         self._stopped.set()
         self._thread.join(timeout=10)
-        record_stop(self.store.conn, self.role)
+        _tolerant(lambda: record_stop(self.store.conn, self.role), self.role)
+
+
+def _tolerant(write: Callable[[], object], role: str) -> bool:
+    """Run a status write; a store that cannot be written now (a full disk) is logged and
+    tried again at the next beat, rather than stopping the role that only reports."""
+    try:
+        write()
+    except sqlite3.OperationalError as exc:
+        log.warning("%s: could not record its status in the store: %s", role, exc)
+        return False
+    return True
 
 
 # --- health ------------------------------------------------------------------------------------

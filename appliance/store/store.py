@@ -19,7 +19,7 @@ from appliance.domain import (
 from appliance.errors import StoreError
 from appliance.paths import Paths, resolve_paths
 from appliance.store import analyses, audit, jobs
-from appliance.store.db import connect, migrate
+from appliance.store.db import connect, migrate, rollback
 from appliance.store.doorbell import Doorbell
 from appliance.store.ingest import ingest
 from appliance.store.reconcile import HeaderReader, ReconcileReport, reconcile
@@ -141,7 +141,7 @@ class Store:
             save(conn)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback(conn)
             raise
         return True
 

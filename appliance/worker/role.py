@@ -9,8 +9,10 @@ the transaction that records them, so a crash leaves at most unreferenced files.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -30,6 +32,7 @@ from appliance.worker.pictures import Pending, Picture, draw
 
 log = logging.getLogger(__name__)
 ACTOR = "worker"
+STORE_WAIT_S = 5.0  # between tries while the store cannot be written
 
 
 def serve(settings: Settings, paths: Paths) -> int:
@@ -37,7 +40,10 @@ def serve(settings: Settings, paths: Paths) -> int:
     started = time.monotonic()
     store = open_store(settings, paths)
     models = ModelSet.load(settings.models, paths.cache_dir)
-    record_models(store, models)
+    try:
+        record_models(store, models)
+    except sqlite3.OperationalError as exc:  # a full disk: the admin page waits, jobs do not
+        log.error("could not record the loaded models in the store: %s", exc)
     beat = status.RoleBeat(
         store,
         "worker",
@@ -58,9 +64,7 @@ def serve(settings: Settings, paths: Paths) -> int:
     )
     capture = start_capture(settings, paths, store, models)  # None unless configured
     try:
-        while not stop.is_set():
-            if not worker.run_once():
-                listener.wait(worker.idle_wait())
+        _work(worker, listener, stop)
     finally:
         if capture is not None:
             capture.stop()
@@ -68,6 +72,22 @@ def serve(settings: Settings, paths: Paths) -> int:
         listener.close()
         worker.close()
     return 0
+
+
+def _work(worker: Worker, listener: Listener, stop: threading.Event) -> None:
+    """Jobs until asked to stop. A store that cannot be written (a full disk) is waited out
+    here rather than crash-looping the role: nothing is lost (an interrupted job keeps its
+    lease until it runs out, then is taken back and done again)."""
+    while not stop.is_set():
+        try:
+            if not worker.run_once():
+                listener.wait(worker.idle_wait())
+        except sqlite3.OperationalError as exc:
+            log.error("the store cannot be written (%s): trying again in %.0f s", exc, STORE_WAIT_S)
+            if stop.wait(STORE_WAIT_S):
+                return
+            with contextlib.suppress(sqlite3.OperationalError):
+                worker.take_back()
 
 
 def record_models(store: Store, models: ModelSet) -> None:
@@ -197,12 +217,12 @@ class Worker:
         """A pictures job: draw the heatmaps and overlays of the image's saved findings."""
         try:
             drawn, notes = self._pictures_of(job.instance_id)
-        except Exception as exc:  # pictures are retried like analyses, then given up
+            flat = [picture for pictures in drawn.values() for picture in pictures]
+            names = iter(self.store.results.write_all([picture.data for picture in flat]))
+        except Exception as exc:  # a full disk too: retried like analyses, then given up
             log.exception("pictures job %d failed", job.id)
             self._give_up_or_retry(job, f"{type(exc).__name__}: {exc}")
             return
-        flat = [picture for pictures in drawn.values() for picture in pictures]
-        names = iter(self.store.results.write_all([picture.data for picture in flat]))
         records = {
             finding: [_record(picture, next(names)) for picture in pictures]
             for finding, pictures in drawn.items()
