@@ -137,10 +137,10 @@ def test_creating_a_user_is_audited_and_listed(app: Flask, admin: FlaskClient) -
     ("fields", "message"),
     [
         ({"pin_again": "9999"}, "The two PINs are not the same."),
-        ({"username": "root"}, "is taken"),
-        ({"username": "x"}, "a user name has 2-32"),
-        ({"pin": "12", "pin_again": "12"}, "a PIN has 4 to 8 digits"),
-        ({"role": "superuser"}, "role must be one of"),
+        ({"username": "root"}, "The user name root is taken."),
+        ({"username": "x"}, "A user name has 2 to 32 letters"),
+        ({"pin": "12", "pin_again": "12"}, "A PIN has 4 to 8 digits."),
+        ({"role": "superuser"}, "Choose a role."),
     ],
 )
 def test_a_user_that_cannot_be_created_is_explained(

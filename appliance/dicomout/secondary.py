@@ -39,11 +39,17 @@ Photometric = Literal["MONOCHROME2", "RGB"]
 
 
 class DetailsError(RejectedInput):
-    """A value entered for a picture that cannot go into DICOM; `field` names the form field."""
+    """A value entered for a picture that cannot go into DICOM; `field` names the form field.
 
-    def __init__(self, field: str, message: str) -> None:
+    The message is for logs and the command line; `key` and `values` let the UI say it from
+    its strings catalogue (in the user's language, without DICOM's field names).
+    """
+
+    def __init__(self, field: str, message: str, key: str = "invalid", **values: object) -> None:
         super().__init__(message)
         self.field = field
+        self.key = key
+        self.values = values
 
 
 @dataclass(frozen=True)
@@ -75,18 +81,22 @@ class PictureDetails:
 def _clean(field: str, value: str) -> str:
     text = value.strip()
     if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in text):
-        raise DetailsError(field, f"{field}: control characters are not allowed in {text!r}")
+        raise DetailsError(
+            field, f"{field}: control characters are not allowed in {text!r}", "invisible"
+        )
     if "\\" in text:  # DICOM's value separator: it would split the value in two
-        raise DetailsError(field, f"{field}: a backslash is not allowed in {text!r}")
+        raise DetailsError(field, f"{field}: a backslash is not allowed in {text!r}", "backslash")
     return text
 
 
 def _long_string(field: str, value: str, required: bool = False) -> str:
     text = _clean(field, value)
     if required and not text:
-        raise DetailsError(field, f"{field}: must not be empty")
+        raise DetailsError(field, f"{field}: must not be empty", "required")
     if len(text) > _LONG:
-        raise DetailsError(field, f"{field}: {text!r} is longer than {_LONG} characters")
+        raise DetailsError(
+            field, f"{field}: {text!r} is longer than {_LONG} characters", "too_long", n=_LONG
+        )
     return text
 
 
@@ -94,12 +104,16 @@ def _person_name(value: str) -> str:
     """DICOM PN: 'Family^Given'; 'Family, Given' as typed by most people becomes that."""
     text = _long_string("patient_name", value, required=True)
     if "=" in text:  # the separator of ideographic/phonetic groups, not meant here
-        raise DetailsError("patient_name", f"patient_name: '=' is not allowed in {text!r}")
+        raise DetailsError(
+            "patient_name", f"patient_name: '=' is not allowed in {text!r}", "name_equals"
+        )
     if "^" not in text and "," in text:
         family, given = text.split(",", 1)
         text = f"{family.strip()}^{given.strip()}"
     if text.count("^") > 4:
-        raise DetailsError("patient_name", f"patient_name: {text!r} has more than 5 parts")
+        raise DetailsError(
+            "patient_name", f"patient_name: {text!r} has more than 5 parts", "name_parts"
+        )
     return text
 
 
@@ -107,7 +121,9 @@ def _code_string(field: str, value: str) -> str:
     text = value.strip().upper()
     if not _CODE_STRING.match(text):
         raise DetailsError(
-            field, f"{field}: {text!r} is not 0-16 letters, digits, spaces or underscores"
+            field,
+            f"{field}: {text!r} is not 0-16 letters, digits, spaces or underscores",
+            "code_string",
         )
     return text
 
@@ -115,7 +131,10 @@ def _code_string(field: str, value: str) -> str:
 def _modality(value: str) -> str:
     text = value.strip().upper()
     if text not in MODALITIES:
-        raise DetailsError("modality", f"modality: {text!r} is not one of {', '.join(MODALITIES)}")
+        choices = ", ".join(MODALITIES)
+        raise DetailsError(
+            "modality", f"modality: {text!r} is not one of {choices}", "modality", choices=choices
+        )
     return text
 
 

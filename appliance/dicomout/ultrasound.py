@@ -113,7 +113,12 @@ def _patient_name(value: str) -> str:
 def _accession(value: str) -> str:
     text = _long_string("accession", value)
     if len(text) > _ACCESSION:
-        raise DetailsError("accession", f"accession: {text!r} is longer than {_ACCESSION}")
+        raise DetailsError(
+            "accession",
+            f"accession: {text!r} is longer than {_ACCESSION}",
+            "too_long",
+            n=_ACCESSION,
+        )
     return text
 
 

@@ -30,7 +30,13 @@ _SETUP_KEY = "setup_code"
 
 
 class UserError(ValueError):
-    """A user name, PIN or role that cannot be accepted; the message says why."""
+    """A user name, PIN or role that cannot be accepted; the message says why. `key` and
+    `values` (when set) let the UI say it from its strings catalogue."""
+
+    def __init__(self, message: str, key: str = "", **values: object) -> None:
+        super().__init__(message)
+        self.key = key
+        self.values = values
 
 
 @dataclass(frozen=True)
@@ -57,13 +63,15 @@ class SignInResult:
 
 def check_username(username: str) -> str:
     if not _USERNAME.fullmatch(username):
-        raise UserError("a user name has 2-32 letters, digits, dots, dashes or underscores")
+        raise UserError(
+            "a user name has 2-32 letters, digits, dots, dashes or underscores", "bad_name"
+        )
     return username
 
 
 def check_pin(pin: str) -> str:
     if not _PIN.fullmatch(pin):
-        raise UserError("a PIN has 4 to 8 digits")
+        raise UserError("a PIN has 4 to 8 digits", "bad_pin")
     return pin
 
 
@@ -98,7 +106,7 @@ def create_user(
     check_username(username)
     check_pin(pin)
     if role not in ROLES:
-        raise UserError(f"role must be one of {', '.join(ROLES)}")
+        raise UserError(f"role must be one of {', '.join(ROLES)}", "bad_role")
     name = display_name.strip()[:64] or username
     try:
         cur = conn.execute(
@@ -107,7 +115,7 @@ def create_user(
             (username, name, role, hash_pin(pin), utc_now()),
         )
     except sqlite3.IntegrityError as exc:
-        raise UserError(f"the user name {username!r} is taken") from exc
+        raise UserError(f"the user name {username!r} is taken", "taken", name=username) from exc
     user_id = int(cur.lastrowid or 0)
     audit.append(conn, actor, "user.created", f"user:{username}", role=role)
     return User(user_id, username, name, role, True)

@@ -34,7 +34,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from appliance.config import Settings
 from appliance.store import Store, status, users
 from appliance.store.db import transaction
-from appliance.web.i18n import t
+from appliance.web.i18n import error_text, t
 from appliance.web.params import whole_number
 from appliance.web.security import ViewResult
 
@@ -108,7 +108,7 @@ def create_user() -> ViewResult:
                 _actor(),
             )
     except users.UserError as exc:
-        flash(str(exc))
+        flash(error_text(exc, "admin.user_"))
         return _users_page(form), 400
     flash(t("admin.user_created", username=user.username))
     return redirect(url_for("admin.user_list"))
@@ -132,7 +132,7 @@ def set_active(user_id: int) -> ViewResult:
             _check_may_disable(conn, user, active)
             users.set_active(conn, user.id, active, _actor())
     except users.UserError as exc:
-        flash(str(exc))
+        flash(error_text(exc, "admin.user_"))
         return _users_page({}), 400
     key = "admin.user_enabled" if active else "admin.user_disabled"
     flash(t(key, username=user.username))
@@ -162,7 +162,8 @@ def reset_pin(user_id: int) -> ViewResult:
         with transaction(conn):
             users.set_pin(conn, user.id, pin, _actor())
     except users.UserError as exc:
-        flash(t("admin.pin_not_changed", username=user.username, reason=str(exc)))
+        reason = error_text(exc, "admin.user_")
+        flash(t("admin.pin_not_changed", username=user.username, reason=reason))
         return _users_page({}), 400
     flash(t("admin.pin_changed", username=user.username))
     return redirect(url_for("admin.user_list"))

@@ -23,7 +23,7 @@ from werkzeug.wrappers import Response
 
 from appliance.store import users
 from appliance.store.db import transaction
-from appliance.web.i18n import t
+from appliance.web.i18n import error_text, t
 from appliance.web.security import ViewResult, csrf_token, public
 
 bp = Blueprint("auth", __name__)
@@ -93,7 +93,7 @@ def setup() -> ViewResult:
                 conn, form["username"], form.get("display_name", ""), "admin", form["pin"], "setup"
             )
     except users.UserError as exc:
-        flash(str(exc))
+        flash(error_text(exc, "admin.user_"))
         return render_template("auth/setup.html", username=form.get("username", "")), 400
     _start_session(admin.id)
     return redirect(url_for("worklist.index"))

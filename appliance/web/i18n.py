@@ -41,3 +41,10 @@ def t(key: str, **values: Any) -> str:
         log.error("no text for %r in the catalogue", key)
         return key
     return text.format(**values) if values else text
+
+
+def error_text(exc: Exception, prefix: str) -> str:
+    """A refusal for people: from the catalogue (`prefix` + its key) when the error names a
+    key, else its message (already written for people, e.g. by a view)."""
+    key = getattr(exc, "key", "")
+    return t(prefix + key, **getattr(exc, "values", {})) if key else str(exc)

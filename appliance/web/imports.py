@@ -96,7 +96,8 @@ def upload() -> ViewResult:
         try:
             details = _details_from(request.form)
         except DetailsError as exc:
-            return _render_form(request.form, {exc.field: str(exc)}), 400
+            message = t(f"imports.detail_{exc.key}", **exc.values)
+            return _render_form(request.form, {exc.field: message}), 400
     origin = Origin(Source.IMPORT, user=g.user.username)
     results = [_import_one(f, kind, details, origin) for f, kind in zip(files, kinds, strict=True)]
     _audit(results, origin)
