@@ -101,6 +101,13 @@ def _rgb_stack(frames: Sequence[npt.NDArray[np.uint8]]) -> npt.NDArray[np.uint8]
     return out
 
 
+def patient_values(patient_id: str, patient_name: str) -> tuple[str, str]:
+    """(patient ID, patient name) as a capture will hold them ('Family, Given' becomes
+    'Family^Given'), or DetailsError naming the field: the live page checks a save's patient
+    with the very rules the builder applies later."""
+    return _patient_id(patient_id), _patient_name(patient_name)
+
+
 def _patient_id(value: str) -> str:
     return _long_string("patient_id", value)
 

@@ -23,7 +23,6 @@ import secrets
 import sqlite3
 import threading
 import time
-import unicodedata
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -49,9 +48,11 @@ from flask import (
 from flask.blueprints import BlueprintSetupState
 
 from appliance.config import Settings
+from appliance.dicomout.secondary import DetailsError
+from appliance.dicomout.ultrasound import patient_values
 from appliance.store import Store, analyses, capture
 from appliance.store.worklist import StudyRow, WorklistQuery, worklist
-from appliance.web.i18n import t
+from appliance.web.i18n import error_text, t
 from appliance.web.params import whole_number
 from appliance.web.security import ViewResult, roles_required
 from appliance.web.worklist import patient_name, utc_text
@@ -71,7 +72,6 @@ RECENT_STUDIES = 20
 BOUNDARY = "frame"
 _SLOTS = "appliance.live.streams"
 _VIEWER = re.compile(r"^[A-Za-z0-9_-]{8,64}\Z")
-_MAX_PATIENT_FIELD = 64  # DICOM LO / PN
 _MAX_MM_PER_PIXEL = 10.0  # as CaptureSettings.mm_per_pixel
 _MIN_MM_PER_PIXEL = 0.001  # a micrometre per pixel: finer is a typing slip
 _MAX_DEPTH_CM = 50.0
@@ -408,30 +408,11 @@ def _posted() -> Mapping[str, Any]:
 
 
 def _text_field(data: Mapping[str, Any], name: str) -> str:
-    """A patient field as DICOM can hold it: at most 64 characters, no backslash (DICOM's
-    value separator) and no control characters."""
+    """A patient field as typed; JSON may carry a list or a number, which is not a name."""
     value = data.get(name) or ""
-    if not isinstance(value, str):  # JSON may carry a list or a number: not a name
+    if not isinstance(value, str):
         raise Refused(name, t("live.bad_characters"))
-    text = value.strip()
-    if len(text) > _MAX_PATIENT_FIELD:
-        raise Refused(name, t("live.too_long", n=_MAX_PATIENT_FIELD))
-    if "\\" in text or any(unicodedata.category(c) in _INVISIBLE for c in text):
-        raise Refused(name, t("live.bad_characters"))
-    return text
-
-
-# Control and format characters and line/paragraph separators: invisible on the screen, and
-# not allowed in DICOM text (the saved image's builder would refuse them later, too late).
-_INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
-
-
-def person_name(text: str) -> str:
-    """'Family, Given' as most people type it becomes DICOM's 'Family^Given' (as on import)."""
-    if "^" not in text and "," in text:
-        family, given = text.split(",", 1)
-        return f"{family.strip()}^{given.strip()}"
-    return text
+    return value
 
 
 def save_target(conn: sqlite3.Connection, data: Mapping[str, Any]) -> tuple[int | None, str, str]:
@@ -442,12 +423,12 @@ def save_target(conn: sqlite3.Connection, data: Mapping[str, Any]) -> tuple[int 
         if study_id is None or capture.study_for_capture(conn, study_id) is None:
             raise Refused("study_id", t("live.no_such_study"))
         return study_id, "", ""
-    patient_id = _text_field(data, "patient_id")
-    name = person_name(_text_field(data, "patient_name"))
-    if "=" in name:  # DICOM's separator of a name's ideographic and phonetic forms
-        raise Refused("patient_name", t("live.name_equals"))
-    if name.count("^") > 4:
-        raise Refused("patient_name", t("live.name_parts"))
+    try:  # the builder's own rules, now rather than when the worker saves
+        patient_id, name = patient_values(
+            _text_field(data, "patient_id"), _text_field(data, "patient_name")
+        )
+    except DetailsError as exc:
+        raise Refused(exc.field, error_text(exc, "imports.detail_")) from exc
     if not patient_id and not name:
         raise Refused("patient_id", t("live.patient_needed"))
     return None, patient_id, name
