@@ -417,10 +417,8 @@ def update_manifest(path: Path, int8_name: str, int8_notes: Mapping[str, Any]) -
         if drop_int8_figures(validation):
             notes["note"] = STALE_NOTE
         validation["int8"] = notes
-    partial = path.with_name(f".{path.name}.partial")
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+    _write_atomically(path, text.encode("utf-8"))
 
 
 def drop_int8_figures(validation: dict[str, Any]) -> bool:
