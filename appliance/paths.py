@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,3 +61,30 @@ def _from_env(env: os._Environ[str] | dict[str, str], name: str) -> Path | None:
     # systemd may pass several colon-separated folders; the first one is ours.
     value = env.get(name, "").split(":")[0]
     return Path(value) if value else None
+
+
+def write_atomically(path: Path, data: bytes, *, durable: bool = False) -> None:
+    """Write `data` to `path` so that a reader sees the old file or the new one, never half.
+
+    The partial file has a unique name beside the target (same file system, so the rename is
+    atomic), which lets two writers of the same target run at once: the last rename wins.
+    `durable` also fsyncs the file and its folder, for files that must survive a power cut
+    (manifests, checksums); caches and live frames skip it.
+    """
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        with open(partial, "wb") as handle:
+            handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    if durable:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
