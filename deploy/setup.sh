@@ -46,8 +46,20 @@ fi
 
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-if [ $want_test -eq 1 ]; then
-  .venv/bin/python -m pip install -q -e '.[test]'
+
+# The runtime dependencies at the versions of this target's lock file (deploy/lock.sh), so that
+# a developer, CI and the offline bundle run the same releases. pip takes no hashes with an
+# editable install, so the pins go in as constraints without them.
+constraints=()
+target="$(uname -m)-py$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+if [ -f "deploy/locks/$target.txt" ]; then
+  grep -vE '^[[:space:]]*(--hash|#)' "deploy/locks/$target.txt" | sed 's/ *\\$//' >.venv/constraints.txt
+  constraints=(-c .venv/constraints.txt)
 else
-  .venv/bin/python -m pip install -q -e .
+  echo "setup: no lock file for $target in deploy/locks/: taking the newest allowed releases" >&2
+fi
+if [ $want_test -eq 1 ]; then
+  .venv/bin/python -m pip install -q "${constraints[@]}" -e '.[test]'
+else
+  .venv/bin/python -m pip install -q "${constraints[@]}" -e .
 fi
