@@ -25,7 +25,8 @@ from appliance.imaging.header import read_header
 from appliance.samples import write_sample
 from appliance.store import Store, audit, capture
 from appliance.web import create_app
-from appliance.web.live import BOUNDARY, StreamSlots, still_picture
+from appliance.web.live_files import still_picture
+from appliance.web.live_stream import BOUNDARY, StreamSlots
 
 from conftest import add_user, csrf_of, make_settings, sign_in
 

@@ -565,7 +565,7 @@ def test_read_first_is_per_user(read_first: Seeded) -> None:
 
 
 def test_the_rendering_cache_is_trimmed_oldest_first(tmp_path: Path) -> None:
-    from appliance.web.study import trim_cache
+    from appliance.web.pictures import trim_cache
 
     folder = tmp_path / "ui-images"
     folder.mkdir()

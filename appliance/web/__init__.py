@@ -14,9 +14,12 @@ from flask import Flask
 
 from appliance.config import Settings
 from appliance.paths import Paths, resolve_paths
-from appliance.store import Store, open_store, users
+from appliance.store import Store, kv, open_store, users
 from appliance.web import admin, auth, health, i18n, imports, live, security, study, worklist
+from appliance.web.db import SETTINGS, STORE, store_of
 from appliance.web.params import BoundedInt
+
+__all__ = ["TEMPLATES", "create_app", "store_of"]
 
 _SIGNING_KEY_ROW = "ui_secret"  # the kv row that holds the cookie signing key
 
@@ -25,8 +28,8 @@ def create_app(settings: Settings, paths: Paths | None = None, **overrides: Any)
     """The UI for the store these settings point at; `overrides` go into app.config."""
     app = Flask(__name__)
     store = open_store(settings, paths or resolve_paths(settings))
-    app.extensions["appliance.store"] = store
-    app.extensions["appliance.settings"] = settings
+    app.extensions[STORE] = store
+    app.extensions[SETTINGS] = settings
     app.extensions["appliance.unknown_names"] = users.UnknownNames()
     app.config.update(
         SECRET_KEY=_secret_key(store),
@@ -47,23 +50,10 @@ def create_app(settings: Settings, paths: Paths | None = None, **overrides: Any)
     return app
 
 
-def store_of(app: Flask) -> Store:
-    store: Store = app.extensions["appliance.store"]
-    return store
-
-
 def _secret_key(store: Store) -> str:
     """The key that signs session cookies: made on first start, kept in the store, so
     sessions survive a restart of the UI role."""
-    conn = store.conn
-    conn.execute(
-        "INSERT OR IGNORE INTO kv (key, value) VALUES (?, ?)",
-        (_SIGNING_KEY_ROW, secrets.token_hex(32)),
-    )
-    value: str = conn.execute("SELECT value FROM kv WHERE key = ?", (_SIGNING_KEY_ROW,)).fetchone()[
-        0
-    ]
-    return value
+    return kv.get_or_set(store.conn, _SIGNING_KEY_ROW, lambda: secrets.token_hex(32))
 
 
 TEMPLATES = Path(__file__).parent / "templates"

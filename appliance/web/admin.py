@@ -20,7 +20,6 @@ from flask import (
     Blueprint,
     Response,
     abort,
-    current_app,
     flash,
     g,
     redirect,
@@ -31,9 +30,9 @@ from flask import (
 )
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from appliance.config import Settings
-from appliance.store import Store, status, users
+from appliance.store import status, users
 from appliance.store.db import transaction
+from appliance.web.db import get_conn, get_settings, get_store
 from appliance.web.i18n import error_text, t
 from appliance.web.params import whole_number
 from appliance.web.security import ViewResult
@@ -45,17 +44,6 @@ MAX_PAGE = 10**9  # past any real audit trail; keeps OFFSET within SQLite's inte
 ROLES = ("receiver", "worker", "ui")  # shown even before they first report
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may run as a formula
 CSV_COLUMNS = ("id", "at_utc", "actor", "action", "subject", "detail")
-
-
-def _store() -> Store:
-    from appliance.web import store_of
-
-    return store_of(current_app)
-
-
-def _settings() -> Settings:
-    settings: Settings = current_app.extensions["appliance.settings"]
-    return settings
 
 
 def _actor() -> str:
@@ -88,14 +76,14 @@ def user_list() -> str:
 
 
 def _users_page(values: Mapping[str, str]) -> str:
-    everyone = users.list_users(_store().conn)
+    everyone = users.list_users(get_conn())
     return render_template("admin/users.html", users=everyone, roles=users.ROLES, values=values)
 
 
 @bp.route("/users", methods=["POST"])
 def create_user() -> ViewResult:
     form = request.form
-    conn = _store().conn
+    conn = get_conn()
     try:
         pin = _new_pin(form)
         with transaction(conn):
@@ -124,7 +112,7 @@ def _new_pin(form: Mapping[str, str]) -> str:
 
 @bp.route("/users/<int:user_id>/active", methods=["POST"])
 def set_active(user_id: int) -> ViewResult:
-    conn = _store().conn
+    conn = get_conn()
     user = users.get_user(conn, user_id) or abort(404)
     active = request.form.get("active") == "1"
     try:
@@ -155,7 +143,7 @@ def _active_admins(conn: sqlite3.Connection) -> int:
 
 @bp.route("/users/<int:user_id>/pin", methods=["POST"])
 def reset_pin(user_id: int) -> ViewResult:
-    conn = _store().conn
+    conn = get_conn()
     user = users.get_user(conn, user_id) or abort(404)
     try:
         pin = _new_pin(request.form)
@@ -183,7 +171,7 @@ class Validation:
 
 @bp.route("/models")
 def models() -> str:
-    packages = status.installed_models(_store().conn)
+    packages = status.installed_models(get_conn())
     tables = {p.name: _validation(p.manifest) for p in packages}
     return render_template("admin/models.html", packages=packages, validation=tables)
 
@@ -205,10 +193,10 @@ def _validation(manifest: Mapping[str, Any]) -> Validation | None:
 
 @bp.route("/health")
 def health() -> str:
-    store = _store()
+    store = get_store()
     conn = store.conn
     states = {state.role: state for state in status.role_states(conn)}
-    floor = _settings().storage.free_space_floor_mb * 2**20
+    floor = get_settings().storage.free_space_floor_mb * 2**20
     free = store.spool.free_bytes()
     return render_template(
         "admin/health.html",
@@ -238,7 +226,7 @@ def _role_names(states: Mapping[str, status.RoleState]) -> list[str]:
 def audit() -> ViewResult:
     search, problem = _audit_filter(request.args)
     page = whole_number(request.args.get("page", "1"), low=1, high=MAX_PAGE) or 1
-    conn = _store().conn
+    conn = get_conn()
     rows, total = status.audit_page(conn, search, PAGE_SIZE, (page - 1) * PAGE_SIZE)
     page_html = render_template(
         "admin/audit.html",
@@ -259,7 +247,7 @@ def audit_csv() -> Response:
     search, problem = _audit_filter(request.args)
     if problem:
         abort(400)
-    store = _store()
+    store = get_store()
     store.audit(_actor(), "audit.exported", "audit", filters=_filter_detail(search))
 
     def lines() -> Iterator[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from urllib.parse import urlsplit
 
@@ -23,30 +22,25 @@ from werkzeug.wrappers import Response
 
 from appliance.store import users
 from appliance.store.db import transaction
+from appliance.web.db import get_conn, get_settings
 from appliance.web.i18n import error_text, t
 from appliance.web.security import ViewResult, csrf_token, public
 
 bp = Blueprint("auth", __name__)
 
 
-def _conn() -> sqlite3.Connection:
-    from appliance.web import store_of
-
-    return store_of(current_app).conn
-
-
 @bp.route("/signin", methods=["GET", "POST"])
 @public
 def signin() -> ViewResult:
-    if not users.has_admin(_conn()):
+    if not users.has_admin(get_conn()):
         return redirect(url_for("auth.setup"))
     if request.method == "GET":
         timed_out = session.pop("timed_out", False) or g.get("timed_out", False)
         return render_template("auth/signin.html", timed_out=timed_out)
-    settings = current_app.extensions["appliance.settings"].ui
+    settings = get_settings().ui
     username = request.form.get("username", "").strip()[:64]
     result = users.sign_in(
-        _conn(),
+        get_conn(),
         username,
         request.form.get("pin", "")[:16],
         settings.lockout_attempts,
@@ -66,7 +60,7 @@ def signin() -> ViewResult:
 
 @bp.route("/signout", methods=["POST"])
 def signout() -> Response:
-    users.close_session(_conn(), session.get("sid"))  # the cookie is worthless from now on
+    users.close_session(get_conn(), session.get("sid"))  # the cookie is worthless from now on
     session.clear()
     return redirect(url_for("auth.signin"))
 
@@ -75,7 +69,7 @@ def signout() -> Response:
 @public
 def setup() -> ViewResult:
     """Create the first admin with the one-time code the UI role printed; gone afterwards."""
-    conn = _conn()
+    conn = get_conn()
     if users.has_admin(conn):
         abort(404)
     if request.method == "GET":
@@ -100,9 +94,9 @@ def setup() -> ViewResult:
 
 
 def _start_session(user_id: int) -> None:
-    users.close_session(_conn(), session.get("sid"))  # a sign-in over another ends that one
+    users.close_session(get_conn(), session.get("sid"))  # a sign-in over another ends that one
     session.clear()  # a fresh session (and CSRF token) at every sign-in
-    session["sid"] = users.open_session(_conn(), user_id)
+    session["sid"] = users.open_session(get_conn(), user_id)
     session["user_id"] = user_id
     session["seen"] = time.time()
     csrf_token()

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import sqlite3
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, jsonify
 from werkzeug.wrappers import Response
 
 from appliance.store import Store, status
+from appliance.web.db import get_store
 from appliance.web.security import public
 
 bp = Blueprint("health", __name__)
@@ -21,9 +22,7 @@ NEEDED_ROLES = ("receiver", "worker")  # the UI answering this is the third
 @bp.route("/health")
 @public
 def health() -> tuple[Response, int]:
-    from appliance.web import store_of
-
-    store = store_of(current_app)
+    store = get_store()
     try:
         problems = find_problems(store)
     except sqlite3.Error as exc:

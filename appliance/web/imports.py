@@ -17,7 +17,7 @@ from datetime import date
 from pathlib import Path
 from typing import Literal
 
-from flask import Blueprint, current_app, g, render_template, request
+from flask import Blueprint, g, render_template, request
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from werkzeug.datastructures import FileStorage
@@ -35,6 +35,7 @@ from appliance.domain import Origin, Source
 from appliance.errors import OutOfSpaceError, RejectedInput
 from appliance.imaging.header import read_header
 from appliance.store import Store
+from appliance.web.db import get_store
 from appliance.web.i18n import t
 from appliance.web.security import ViewResult
 
@@ -71,12 +72,6 @@ class FileResult:
     name: str
     outcome: str  # "stored", "replaced", "duplicate" or "refused"
     reason: str = ""
-
-
-def _store() -> Store:
-    from appliance.web import store_of
-
-    return store_of(current_app)
 
 
 @bp.route("/import", methods=["GET"])
@@ -136,7 +131,7 @@ def _import_one(
     name = (upload.filename or t("imports.unnamed"))[:200]
     if kind is None:
         return FileResult(name, "refused", t("imports.not_an_image"))
-    store = _store()
+    store = get_store()
     tmp = store.spool.new_tmp_path()
     try:
         store.spool.check_space(_size_of(upload))
@@ -189,7 +184,7 @@ def _size_of(upload: FileStorage) -> int:
 def _audit(results: list[FileResult], origin: Origin) -> None:
     """One row for the import as a whole and one per refused file (stored files already have
     their ingest.* rows, written by the store)."""
-    store = _store()
+    store = get_store()
     for result in results:
         if result.outcome == "refused":
             store.audit(

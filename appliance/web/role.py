@@ -11,7 +11,8 @@ from waitress.server import create_server
 from appliance.config import Settings
 from appliance.paths import Paths
 from appliance.store import status, users
-from appliance.web import create_app, store_of
+from appliance.web import create_app
+from appliance.web.db import store_of
 
 log = logging.getLogger(__name__)
 

@@ -31,6 +31,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from appliance.store import users
+from appliance.web.db import get_conn, get_settings
 
 log = logging.getLogger(__name__)
 View = TypeVar("View", bound=Callable[..., Any])
@@ -83,14 +84,12 @@ def init_app(app: Flask) -> None:
 
 
 def _load_user() -> None:
-    from appliance.web import store_of
-
     g.user = None
     user_id = session.get("user_id")
     if user_id is None:
         return
-    settings = current_app.extensions["appliance.settings"]
-    conn = store_of(current_app).conn
+    settings = get_settings()
+    conn = get_conn()
     seen = float(session.get("seen", 0))
     if time.time() - seen > settings.ui.session_timeout_min * 60:
         users.close_session(conn, session.get("sid"))

@@ -1,10 +1,8 @@
 """The study view: each image at full resolution, the findings beside it, feedback on them.
 
-Images are rendered here from the spool (decode, then the window asked for) as 8-bit PNG. The
-default rendering of each frame is cached under the cache folder, named by the instance's row
-id, its file's SHA-256 (a replaced image gets a new name) and the frame number: never by any
-value from the DICOM file or the request. Heatmaps and overlays are the worker's stored files,
-served only to a user who may see that study's findings.
+Images are rendered from the spool (decode, then the window asked for) as 8-bit PNG by
+`pictures`, which also keeps the cache of default renderings. Heatmaps and overlays are the
+worker's stored files, served only to a user who may see that study's findings.
 
 "Read first" (ui.read_first): until the user has recorded an impression of the study, its AI
 findings are not sent to the browser at all: no findings, no summaries, no pictures.
@@ -12,28 +10,17 @@ findings are not sent to the browser at all: no findings, no summaries, no pictu
 
 from __future__ import annotations
 
-import itertools
-import json
 import logging
 import math
-import os
-import re
 import sqlite3
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
-import numpy.typing as npt
 from flask import (
     Blueprint,
     Response,
     abort,
-    current_app,
     flash,
     g,
     jsonify,
@@ -45,40 +32,20 @@ from flask import (
 )
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from appliance.imaging import DecodedImage, DecodeError, Window, decode, to_display
-from appliance.store import Store, audit, feedback
-from appliance.store.worklist import (
-    ArtifactRow,
-    FindingRow,
-    ImageRow,
-    StudyHeader,
-    artifact_file,
-    artifacts_of,
-    current_findings,
-    finding_in_study,
-    study_header,
-    study_images,
-)
+from appliance.imaging import DecodeError, Window
+from appliance.store import audit, feedback
+from appliance.store import worklist as stored
+from appliance.store.worklist import ArtifactRow, FindingRow, ImageRow, StudyHeader
+from appliance.web.db import get_conn, get_settings, get_store
 from appliance.web.i18n import t
 from appliance.web.params import whole_number
+from appliance.web.pictures import cached_render, render_frame
 from appliance.web.worklist import patient_name, utc_text
 
 log = logging.getLogger(__name__)
 bp = Blueprint("study", __name__)
 FINALIZERS = ("clinician", "admin")  # who may mark an impression final
-THUMB_PX = 160
-_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 _MAX_WINDOW_VALUE = 1e7  # beyond any stored pixel value (32-bit floats scaled by slope)
-
-
-def _store() -> Store:
-    from appliance.web import store_of
-
-    return store_of(current_app)
-
-
-def _conn() -> sqlite3.Connection:
-    return _store().conn
 
 
 # --- who may see what -------------------------------------------------------------------------
@@ -86,13 +53,13 @@ def _conn() -> sqlite3.Connection:
 
 def findings_visible(conn: sqlite3.Connection, study_id: int) -> bool:
     """False only in "read first" mode before this user's impression of the study."""
-    if not current_app.extensions["appliance.settings"].ui.read_first:
+    if not get_settings().ui.read_first:
         return True
     return feedback.has_impression(conn, study_id, g.user.id)
 
 
 def _header_or_404(conn: sqlite3.Connection, study_id: int) -> StudyHeader:
-    header = study_header(conn, study_id)
+    header = stored.study_header(conn, study_id)
     if header is None:
         abort(404)
     return header
@@ -143,12 +110,12 @@ class FindingView:
 def view(study_id: int) -> str:
     """One image of the study (`image`, else the most urgent) at `frame` (else the key
     frame), its findings and the impressions; who viewed which patient goes to the audit."""
-    conn = _conn()
+    conn = get_conn()
     header = _header_or_404(conn, study_id)
-    images = study_images(conn, study_id)
+    images = stored.study_images(conn, study_id)
     visible = findings_visible(conn, study_id)
     selected = _selected(images, request.args.get("image", type=int), visible)
-    findings = current_findings(conn, [selected.instance_id]) if selected and visible else []
+    findings = stored.current_findings(conn, [selected.instance_id]) if selected and visible else []
     frame = _page_frame(selected, findings, request.args.get("frame", type=int))
     actor = f"ui:{g.user.username}"
     audit.append(conn, actor, "study.viewed", f"study:{study_id}", patient_id=header.patient_id)
@@ -201,7 +168,7 @@ def _display_info(image: ImageRow | None, frame: int) -> dict[str, Any]:
     if image is None:
         return {}
     try:
-        return _cached_render(_store(), image, frame, thumb=False).meta
+        return cached_render(get_store(), image, frame, thumb=False).meta
     except (DecodeError, OSError, ValueError, KeyError) as exc:
         log.warning("cannot render instance %s: %s", image.instance_id, exc)
         return {"error": str(exc)}
@@ -209,7 +176,7 @@ def _display_info(image: ImageRow | None, frame: int) -> dict[str, Any]:
 
 def _finding_views(conn: sqlite3.Connection, findings: Sequence[FindingRow]) -> list[FindingView]:
     ids = [f.finding_id for f in findings]
-    pictures = artifacts_of(conn, ids)
+    pictures = stored.artifacts_of(conn, ids)
     recorded = feedback.newest_feedback(feedback.feedback_for(conn, ids))
     return [_finding_view(f, pictures, recorded) for f in findings]
 
@@ -341,18 +308,13 @@ def _outlines(result: Mapping[str, Any]) -> list[str]:
 # --- images -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Rendered:
-    png: Path
-    meta: dict[str, Any]
-
-
 @bp.route("/study/<int:study_id>/image/<int:instance_id>.png")
 def image(study_id: int, instance_id: int) -> WerkzeugResponse:
     """One frame as PNG: the default rendering (cached), or at the window `wc`/`ww` asked for."""
-    conn = _conn()
+    conn = get_conn()
     _header_or_404(conn, study_id)
-    found = next((i for i in study_images(conn, study_id) if i.instance_id == instance_id), None)
+    images = stored.study_images(conn, study_id)
+    found = next((i for i in images if i.instance_id == instance_id), None)
     if found is None:
         abort(404)
     frame = _frame_arg(found)
@@ -360,8 +322,8 @@ def image(study_id: int, instance_id: int) -> WerkzeugResponse:
     thumb = request.args.get("thumb") == "1"
     try:
         if window is None or thumb or not found.photometric.startswith("MONOCHROME"):
-            return send_file(_cached_render(_store(), found, frame, thumb).png, "image/png")
-        png, _ = _render(_store(), found, frame, window, thumb=False)
+            return send_file(cached_render(get_store(), found, frame, thumb).png, "image/png")
+        png, _ = render_frame(get_store(), found, frame, window, thumb=False)
         return Response(png, 200, mimetype="image/png")
     except (DecodeError, OSError) as exc:
         log.warning("cannot render instance %s: %s", instance_id, exc)
@@ -391,115 +353,6 @@ def _window_arg() -> Window | None:
         abort(400)
 
 
-def _cached_render(store: Store, image: ImageRow, frame: int, thumb: bool) -> Rendered:
-    """The default rendering of a frame, made once and kept in the cache folder."""
-    folder = store.paths.cache_dir / "ui-images"
-    name = _cache_name(image, frame, thumb)
-    png, meta_path = folder / f"{name}.png", folder / f"{name}.json"
-    if png.exists() and meta_path.exists():
-        return Rendered(png, json.loads(meta_path.read_text(encoding="utf-8")))
-    data, meta = _render(store, image, frame, None, thumb)
-    folder.mkdir(parents=True, exist_ok=True)
-    _write_atomically(png, data)
-    _write_atomically(meta_path, json.dumps(meta).encode())
-    _trim_now_and_then(folder)
-    return Rendered(png, meta)
-
-
-_CACHE_MAX_BYTES = 512 * 2**20  # renderings are remade on demand: the cache only saves time
-_TRIM_EVERY = 50  # renderings between looks at the cache's size (a look lists the folder)
-_renders = itertools.count(1)
-
-
-def _trim_now_and_then(folder: Path) -> None:
-    if next(_renders) % _TRIM_EVERY == 0:
-        trim_cache(folder, _CACHE_MAX_BYTES)
-
-
-def trim_cache(folder: Path, max_bytes: int) -> int:
-    """Delete the least recently written renderings until the folder holds at most
-    `max_bytes`; return how many files went. A file another request is reading stays
-    readable (Linux keeps it until closed), and a missing rendering is simply made again."""
-    files = []
-    for path in folder.iterdir():
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            continue
-        files.append((stat.st_mtime, stat.st_size, path))
-    total = sum(size for _, size, _ in files)
-    removed = 0
-    for _, size, path in sorted(files):
-        if total <= max_bytes:
-            break
-        path.unlink(missing_ok=True)
-        total -= size
-        removed += 1
-    return removed
-
-
-def _cache_name(image: ImageRow, frame: int, thumb: bool) -> str:
-    """Digits and hex only: the row id, the file's hash (ours, checked) and the frame."""
-    digest = image.sha256 if _SHA256.match(image.sha256) else "0" * 64
-    return f"{int(image.instance_id)}-{digest[:16]}-{int(frame)}{'-thumb' if thumb else ''}"
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Two requests may render the same frame at once: each writes its own file, then
-    renames it into place, so a reader never sees half a PNG."""
-    partial = path.with_name(f".{uuid.uuid4().hex}.part")
-    partial.write_bytes(data)
-    os.replace(partial, path)
-
-
-def _render(
-    store: Store, image: ImageRow, frame: int, window: Window | None, thumb: bool
-) -> tuple[bytes, dict[str, Any]]:
-    """PNG bytes of one frame at `window` (None: the file's own, else its full range), and
-    the window a viewer starts adjusting from."""
-    decoded = _decoded(store.file_of(image.instance_id), image.sha256, frame)
-    shown = to_display(decoded, window)[0]
-    pixels = np.rint(shown * np.float32(255.0)).astype(np.uint8)
-    if pixels.ndim == 3:
-        pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
-    if thumb:
-        pixels = _shrink(pixels, THUMB_PX)
-    ok, encoded = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise OSError("PNG encoding failed")
-    return encoded.tobytes(), _window_meta(decoded, pixels.shape[0], pixels.shape[1])
-
-
-@lru_cache(maxsize=2)
-def _decoded(path: Path, sha256: str, frame: int) -> DecodedImage:
-    """The last frames decoded: dragging the window re-renders one frame many times, and
-    decoding (not windowing) is the slow part. The hash keys out a replaced file."""
-    return decode(path, index=frame)
-
-
-def _window_meta(decoded: DecodedImage, rows: int, columns: int) -> dict[str, Any]:
-    meta: dict[str, Any] = {"grayscale": decoded.photometric != "RGB", "rows": rows}
-    meta["columns"] = columns
-    if decoded.photometric == "RGB":
-        return meta
-    low, high = float(np.min(decoded.pixels)), float(np.max(decoded.pixels))
-    if decoded.window is not None:
-        centre, width = decoded.window.centre, decoded.window.width
-    else:
-        centre, width = (low + high) / 2.0, max(high - low, 1.0)
-    meta.update(centre=round(centre, 3), width=round(width, 3), low=low, high=high)
-    return meta
-
-
-def _shrink(pixels: npt.NDArray[np.uint8], size: int) -> npt.NDArray[np.uint8]:
-    rows, columns = pixels.shape[:2]
-    scale = size / max(rows, columns)
-    if scale >= 1:
-        return pixels
-    target = (max(1, round(columns * scale)), max(1, round(rows * scale)))
-    return np.asarray(cv2.resize(pixels, target, interpolation=cv2.INTER_AREA), dtype=np.uint8)
-
-
 # --- stored pictures --------------------------------------------------------------------------
 
 
@@ -507,14 +360,14 @@ def _shrink(pixels: npt.NDArray[np.uint8], size: int) -> npt.NDArray[np.uint8]:
 def artifact(artifact_id: int) -> WerkzeugResponse:
     """A heatmap, overlay or mask, for a user who may see its study's findings (403 in "read
     first" mode before the user's impression; 404 for an id that is not a picture)."""
-    conn = _conn()
-    found = artifact_file(conn, artifact_id)
+    conn = get_conn()
+    found = stored.artifact_file(conn, artifact_id)
     if found is None:
         abort(404)
     if not findings_visible(conn, found.study_id):
         abort(403)
     try:
-        path = _store().results.path_of(found.file_name)
+        path = get_store().results.path_of(found.file_name)
     except ValueError:
         abort(404)
     if not path.is_file():
@@ -542,7 +395,7 @@ def _wants_json() -> bool:
 @bp.route("/study/<int:study_id>/feedback", methods=["POST"])
 def add_feedback(study_id: int) -> WerkzeugResponse:
     """Agree, disagree or unsure on one label of a finding, with an optional comment."""
-    conn = _conn()
+    conn = get_conn()
     _header_or_404(conn, study_id)
     data = _posted()
     finding = _finding_arg(conn, study_id, data.get("finding_id"))
@@ -572,7 +425,7 @@ def _finding_arg(conn: sqlite3.Connection, study_id: int, value: Any) -> Finding
     finding_id = whole_number(value, low=1)
     if finding_id is None:
         abort(400)
-    finding = finding_in_study(conn, study_id, finding_id)
+    finding = stored.finding_in_study(conn, study_id, finding_id)
     if finding is None:
         abort(404)
     return finding
@@ -598,7 +451,7 @@ def _feedback_json(entry: feedback.Feedback) -> dict[str, Any]:
 @bp.route("/study/<int:study_id>/impression", methods=["POST"])
 def add_impression(study_id: int) -> WerkzeugResponse | tuple[WerkzeugResponse, int]:
     """The user's impression of the study; only clinicians and admins may mark it final."""
-    conn = _conn()
+    conn = get_conn()
     _header_or_404(conn, study_id)
     data = _posted()
     final = str(data.get("final", "")).lower() in ("1", "on", "true", "yes")

@@ -27,6 +27,7 @@ from appliance.store import feedback
 from appliance.store.worklist import STATE_ORDER, TRIAGE_RANKS, StudyRow, WorklistQuery
 from appliance.store.worklist import version as worklist_version
 from appliance.store.worklist import worklist as list_worklist
+from appliance.web.db import get_conn, get_settings
 from appliance.web.i18n import t
 
 bp = Blueprint("worklist", __name__)
@@ -47,20 +48,14 @@ class Listing:
     html: Markup
 
 
-def _conn() -> sqlite3.Connection:
-    from appliance.web import store_of
-
-    return store_of(current_app).conn
-
-
 @bp.route("/")
 def index() -> str:
     """The page with its filters and the first PAGE_ROWS rows; worklist.js keeps it current."""
-    conn = _conn()
+    conn = get_conn()
     current = worklist_version(conn)  # read first: a change while listing shows next poll
     filters = _filters(request.args)
     listing = _listing(conn, current, _query(filters))
-    settings = current_app.extensions["appliance.settings"].ui
+    settings = get_settings().ui
     return render_template(
         "worklist/index.html",
         listing=listing,
@@ -77,7 +72,7 @@ def index() -> str:
 @bp.route("/api/worklist")
 def api() -> Response:
     """The rows for the page's filters, or 304 when the version `v` the page has is current."""
-    conn = _conn()
+    conn = get_conn()
     current = worklist_version(conn)
     if request.args.get("v") == current:
         return Response(status=304)
@@ -111,7 +106,7 @@ def _query(filters: Mapping[str, str]) -> WorklistQuery:
 def _listing(conn: sqlite3.Connection, version: str, query: WorklistQuery) -> Listing:
     """The rows `query` selects at this version: kept, unless "read first" makes them
     depend on who asks."""
-    if current_app.extensions["appliance.settings"].ui.read_first:
+    if get_settings().ui.read_first:
         return _make_listing(conn, query)
     key = (version, query)
     kept: OrderedDict[tuple[str, WorklistQuery], Listing]
@@ -139,7 +134,7 @@ def _make_listing(conn: sqlite3.Connection, query: WorklistQuery) -> Listing:
 def _findings_hidden(conn: sqlite3.Connection, study_ids: list[int]) -> set[int]:
     """Studies whose top finding this user may not see yet ("read first" mode: the AI's
     findings stay hidden until the user has recorded an impression of the study)."""
-    if not current_app.extensions["appliance.settings"].ui.read_first:
+    if not get_settings().ui.read_first:
         return set()
     seen = feedback.studies_with_impression(conn, g.user.id, study_ids)
     return set(study_ids) - seen

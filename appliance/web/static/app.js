@@ -1,4 +1,5 @@
-// Shared by every page: the PIN keypad, and the CSRF token on every fetch that changes state.
+// Shared by every page: the PIN keypad, the CSRF token on every fetch that changes state, and
+// times shown in local time.
 "use strict";
 
 (function () {
@@ -13,6 +14,32 @@
       opts.headers["X-CSRF-Token"] = token.content;
     }
     return fetch(url, opts);
+  };
+
+  function sameDay(a, b) {
+    return a.getFullYear() === b.getFullYear() && a.getMonth() === b.getMonth() &&
+      a.getDate() === b.getDate();
+  }
+
+  // UTC from the server, shown in the browser's local time: today's times as hh:mm, older
+  // ones with their day (and year, where a page asks for it). Pages call it on new content.
+  window.appLocalTimes = function (root, withYear) {
+    const now = new Date();
+    const clock = { hour: "2-digit", minute: "2-digit" };
+    root.querySelectorAll("time.local-time[datetime]").forEach(function (el) {
+      const when = new Date(el.getAttribute("datetime"));
+      if (isNaN(when.getTime())) return;
+      const time = when.toLocaleTimeString([], clock);
+      if (sameDay(when, now)) {
+        el.textContent = time;
+      } else if (withYear) {
+        el.textContent = when.toLocaleString([], Object.assign(
+          { day: "numeric", month: "short", year: "numeric" }, clock));
+      } else {
+        el.textContent = when.toLocaleDateString([], { day: "numeric", month: "short" }) + " " + time;
+      }
+      el.title = when.toLocaleString();
+    });
   };
 
   function keypad(pad) {

@@ -29,28 +29,23 @@
 
   // --- the live page ------------------------------------------------------------------------
 
+  // The page's parts, by the property that holds each and its element's id.
+  const ELEMENTS = {
+    image: "live-image", stage: "live-stage", overlay: "live-overlay", state: "live-state",
+    note: "live-stream-note", demo: "live-demo", finding: "live-finding",
+    inferenceFps: "inference-fps", overlayAge: "overlay-age", videoFps: "live-video-fps",
+    freeze: "freeze", resume: "resume", study: "live-study", newPatient: "live-new-patient",
+    patientName: "live-patient-name", patientId: "live-patient-id", saved: "live-saved",
+    error: "live-error",
+  };
+
   function Live(root) {
     const data = root.dataset;
     this.root = root;
-    this.image = document.getElementById("live-image");
-    this.stage = document.getElementById("live-stage");
-    this.overlay = document.getElementById("live-overlay");
-    this.state = document.getElementById("live-state");
-    this.note = document.getElementById("live-stream-note");
-    this.demo = document.getElementById("live-demo");
-    this.finding = document.getElementById("live-finding");
-    this.inferenceFps = document.getElementById("inference-fps");
-    this.overlayAge = document.getElementById("overlay-age");
-    this.videoFps = document.getElementById("live-video-fps");
-    this.freeze = document.getElementById("freeze");
-    this.resume = document.getElementById("resume");
+    Object.keys(ELEMENTS).forEach(function (name) {
+      this[name] = document.getElementById(ELEMENTS[name]);
+    }, this);
     this.saveButtons = [document.getElementById("save-frame"), document.getElementById("save-clip")];
-    this.study = document.getElementById("live-study");
-    this.newPatient = document.getElementById("live-new-patient");
-    this.patientName = document.getElementById("live-patient-name");
-    this.patientId = document.getElementById("live-patient-id");
-    this.saved = document.getElementById("live-saved");
-    this.error = document.getElementById("live-error");
     this.urls = { status: data.statusUrl, stream: data.streamUrl, frame: data.frameUrl,
       command: data.commandUrl };
     this.viewer = data.viewer;

@@ -8,21 +8,8 @@
   const MAX_SCALE = 16;
   const KEEP_VISIBLE_PX = 40; // panning never pushes the image entirely out of view
 
-  function sameDay(a, b) {
-    return a.getFullYear() === b.getFullYear() && a.getMonth() === b.getMonth() &&
-      a.getDate() === b.getDate();
-  }
-
   function localTimes(root) {
-    const now = new Date();
-    root.querySelectorAll("time.local-time[datetime]").forEach(function (el) {
-      const when = new Date(el.getAttribute("datetime"));
-      if (isNaN(when.getTime())) return;
-      const time = when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-      el.textContent = sameDay(when, now) ? time : when.toLocaleString([], {
-        day: "numeric", month: "short", year: "numeric", hour: "2-digit", minute: "2-digit" });
-      el.title = when.toLocaleString();
-    });
+    window.appLocalTimes(root, true);
   }
 
   function number(value, fallback) {

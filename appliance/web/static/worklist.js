@@ -7,22 +7,8 @@
   const POLL_MS = 1000; // unless the page says (data-poll-ms, from worklist.POLL_S)
   const RETRY_MS = 5000;
 
-  function sameDay(a, b) {
-    return a.getFullYear() === b.getFullYear() && a.getMonth() === b.getMonth() &&
-      a.getDate() === b.getDate();
-  }
-
-  // UTC from the server, shown in the browser's local time: today's times as hh:mm.
   function localTimes(root) {
-    const now = new Date();
-    root.querySelectorAll("time.local-time[datetime]").forEach(function (el) {
-      const when = new Date(el.getAttribute("datetime"));
-      if (isNaN(when.getTime())) return;
-      const time = when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-      el.textContent = sameDay(when, now) ? time
-        : when.toLocaleDateString([], { day: "numeric", month: "short" }) + " " + time;
-      el.title = when.toLocaleString();
-    });
+    window.appLocalTimes(root, false);
   }
 
   function setUpFilters(form) {
