@@ -4,17 +4,13 @@ its target's verdict. Speed is never asserted (DESIGN.md): only that everything 
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
+from bench_fixtures import Run, run_bench
 
-from appliance.bench.capture import CaptureOptions
-from appliance.bench.peers import BenchError
-from appliance.cli import main
+from appliance.bench.capture.results import CaptureOptions
+from appliance.bench.harness import BenchError
 
 pytestmark = pytest.mark.slow
 
@@ -22,19 +18,12 @@ TINY = [
     *("--seconds", "3", "--source-seconds", "1", "--rounds", "1", "--round-seconds", "1"),
     *("--width", "640", "--height", "360", "--fps", "15"),
 ]
-Run = tuple[str, dict[str, Any]]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """One tiny run shared by this module's tests: the printed report and the JSON one."""
-    folder = tmp_path_factory.mktemp("capture")
-    report = folder / "report.json"
-    argv = ["bench", "capture", *TINY, "--json", str(report), "--workdir", str(folder)]
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(argv) == 0
-    return out.getvalue(), json.loads(report.read_text(encoding="utf-8"))
+    return run_bench(tmp_path_factory, "capture", TINY)
 
 
 def test_the_source_was_read_alone_and_the_appliance_published_it(run: Run) -> None:

@@ -2,43 +2,32 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import statistics
-from typing import Any
 
 import pytest
+from bench_fixtures import Run, assert_refused, run_bench
 
-from appliance.bench.e2e import (
+from appliance.bench.e2e.results import (
     E2EOptions,
     FileTiming,
     JobCounts,
     JobRow,
     Outcome,
     Pushed,
-    scenario_of,
 )
-from appliance.bench.peers import BenchError
-from appliance.cli import main
+from appliance.bench.e2e.scenarios import scenario_of
+from appliance.bench.harness import BenchError
 from appliance.runtime.routing import ImageTags
 
 pytestmark = pytest.mark.slow
 
 TINY = ["--studies", "3", "--interval", "0.2", "--burst", "10", "--chest-rows", "512"]
-Run = tuple[str, dict[str, Any]]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """One tiny run shared by this module's tests: the printed report and the JSON one."""
-    folder = tmp_path_factory.mktemp("e2e")
-    report = folder / "report.json"
-    argv = ["bench", "e2e", *TINY, "--repeat", "2", "--json", str(report), "--workdir", str(folder)]
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(argv) == 0
-    return out.getvalue(), json.loads(report.read_text(encoding="utf-8"))
+    return run_bench(tmp_path_factory, "e2e", [*TINY, "--repeat", "2"])
 
 
 def test_every_pushed_image_is_analysed_and_no_job_is_left(run: Run) -> None:
@@ -134,8 +123,13 @@ def test_an_image_not_analysed_in_time_is_stuck_and_not_timed() -> None:
 
     scenario = scenario_of("burst", pushed, 0.1, {"a": analysed, "b": waiting}, files, E2EOptions())
 
-    assert scenario.analyses == JobCounts(done=1, failed=0, stuck=1, p50_ms=pytest.approx(300))
-    assert scenario.followups == {"pictures": JobCounts(1, 0, 0, pytest.approx(100))}
+    assert scenario.analyses == JobCounts(
+        done=1, failed=0, stuck=1, p50_ms=scenario.analyses.p50_ms
+    )
+    assert scenario.analyses.p50_ms == pytest.approx(300)
+    pictures = scenario.followups["pictures"]
+    assert scenario.followups == {"pictures": JobCounts(1, 0, 0, pictures.p50_ms)}
+    assert pictures.p50_ms == pytest.approx(100)
     assert scenario.drain_s is None
     [image] = scenario.images
     assert image.e2e_ms == pytest.approx(500) and image.queue_ms == pytest.approx(200)
@@ -168,8 +162,7 @@ def test_the_wait_behind_follow_up_jobs_is_the_overlap_with_them() -> None:
 def test_impossible_options_are_refused(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["bench", "e2e", *argv]) == 2
-    assert "appliance: --" in capsys.readouterr().err
+    assert_refused("e2e", argv, capsys)
 
 
 def test_options_are_checked_without_the_command_line() -> None:

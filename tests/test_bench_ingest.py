@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from appliance.bench.files import make_memory_object, make_small_set
+from appliance.bench.harness import BenchError
+from appliance.bench.harness.processes import free_port
 from appliance.bench.ingest import Launcher, check_arrived, measure_memory
 from appliance.bench.peers import (
-    BenchError,
     Receiver,
     check_dcmtk,
     dcmtk,
-    free_port,
     run_ours,
     run_pynetdicom,
     send,

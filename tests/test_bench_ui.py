@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
+from bench_fixtures import Run, assert_refused, run_bench
 
-from appliance.bench.peers import BenchError
-from appliance.bench.ui import UIOptions, count_store, seed_store
-from appliance.cli import main
+from appliance.bench.harness import BenchError
+from appliance.bench.ui.results import UIOptions
+from appliance.bench.ui.seed import count_store, seed_store
 from appliance.store import Store, analyses, users
 from appliance.store.worklist import studies
 
@@ -21,19 +18,12 @@ pytestmark = pytest.mark.slow
 STUDIES = 120
 IMAGES = 2
 TINY = ["--studies", str(STUDIES), "--seconds", "0.5", "--clients", "2", "--images", str(IMAGES)]
-Run = tuple[str, dict[str, Any]]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """One tiny run shared by this module's tests: the printed report and the JSON one."""
-    folder = tmp_path_factory.mktemp("ui")
-    report = folder / "report.json"
-    argv = ["bench", "ui", *TINY, "--json", str(report), "--workdir", str(folder)]
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(argv) == 0
-    return out.getvalue(), json.loads(report.read_text(encoding="utf-8"))
+    return run_bench(tmp_path_factory, "ui", TINY)
 
 
 def test_the_stores_hold_what_was_asked(run: Run) -> None:
@@ -122,8 +112,7 @@ def test_a_seeded_store_is_consistent_with_the_store_s_own_rules(store: Store) -
 def test_impossible_options_are_refused(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["bench", "ui", *argv]) == 2
-    assert "appliance: --" in capsys.readouterr().err
+    assert_refused("ui", argv, capsys)
 
 
 def test_options_are_checked_without_the_command_line(tmp_path: Path) -> None:

@@ -25,11 +25,16 @@ from typing import Any, TextIO
 import numpy as np
 import numpy.typing as npt
 
+from appliance.bench.harness.command import SubParsers, add_command
+from appliance.bench.harness.command import progress as progress_line
+from appliance.bench.harness.options import OptionRow, number_list, option_values
+from appliance.bench.harness.tables import percentile
 from appliance.bench.reference_net import reference_files
 from appliance.runtime.backends import BackendOptions, Precision
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 PRECISIONS: tuple[Precision, ...] = ("fp32", "int8")
+NAME = "inference"
 TARGET_SHARE = 50.0  # pre+post as % of the model's time
 Runner = Callable[[npt.NDArray[np.float32]], object]
 
@@ -86,40 +91,30 @@ class InferenceReport:
     gpu_note: str
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _batches(text: str) -> tuple[int, ...]:
+    return number_list(text, "batch size")
+
+
+# flag, InferenceOptions field, type, metavar, help
+_OPTIONS: tuple[OptionRow, ...] = (
+    ("--repeat", "repeat", int, "N", "timed runs per measurement"),
+    ("--threads", "threads", int, "T", "ONNX Runtime intra-op threads, 0: all cores"),
+    ("--batches", "batches", _batches, "N,N...", "batch sizes for throughput"),
+    ("--cr-rows", "cr_rows", int, "N", "rows of the chest split's CR image"),
+)
+
+
+def add_parser(commands: SubParsers) -> None:
     """Add `inference` to the `bench` sub-commands."""
-    parser = commands.add_parser(
-        "inference",
-        help="model latency and throughput, FP32 vs INT8, and the end-to-end split",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-    )
-    d = InferenceOptions()
-    for flag, kind, metavar, text in (
-        ("--repeat", int, "N", f"timed runs per measurement (default {d.repeat})"),
-        (
-            "--threads",
-            int,
-            "T",
-            f"ONNX Runtime intra-op threads, 0: all cores (default {d.threads})",
-        ),
-        ("--batches", _batches, "N,N...", "batch sizes for throughput (default 1,2,4,8)"),
-        ("--cr-rows", int, "N", f"rows of the chest split's CR image (default {d.cr_rows})"),
-    ):
-        default = getattr(d, flag[2:].replace("-", "_"))
-        parser.add_argument(flag, type=kind, default=default, metavar=metavar, help=text)
+    summary = "model latency and throughput, FP32 vs INT8, and the end-to-end split"
+    parser = add_command(commands, NAME, summary, __doc__, _OPTIONS, InferenceOptions())
     reference = "leave out the ResNet-50-sized reference network"
     parser.add_argument("--skip-reference", action="store_true", help=reference)
     parser.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    options = InferenceOptions(
-        repeat=args.repeat,
-        threads=args.threads,
-        batches=args.batches,
-        skip_reference=args.skip_reference,
-        cr_rows=args.cr_rows,
-    )
+    options = InferenceOptions(**option_values(args, _OPTIONS), skip_reference=args.skip_reference)
     run_inference(options, sys.stdout)
     return 0
 
@@ -212,10 +207,6 @@ def timings(run: Runner, batch: npt.NDArray[np.float32], repeat: int) -> list[fl
         run(batch)
         times.append((time.perf_counter() - started) * 1000.0)
     return times
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
 
 
 # --- end-to-end split ---------------------------------------------------------------------
@@ -382,14 +373,4 @@ def beside_reference(report: InferenceReport) -> list[str]:
 
 
 def progress(message: str) -> None:
-    print(f"bench inference: {message}", file=sys.stderr, flush=True)
-
-
-def _batches(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(part) for part in text.split(","))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a list of numbers") from exc
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: every batch size must be at least 1")
-    return sizes
+    progress_line(NAME, message)

@@ -15,18 +15,21 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from appliance.bench.durable import durable_write_rate
 from appliance.bench.files import FileSet, make_large_set, make_memory_object, make_small_set
-from appliance.bench.memory import MemoryResult, RssSampler, status_mb
+from appliance.bench.harness import BenchError
+from appliance.bench.harness.command import SubParsers, add_command, add_outputs, run_in_folder
+from appliance.bench.harness.command import progress as progress_line
+from appliance.bench.harness.options import OptionRow, check_options, number_list, option_values
+from appliance.bench.harness.processes import status_mb
+from appliance.bench.memory import MemoryResult, RssSampler
 from appliance.bench.peers import (
-    BenchError,
     Receiver,
     check_dcmtk,
     run_ours,
@@ -62,46 +65,58 @@ class IngestOptions:
     workdir: Path | None = None  # None: a temporary folder, removed at the end
 
     def __post_init__(self) -> None:
-        if self.small < max(self.senders, default=1):
-            raise BenchError(
-                f"--small {self.small} is fewer files than {max(self.senders)} senders"
-            )
-        for name in ("small", "large", "repeat", "memory_frames"):
-            if getattr(self, name) < 1:
-                raise BenchError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.large_frames < 0 or min(self.senders, default=1) < 1:
-            raise BenchError("--large-frames must be >= 0 and every sender count >= 1")
         unknown = [name for name in self.peers if name not in LAUNCHERS]
-        if unknown or not self.peers or len(set(self.peers)) != len(self.peers):
-            raise BenchError(
+        check_options(
+            (
+                self.small >= max(self.senders, default=1),
+                f"--small {self.small} is fewer files than {max(self.senders, default=1)} senders",
+            ),
+            *(
+                (getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be at least 1")
+                for name in ("small", "large", "repeat", "memory_frames")
+            ),
+            (
+                self.large_frames >= 0 and min(self.senders, default=1) >= 1,
+                "--large-frames must be >= 0 and every sender count >= 1",
+            ),
+            (
+                not unknown and bool(self.peers) and len(set(self.peers)) == len(self.peers),
                 f"--peers {','.join(self.peers)!r}: name each of {', '.join(LAUNCHERS)} "
-                "at most once, and at least one"
-            )
+                "at most once, and at least one",
+            ),
+        )
 
 
-# The numeric options: flag, IngestOptions field, metavar, help.
-_COUNTS = (
-    ("--small", "small", "N", "small images (128x128 16-bit CT) in the small set"),
-    ("--large", "large", "N", "2048x2048 16-bit CR images in the large set"),
-    ("--large-frames", "large_frames", "N", "frames of the large set's ultrasound, 0 for none"),
-    ("--memory-frames", "memory_frames", "N", "frames of the memory test's object, 0.92 MB each"),
-    ("--repeat", "repeat", "R", "runs per receiver and set; the median is shown"),
+NAME = "ingest"
+_LARGE_FRAMES = "frames of the large set's ultrasound, 0 for none"
+_MEMORY_FRAMES = "frames of the memory test's object, 0.92 MB each"
+# flag, IngestOptions field, type, metavar, help
+_COUNTS: tuple[OptionRow, ...] = (
+    ("--small", "small", int, "N", "small images (128x128 16-bit CT) in the small set"),
+    ("--large", "large", int, "N", "2048x2048 16-bit CR images in the large set"),
+    (
+        "--large-frames",
+        "large_frames",
+        int,
+        "N",
+        "frames of the large set's ultrasound, 0 for none",
+    ),
+    (
+        "--memory-frames",
+        "memory_frames",
+        int,
+        "N",
+        "frames of the memory test's object, 0.92 MB each",
+    ),
+    ("--repeat", "repeat", int, "R", "runs per receiver and set; the median is shown"),
 )
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(commands: SubParsers) -> None:
     """Add `ingest` to the `bench` sub-commands."""
-    parser = commands.add_parser(
-        "ingest",
-        help="receiver throughput and memory against DCMTK storescp and stock pynetdicom",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-    )
+    summary = "receiver throughput and memory against DCMTK storescp and stock pynetdicom"
     defaults = IngestOptions()
-    for flag, field, metavar, text in _COUNTS:
-        default = getattr(defaults, field)
-        parser.add_argument(
-            flag, type=int, default=default, metavar=metavar, help=f"{text} (default {default})"
-        )
+    parser = add_command(commands, NAME, summary, __doc__, _COUNTS, defaults)
     senders = "concurrent storescu processes for the small set (default 1,2,4); 1 always runs"
     parser.add_argument(
         "--senders", type=_senders, default=defaults.senders, metavar="N,N...", help=senders
@@ -113,7 +128,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     memory = "do not measure memory while receiving a big object"
     parser.add_argument("--skip-memory", action="store_true", help=memory)
     workdir = "keep the files and logs in a new folder under DIR"
-    parser.add_argument("--workdir", type=Path, metavar="DIR", help=workdir)
+    add_outputs(parser, workdir, json_report=False)
     parser.set_defaults(func=main)
 
 
@@ -123,11 +138,7 @@ def main(args: argparse.Namespace) -> int:
     A run that goes wrong raises BenchError, which the CLI reports like any ApplianceError.
     """
     options = IngestOptions(
-        small=args.small,
-        large=args.large,
-        large_frames=args.large_frames,
-        memory_frames=args.memory_frames,
-        repeat=args.repeat,
+        **option_values(args, _COUNTS),
         senders=args.senders,
         peers=args.peers,
         skip_memory=args.skip_memory,
@@ -147,11 +158,9 @@ def run_ingest(
     """
     peers = {name: LAUNCHERS[name] for name in options.peers} if launchers is None else launchers
     check_dcmtk()
-    with _workdir(options.workdir) as workdir:
-        report = _measure(options, workdir, peers)
-    out.write(format_report(report))
-    out.flush()
-    return report
+    return run_in_folder(
+        NAME, options.workdir, lambda folder: _measure(options, folder, peers), format_report, out
+    )
 
 
 def _measure(options: IngestOptions, workdir: Path, peers: dict[str, Launcher]) -> IngestReport:
@@ -280,19 +289,6 @@ def measure_memory(name: str, launch: Launcher, big: FileSet, folder: Path) -> M
     return MemoryResult(name, big.megabytes, before, peak, hwm, elapsed)
 
 
-@contextmanager
-def _workdir(parent: Path | None) -> Iterator[Path]:
-    """A new folder under `parent`, kept; or a temporary one, removed at the end."""
-    if parent is not None:
-        parent.mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(prefix="ingest-", dir=parent))
-        progress(f"working in {path} (kept)")
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="appliance-bench-") as name:
-        yield Path(name)
-
-
 def settle() -> None:
     """Flush all dirty pages to disk now.
 
@@ -303,7 +299,7 @@ def settle() -> None:
 
 
 def progress(message: str) -> None:
-    print(f"bench ingest: {message}", file=sys.stderr, flush=True)
+    progress_line(NAME, message)
 
 
 def _peers(text: str) -> tuple[str, ...]:
@@ -318,11 +314,4 @@ def _peers(text: str) -> tuple[str, ...]:
 
 
 def _senders(text: str) -> tuple[int, ...]:
-    try:
-        counts = tuple(int(part) for part in text.split(","))
-    except ValueError as exc:
-        message = f"{text!r} is not a comma-separated list of numbers"
-        raise argparse.ArgumentTypeError(message) from exc
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: every sender count must be at least 1")
-    return counts
+    return number_list(text, "sender count")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from pathlib import Path
+
+from appliance.bench.harness.processes import status_mb
 
 SAMPLE_INTERVAL_S = 0.005
 
@@ -23,18 +24,6 @@ class MemoryResult:
     @property
     def peak_mb(self) -> float:
         return max(self.sampled_peak_mb, self.hwm_mb)
-
-
-def status_mb(pid: int, field: str) -> float:
-    """A memory field of /proc/<pid>/status (VmRSS, VmHWM...) in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
-        name, _, value = line.partition(":")
-        if name == field:
-            number, unit = value.split()
-            if unit != "kB":
-                raise ValueError(f"unexpected unit {unit!r} for {field} in /proc/{pid}/status")
-            return int(number) * 1024 / 1e6
-    raise ValueError(f"no {field} in /proc/{pid}/status")
 
 
 class RssSampler:

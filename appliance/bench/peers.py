@@ -8,12 +8,11 @@ are not answered as duplicates and every accepted file can be counted.
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import functools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,27 +23,29 @@ from pathlib import Path
 
 import yaml
 
-import appliance
-from appliance.errors import ApplianceError
+from appliance.bench.harness import BenchError as BenchError
+from appliance.bench.harness.dicom import AE_TITLE as AE_TITLE
+from appliance.bench.harness.processes import (
+    check_running,
+    checkout_env,
+    stop_process,
+    tail,
+    wait_until,
+)
+from appliance.bench.harness.processes import free_port as free_port
+from appliance.bench.harness.processes import free_ports as free_ports
 
-AE_TITLE = "APPLIANCE"
 CALLING_AE = "BENCH"
 PDU_BYTES = 131072  # the largest PDU DCMTK offers; every receiver gets PDUs of this size
 # The largest PDU our receiver, and the stock pynetdicom SCP, accept: 0 is no limit (pynetdicom's
 # maximum_pdu_size); storescu then sends PDU_BYTES.
 OUR_MAX_PDU = 0
-START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 20.0
 # Debian's DCMTK leaves Nagle's algorithm on, which stalls every small object on a delayed ACK
 # (tens of ms; 11 instead of ~1,000 images/s here). DCMTK reads this variable to turn it off, so
 # that storescu sends, and storescp receives, at their best.
 _DCMTK_ENV = {"TCP_NODELAY": "1"}
 # Exit statuses that mean "stopped by our SIGTERM": handled (ours) or killed by it (the others).
 _STOPPED = (0, -signal.SIGTERM)
-
-
-class BenchError(ApplianceError):
-    """A benchmark run went wrong (a peer did not start, a file did not arrive...)."""
 
 
 @dataclass(frozen=True)
@@ -92,25 +93,6 @@ def dcmtk(tool: str) -> str:
     raise BenchError(f"DCMTK's {tool} is not on the PATH{also}; on Debian: apt install dcmtk")
 
 
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    (port,) = free_ports(1)
-    return port
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` different TCP ports on loopback that nothing listens on right now (held open
-    together while chosen, so two calls cannot hand out the same one)."""
-    with contextlib.ExitStack() as stack:
-        socks = [
-            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            for _ in range(count)
-        ]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-
-
 @contextmanager
 def run_ours(folder: Path) -> Iterator[Receiver]:
     """Our receiver (`python -m appliance receiver`) on its own config and data folder."""
@@ -118,48 +100,57 @@ def run_ours(folder: Path) -> Iterator[Receiver]:
     port = free_port()
     config = folder / "appliance.yaml"
     config.write_text(_config_yaml(folder / "data", port), encoding="utf-8")
-    log = folder / "receiver.log"
     command = [sys.executable, "-m", "appliance", "--config", str(config), "receiver"]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=_env())
-    receiver = Receiver("ours", port, process.pid, folder / "data" / "spool", log, skip="tmp")
-    with _stopped_at_exit(process, receiver):
-        _wait_for_line(process, receiver, "listening")
-        yield receiver
+    receiver = Receiver("ours", port, 0, folder / "data" / "spool", folder / "receiver.log", "tmp")
+    with _started(receiver, command, checkout_env()) as (process, started):
+        _wait_for_line(process, started, "listening")
+        yield started
 
 
 @contextmanager
 def run_storescp(folder: Path) -> Iterator[Receiver]:
     """DCMTK's storescp in its default single-process mode, accepting every storage SOP class."""
-    received = folder / "received"
-    received.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log = folder / "storescp.log"
+    receiver = _receiving("storescp", folder)
     command = [dcmtk("storescp"), "-dhl", "-pm", "+xa", "-aet", AE_TITLE]
-    command += ["-pdu", str(PDU_BYTES), "-od", str(received), str(port)]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=_dcmtk_env())
-    receiver = Receiver("storescp", port, process.pid, received, log)
-    with _stopped_at_exit(process, receiver):
-        _wait_for_echo(process, receiver)
-        yield receiver
+    command += ["-pdu", str(PDU_BYTES), "-od", str(receiver.accepted), str(receiver.port)]
+    with _started(receiver, command, _dcmtk_env()) as (process, started):
+        _wait_for_echo(process, started)
+        yield started
 
 
 @contextmanager
 def run_pynetdicom(folder: Path) -> Iterator[Receiver]:
     """A stock pynetdicom SCP (plainscp.py): our contexts, one plain write per dataset."""
+    receiver = _receiving("pynetdicom", folder, log="plainscp.log")
+    command = [sys.executable, "-m", "appliance.bench.plainscp", str(receiver.port)]
+    command += [str(receiver.accepted), str(OUR_MAX_PDU)]
+    with _started(receiver, command, checkout_env()) as (process, started):
+        _wait_for_line(process, started, "listening")
+        yield started
+
+
+def _receiving(name: str, folder: Path, log: str = "") -> Receiver:
+    """A peer's receiver (not started yet): a fresh `received` folder and a free port."""
     received = folder / "received"
     received.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log = folder / "plainscp.log"
-    command = [sys.executable, "-m", "appliance.bench.plainscp", str(port), str(received)]
-    command.append(str(OUR_MAX_PDU))
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=_env())
-    receiver = Receiver("pynetdicom", port, process.pid, received, log)
-    with _stopped_at_exit(process, receiver):
-        _wait_for_line(process, receiver, "listening")
-        yield receiver
+    return Receiver(name, free_port(), 0, received, folder / (log or f"{name}.log"))
+
+
+@contextmanager
+def _started(
+    receiver: Receiver, command: list[str], env: dict[str, str]
+) -> Iterator[tuple[subprocess.Popen[bytes], Receiver]]:
+    """The receiver's process, its output to its log, for the block; stopped with SIGTERM at
+    the end (an unclean stop is an error). The receiver is given with the process's pid."""
+    with receiver.log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    started = dataclasses.replace(receiver, pid=process.pid)
+    try:
+        yield process, started
+    finally:
+        code = stop_process(process, receiver.name)
+    if code not in _STOPPED:
+        raise BenchError(f"{receiver.name} exited with {code} on SIGTERM:\n{tail(receiver.log)}")
 
 
 def send(receiver: Receiver, groups: Sequence[Sequence[Path]], logs: Path) -> float:
@@ -185,8 +176,8 @@ def send(receiver: Receiver, groups: Sequence[Sequence[Path]], logs: Path) -> fl
     for code, output in zip(codes, outputs, strict=True):
         if code != 0:
             raise BenchError(
-                f"storescu to {receiver.name} exited with {code}:\n{_tail(output)}"
-                f"{receiver.name} log:\n{_tail(receiver.log)}"
+                f"storescu to {receiver.name} exited with {code}:\n{tail(output)}"
+                f"{receiver.name} log:\n{tail(receiver.log)}"
             )
     return elapsed
 
@@ -215,67 +206,21 @@ def _dcmtk_env() -> dict[str, str]:
     return {**os.environ, **_DCMTK_ENV}
 
 
-def _env() -> dict[str, str]:
-    """Our environment, with this checkout first on the path so the receiver runs this code."""
-    root = str(Path(appliance.__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    return env
-
-
 def _wait_for_line(process: subprocess.Popen[bytes], receiver: Receiver, marker: str) -> None:
     """Wait until the receiver writes `marker` to its log; raise if it exits or takes too long."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while marker.encode() not in receiver.log.read_bytes():
-        _check_alive(process, receiver.name, receiver.log)
-        if time.monotonic() > deadline:
-            raise BenchError(
-                f"{receiver.name} did not say {marker!r} within {START_TIMEOUT_S:.0f} s:\n"
-                f"{_tail(receiver.log)}"
-            )
-        time.sleep(0.05)
+    wait_until(
+        lambda: marker.encode() in receiver.log.read_bytes(),
+        lambda: check_running(process, receiver.name, receiver.log),
+        lambda: f"{receiver.name} did not say {marker!r} in time:\n{tail(receiver.log)}",
+    )
 
 
 def _wait_for_echo(process: subprocess.Popen[bytes], receiver: Receiver) -> None:
     """Wait until the receiver answers a C-ECHO; raise if it exits or takes too long."""
-    deadline = time.monotonic() + START_TIMEOUT_S
     address = ["127.0.0.1", str(receiver.port)]
     command = [dcmtk("echoscu"), "-aet", CALLING_AE, "-aec", AE_TITLE, *address]
-    while subprocess.run(command, capture_output=True, check=False).returncode != 0:
-        _check_alive(process, receiver.name, receiver.log)
-        if time.monotonic() > deadline:
-            raise BenchError(
-                f"{receiver.name} did not answer C-ECHO within {START_TIMEOUT_S:.0f} s:\n"
-                f"{_tail(receiver.log)}"
-            )
-        time.sleep(0.05)
-
-
-def _check_alive(process: subprocess.Popen[bytes], name: str, log: Path) -> None:
-    code = process.poll()
-    if code is not None:
-        raise BenchError(f"{name} exited with {code} while starting:\n{_tail(log)}")
-
-
-@contextmanager
-def _stopped_at_exit(process: subprocess.Popen[bytes], receiver: Receiver) -> Iterator[None]:
-    """SIGTERM the receiver when the block ends; an unclean stop is an error."""
-    try:
-        yield
-    finally:
-        process.terminate()
-        try:
-            code = process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired as exc:
-            process.kill()
-            process.wait()
-            raise BenchError(
-                f"{receiver.name} did not stop within {STOP_TIMEOUT_S:.0f} s of SIGTERM"
-            ) from exc
-    if code not in _STOPPED:
-        raise BenchError(f"{receiver.name} exited with {code} on SIGTERM:\n{_tail(receiver.log)}")
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    text = path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
-    return "".join(f"  | {line}\n" for line in text)
+    wait_until(
+        lambda: subprocess.run(command, capture_output=True, check=False).returncode == 0,
+        lambda: check_running(process, receiver.name, receiver.log),
+        lambda: f"{receiver.name} did not answer C-ECHO in time:\n{tail(receiver.log)}",
+    )

@@ -20,7 +20,8 @@ from pathlib import Path
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from appliance.bench.peers import AE_TITLE, OUR_MAX_PDU
+from appliance.bench.harness.dicom import AE_TITLE
+from appliance.bench.peers import OUR_MAX_PDU
 from appliance.receiver.scp import TRANSFER_SYNTAXES
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from appliance.bench.files import FileSet
+from appliance.bench.harness.tables import table
 from appliance.bench.memory import SAMPLE_INTERVAL_S, MemoryResult
 
 OURS = "ours"
@@ -121,7 +122,7 @@ def _throughput_table(report: IngestReport) -> str:
                 *ratios,
             )
         )
-    return _table(rows)
+    return table(rows)
 
 
 def _ratio(report: IngestReport, ours: Throughput, other: str) -> str:
@@ -154,7 +155,7 @@ def _split_section(report: IngestReport) -> str:
                 f"{rest_ms / ours_ms:.0%}",
             )
         )
-    return title + "\n" + _table(rows)
+    return title + "\n" + table(rows)
 
 
 def _durable_section(report: IngestReport) -> str:
@@ -200,7 +201,7 @@ def _memory_table(results: Sequence[MemoryResult]) -> str:
                 _memory_verdict(result),
             )
         )
-    return title + "\n" + _table(rows)
+    return title + "\n" + table(rows)
 
 
 def _memory_verdict(result: MemoryResult) -> str:
@@ -208,24 +209,3 @@ def _memory_verdict(result: MemoryResult) -> str:
         return ""
     met = "met" if result.peak_mb < PEAK_RSS_TARGET_MB else "NOT met"
     return f"peak {result.peak_mb:.1f} MB, target < {PEAK_RSS_TARGET_MB:.0f} MB: {met}"
-
-
-def _table(rows: Sequence[Sequence[str]]) -> str:
-    """Columns padded to their widest cell; columns of numbers are right-aligned."""
-    columns = range(len(rows[0]))
-    widths = [max(len(row[i]) for row in rows) for i in columns]
-    right = [all(_numeric(row[i]) for row in rows[1:] if row[i]) for i in columns]
-    lines = []
-    for row in rows:
-        cells = [
-            cell.rjust(widths[i]) if right[i] else cell.ljust(widths[i])
-            for i, cell in enumerate(row)
-        ]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
-
-
-def _numeric(cell: str) -> bool:
-    """A number, a count like 20/20, or a percentage; negative ones too."""
-    digits = cell.removeprefix("-").removesuffix("%")
-    return digits.replace(".", "", 1).replace("/", "", 1).isdigit()
