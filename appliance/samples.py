@@ -1,38 +1,57 @@
 """Synthetic DICOM objects for tests, benchmarks and demonstrations.
 
 They carry no patient data: names and IDs are made up, pixels are noise and simple shapes. UIDs
-are deterministic from the seed so that two runs make the same files.
+are deterministic from the seed so that two runs make the same files; they are made as the
+box's own objects' are (`dicomout.uids`), under the same root.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom import uid as sop
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
-# UUID-derived UIDs (PS3.5 B.2): unique without a registered organisation root.
-SAMPLE_UID_ROOT = "2.25."
+from appliance.dicomout.meta import file_meta_for
+from appliance.dicomout.uids import deterministic_uid
 
-CR = UID("1.2.840.10008.5.1.4.1.1.1")
-DX_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.1.1")
-DX_PROCESSING = UID("1.2.840.10008.5.1.4.1.1.1.1.1")
-US = UID("1.2.840.10008.5.1.4.1.1.6.1")
-US_MULTIFRAME = UID("1.2.840.10008.5.1.4.1.1.3.1")
-SC = UID("1.2.840.10008.5.1.4.1.1.7")
-SC_MULTIFRAME_GRAY = UID("1.2.840.10008.5.1.4.1.1.7.3")
-SC_MULTIFRAME_RGB = UID("1.2.840.10008.5.1.4.1.1.7.4")
-CT = UID("1.2.840.10008.5.1.4.1.1.2")
+__all__ = [
+    "CR",
+    "CT",
+    "DX_PRESENTATION",
+    "DX_PROCESSING",
+    "KINDS",
+    "SC",
+    "SC_MULTIFRAME_GRAY",
+    "SC_MULTIFRAME_RGB",
+    "US",
+    "US_MULTIFRAME",
+    "Kind",
+    "file_meta_for",
+    "make_dataset",
+    "sample_uid",
+    "write_sample",
+]
+
+# Short names for the storage classes the samples and phantoms are made as.
+CR = sop.ComputedRadiographyImageStorage
+DX_PRESENTATION = sop.DigitalXRayImageStorageForPresentation
+DX_PROCESSING = sop.DigitalXRayImageStorageForProcessing
+US = sop.UltrasoundImageStorage
+US_MULTIFRAME = sop.UltrasoundMultiFrameImageStorage
+SC = sop.SecondaryCaptureImageStorage
+SC_MULTIFRAME_GRAY = sop.MultiFrameGrayscaleByteSecondaryCaptureImageStorage  # 8-bit samples
+SC_MULTIFRAME_RGB = sop.MultiFrameTrueColorSecondaryCaptureImageStorage
+CT = sop.CTImageStorage
 
 
 def sample_uid(*parts: object) -> UID:
-    """A 2.25 UID whose 128-bit number is a hash of `parts`: the same inputs, the same UID."""
-    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
-    number = int.from_bytes(digest[:16], "big")
-    return UID(SAMPLE_UID_ROOT + str(number))
+    """A demo object's UID: the same `parts`, the same UID (the production scheme, so a sample
+    looks like what the box writes)."""
+    return deterministic_uid("sample", *parts)
 
 
 @dataclass(frozen=True)
@@ -115,12 +134,3 @@ def _add_pixels(
     count = (frames if multiframe else 1) * rows * columns * samples
     dtype = np.uint8 if ds.BitsAllocated == 8 else np.uint16
     ds.PixelData = rng.integers(0, 2**spec.bits, count, dtype=dtype).tobytes()
-
-
-def file_meta_for(ds: Dataset) -> FileMetaDataset:
-    """File meta for `ds` in Explicit VR Little Endian (the samples' and phantoms' encoding)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    return meta

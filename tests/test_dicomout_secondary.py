@@ -25,6 +25,7 @@ from appliance.dicomout.secondary import (
     picture_kind,
     write_secondary_capture,
 )
+from appliance.dicomout.uids import UID_ROOT
 from appliance.errors import RejectedInput
 from appliance.imaging.header import read_header
 
@@ -71,7 +72,8 @@ def test_a_gray_png_round_trips(tmp_path: Path) -> None:
     assert (ds.Modality, ds.BodyPartExamined, ds.ViewPosition) == ("DX", "CHEST", "PA")
     assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
     assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
-    assert all(str(uid).startswith("2.25.") for uid in (ds.StudyInstanceUID, ds.SOPInstanceUID))
+    uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert all(uid.startswith(UID_ROOT) and uid.is_valid for uid in uids)
 
 
 def test_colour_stays_colour_and_gray_in_colour_becomes_gray(tmp_path: Path) -> None:

@@ -13,13 +13,14 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom import config
+from pydicom.uid import UltrasoundImageStorage as US
+from pydicom.uid import UltrasoundMultiFrameImageStorage as US_MULTIFRAME
 
-from appliance.dicomout.secondary import DetailsError
+from appliance.dicomout.common import DetailsError
 from appliance.dicomout.ultrasound import build_ultrasound
 from appliance.imaging.geometry import describe_geometry
 from appliance.imaging.header import read_header
 from appliance.imaging.image import SpacingSource
-from appliance.samples import US, US_MULTIFRAME
 
 from conftest import dcmtk, has_dcmtk
 

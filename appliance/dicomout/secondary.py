@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
-import unicodedata
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -22,34 +21,41 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 import numpy.typing as npt
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.uid import SecondaryCaptureImageStorage
 
+from appliance.dicomout.common import (
+    UTF8,
+    DetailsError,
+    Photometric,
+    leave_unknown,
+    long_string,
+    person_name,
+    put_eight_bit_pixels,
+)
+from appliance.dicomout.meta import file_meta_for
+from appliance.dicomout.uids import ObjectUids, deterministic_uid
 from appliance.errors import RejectedInput
-from appliance.samples import SC, file_meta_for, sample_uid
+
+__all__ = [
+    "MODALITIES",
+    "DetailsError",
+    "Picture",
+    "PictureDetails",
+    "build_secondary_capture",
+    "decode_picture",
+    "import_uids",
+    "picture_kind",
+    "picture_size",
+    "write_secondary_capture",
+]
 
 MODALITIES = ("CR", "DX", "US", "OT")  # what a picture may be declared as
 MAX_PIXELS = 50_000_000  # refuse larger pictures before decoding them (decompression bombs)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 _CODE_STRING = re.compile(r"^[A-Z0-9 _]{0,16}\Z")  # DICOM CS
-_LONG = 64  # DICOM LO and PN: at most 64 characters
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-Photometric = Literal["MONOCHROME2", "RGB"]
-
-
-class DetailsError(RejectedInput):
-    """A value entered for a picture that cannot go into DICOM; `field` names the form field.
-
-    The message is for logs and the command line; `key` and `values` let the UI say it from
-    its strings catalogue (in the user's language, without DICOM's field names).
-    """
-
-    def __init__(self, field: str, message: str, key: str = "invalid", **values: object) -> None:
-        super().__init__(message)
-        self.field = field
-        self.key = key
-        self.values = values
 
 
 @dataclass(frozen=True)
@@ -67,54 +73,15 @@ class PictureDetails:
 
     def __post_init__(self) -> None:
         normalised = {
-            "patient_name": _person_name(self.patient_name),
-            "patient_id": _long_string("patient_id", self.patient_id, required=True),
+            "patient_name": person_name(self.patient_name),
+            "patient_id": long_string("patient_id", self.patient_id, required=True),
             "modality": _modality(self.modality),
             "body_part": _code_string("body_part", self.body_part),
             "view": _code_string("view", self.view),
-            "study_description": _long_string("study_description", self.study_description),
+            "study_description": long_string("study_description", self.study_description),
         }
         for name, value in normalised.items():
             object.__setattr__(self, name, value)
-
-
-def _clean(field: str, value: str) -> str:
-    text = value.strip()
-    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in text):
-        raise DetailsError(
-            field, f"{field}: control characters are not allowed in {text!r}", "invisible"
-        )
-    if "\\" in text:  # DICOM's value separator: it would split the value in two
-        raise DetailsError(field, f"{field}: a backslash is not allowed in {text!r}", "backslash")
-    return text
-
-
-def _long_string(field: str, value: str, required: bool = False) -> str:
-    text = _clean(field, value)
-    if required and not text:
-        raise DetailsError(field, f"{field}: must not be empty", "required")
-    if len(text) > _LONG:
-        raise DetailsError(
-            field, f"{field}: {text!r} is longer than {_LONG} characters", "too_long", n=_LONG
-        )
-    return text
-
-
-def _person_name(value: str) -> str:
-    """DICOM PN: 'Family^Given'; 'Family, Given' as typed by most people becomes that."""
-    text = _long_string("patient_name", value, required=True)
-    if "=" in text:  # the separator of ideographic/phonetic groups, not meant here
-        raise DetailsError(
-            "patient_name", f"patient_name: '=' is not allowed in {text!r}", "name_equals"
-        )
-    if "^" not in text and "," in text:
-        family, given = text.split(",", 1)
-        text = f"{family.strip()}^{given.strip()}"
-    if text.count("^") > 4:
-        raise DetailsError(
-            "patient_name", f"patient_name: {text!r} has more than 5 parts", "name_parts"
-        )
-    return text
 
 
 def _code_string(field: str, value: str) -> str:
@@ -230,38 +197,42 @@ def build_secondary_capture(picture: Picture, details: PictureDetails) -> Datase
     Conservative where nothing is known: burned-in annotation YES (a photo of a screen may
     show names), lossy compression '01' for JPEG sources, no pixel spacing (no measurements).
     """
-    study_uid = sample_uid(
+    uids = import_uids(picture, details)
+    ds = Dataset()
+    ds.SpecificCharacterSet = UTF8
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = uids.instance
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    _patient_and_study(ds, details, uids.study)
+    _series_and_equipment(ds, details, uids.series)
+    _image(ds, picture)
+    ds.file_meta = file_meta_for(ds)
+    return ds
+
+
+def import_uids(picture: Picture, details: PictureDetails) -> ObjectUids:
+    """The study from the details, the series from the study and what the picture is declared
+    as, the instance from the series and the picture's bytes: the same import, the same UIDs."""
+    study = deterministic_uid(
         "import-study",
         details.patient_id,
         details.patient_name,
         details.study_description,
         details.study_date.isoformat(),
     )
-    series_uid = sample_uid(
-        "import-series", study_uid, details.modality, details.body_part, details.view
+    series = deterministic_uid(
+        "import-series", study, details.modality, details.body_part, details.view
     )
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: names as typed, any script
-    ds.SOPClassUID = SC
-    ds.SOPInstanceUID = sample_uid("import-instance", series_uid, picture.sha256)
-    ds.ImageType = ["DERIVED", "SECONDARY"]
-    _patient_and_study(ds, details, study_uid)
-    _series_and_equipment(ds, details, series_uid)
-    _image(ds, picture)
-    ds.file_meta = file_meta_for(ds)
-    return ds
+    return ObjectUids(study, series, deterministic_uid("import-instance", series, picture.sha256))
 
 
 def _patient_and_study(ds: Dataset, details: PictureDetails, study_uid: str) -> None:
     ds.PatientName = details.patient_name
     ds.PatientID = details.patient_id
-    ds.PatientBirthDate = ""
-    ds.PatientSex = ""
+    leave_unknown(ds)
     ds.StudyInstanceUID = study_uid
     ds.StudyDate = details.study_date.strftime("%Y%m%d")
     ds.StudyTime = ""
-    ds.ReferringPhysicianName = ""
-    ds.StudyID = ""
     ds.AccessionNumber = ""
     ds.StudyDescription = details.study_description
 
@@ -281,23 +252,13 @@ def _series_and_equipment(ds: Dataset, details: PictureDetails, series_uid: str)
 
 
 def _image(ds: Dataset, picture: Picture) -> None:
-    pixels = picture.pixels
     ds.InstanceNumber = None
     ds.PatientOrientation = ""
     ds.BurnedInAnnotation = "YES"
     if picture.lossy:
         ds.LossyImageCompression = "01"
         ds.LossyImageCompressionMethod = "ISO_10918_1"
-    ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
-    ds.SamplesPerPixel = 3 if picture.photometric == "RGB" else 1
-    ds.PhotometricInterpretation = picture.photometric
-    if picture.photometric == "RGB":
-        ds.PlanarConfiguration = 0  # R, G, B of each pixel together, as decoded
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    data = pixels.tobytes()
-    if len(data) % 2:
-        data += b"\x00"  # DICOM values have even length
-    ds["PixelData"] = DataElement(0x7FE00010, "OB", data)
+    put_eight_bit_pixels(ds, picture.pixels, picture.photometric)
 
 
 def write_secondary_capture(ds: Dataset, path: Path) -> None:

@@ -23,14 +23,21 @@ from datetime import datetime
 import cv2
 import numpy as np
 import numpy.typing as npt
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
+from pydicom.uid import UID, UltrasoundImageStorage, UltrasoundMultiFrameImageStorage
 
 from appliance import __version__
-from appliance.dicomout.secondary import DetailsError, _long_string, _person_name
-from appliance.samples import US, US_MULTIFRAME, file_meta_for, sample_uid
+from appliance.dicomout.common import (
+    UTF8,
+    leave_unknown,
+    long_string,
+    person_name,
+    put_eight_bit_pixels,
+)
+from appliance.dicomout.meta import file_meta_for
+from appliance.dicomout.uids import ObjectUids, deterministic_uid
 
 UNITS_NONE, UNITS_CM = 0, 3  # Physical Units X/Y Direction (PS3.3 C.8.5.5.1.15)
 _ACCESSION = 16  # DICOM SH: at most 16 characters
@@ -63,18 +70,15 @@ def build_ultrasound(
     pixels = _rgb_stack(frames)
     patient = (_patient_id(patient_id), _patient_name(patient_name), _accession(accession))
     device = _device(device_name)
-    study = study_uid or sample_uid("capture-study", device, *patient[:2], repr(captured_wall))
-    series = sample_uid("capture-series", study, device)
+    uids = _capture_uids(study_uid, device, patient, captured_wall, pixels.shape)
     count, rows, columns = pixels.shape[:3]
     ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: names as typed, any script
-    ds.SOPClassUID = US_MULTIFRAME if count > 1 else US
-    ds.SOPInstanceUID = sample_uid(
-        "capture-instance", series, patient[0], repr(captured_wall), count, rows, columns
-    )
+    ds.SpecificCharacterSet = UTF8
+    ds.SOPClassUID = UltrasoundMultiFrameImageStorage if count > 1 else UltrasoundImageStorage
+    ds.SOPInstanceUID = uids.instance
     taken = datetime.fromtimestamp(captured_wall).astimezone()
-    _patient_and_study(ds, patient, study, taken if study_uid is None else None)
-    _series_and_equipment(ds, series, device, taken)
+    _patient_and_study(ds, patient, uids.study, taken if study_uid is None else None)
+    _series_and_equipment(ds, uids.series, device, taken)
     _image(ds, pixels, burned_in)
     _lossy(ds, lossy_method)
     ds.SequenceOfUltrasoundRegions = DicomSequence([_region(rows, columns, mm_per_pixel)])
@@ -82,6 +86,24 @@ def build_ultrasound(
         _cine(ds, count, frame_time_ms)
     ds.file_meta = file_meta_for(ds)
     return ds
+
+
+def _capture_uids(
+    study_uid: str | None,
+    device: str,
+    patient: tuple[str, str, str],
+    captured_wall: float,
+    shape: tuple[int, ...],
+) -> ObjectUids:
+    """A new study from the device, the patient and the time (or the study given), the series
+    from the study and the device, the instance from the series, the patient, the time and the
+    frames' count and size: the same capture, the same UIDs."""
+    when = repr(captured_wall)
+    study = study_uid or deterministic_uid("capture-study", device, *patient[:2], when)
+    series = deterministic_uid("capture-series", study, device)
+    count, rows, columns = shape[:3]
+    instance = deterministic_uid("capture-instance", series, patient[0], when, count, rows, columns)
+    return ObjectUids(UID(study), series, instance)
 
 
 def _rgb_stack(frames: Sequence[npt.NDArray[np.uint8]]) -> npt.NDArray[np.uint8]:
@@ -109,24 +131,16 @@ def patient_values(patient_id: str, patient_name: str) -> tuple[str, str]:
 
 
 def _patient_id(value: str) -> str:
-    return _long_string("patient_id", value)
+    return long_string("patient_id", value)
 
 
 def _patient_name(value: str) -> str:
     """DICOM PN, normalised as the import page does; empty is allowed (Type 2: unknown)."""
-    return _person_name(value) if value.strip() else ""
+    return person_name(value) if value.strip() else ""
 
 
 def _accession(value: str) -> str:
-    text = _long_string("accession", value)
-    if len(text) > _ACCESSION:
-        raise DetailsError(
-            "accession",
-            f"accession: {text!r} is longer than {_ACCESSION}",
-            "too_long",
-            n=_ACCESSION,
-        )
-    return text
+    return long_string("accession", value, limit=_ACCESSION)
 
 
 def _device(value: str) -> str:
@@ -144,13 +158,10 @@ def _patient_and_study(
     """Study date and time only for a study this capture starts; an existing study's are not
     known here, and an empty value (Type 2) is better than a wrong one."""
     ds.PatientID, ds.PatientName, ds.AccessionNumber = patient
-    ds.PatientBirthDate = ""
-    ds.PatientSex = ""
+    leave_unknown(ds)
     ds.StudyInstanceUID = study_uid
     ds.StudyDate = started.strftime("%Y%m%d") if started else ""
     ds.StudyTime = started.strftime("%H%M%S") if started else ""
-    ds.ReferringPhysicianName = ""
-    ds.StudyID = ""
 
 
 def _series_and_equipment(ds: Dataset, series_uid: str, device: str, taken: datetime) -> None:
@@ -175,15 +186,7 @@ def _image(ds: Dataset, pixels: npt.NDArray[np.uint8], burned_in: bool) -> None:
     ds.ImageType = ["DERIVED", "PRIMARY"]  # digitised from the scanner's video output
     ds.PatientOrientation = ""
     ds.BurnedInAnnotation = "YES" if burned_in else "NO"
-    ds.Rows, ds.Columns = int(pixels.shape[1]), int(pixels.shape[2])
-    ds.SamplesPerPixel = 3
-    ds.PhotometricInterpretation = "RGB"
-    ds.PlanarConfiguration = 0  # R, G, B of each pixel together
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    data = pixels.tobytes()
-    if len(data) % 2:
-        data += b"\x00"  # DICOM values have even length
-    ds["PixelData"] = DataElement(0x7FE00010, "OB", data)
+    put_eight_bit_pixels(ds, pixels, "RGB")
 
 
 def _lossy(ds: Dataset, method: str | None) -> None:

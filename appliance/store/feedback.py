@@ -14,19 +14,20 @@ from dataclasses import dataclass
 
 from appliance.store import audit
 from appliance.store.db import transaction, utc_now
+from appliance.store.refused import Refused
 
 VERDICTS = ("agree", "disagree", "unsure")
 MAX_COMMENT = 1000
 MAX_IMPRESSION = 4000
 
 
-class FeedbackError(ValueError):
+class FeedbackError(Refused):
     """Feedback or an impression that cannot be accepted; the message says why, `reason` in
     one word for the UI's catalogue ("empty", "too_long", or "invalid")."""
 
-    def __init__(self, message: str, reason: str = "invalid") -> None:
-        super().__init__(message)
-        self.reason = reason
+    @property
+    def reason(self) -> str:
+        return self.key
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def add_feedback(
 ) -> Feedback:
     """Record a user's verdict on one label of a finding (the caller checks the label)."""
     if verdict not in VERDICTS:
-        raise FeedbackError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
+        raise FeedbackError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}", "invalid")
     comment = comment.replace("\r\n", "\n").strip()  # a line break is one character
     if len(comment) > MAX_COMMENT:
         raise FeedbackError(f"a comment has at most {MAX_COMMENT} characters", "too_long")

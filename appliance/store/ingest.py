@@ -84,53 +84,63 @@ def index_file(
 ) -> tuple[IngestResult, str | None]:
     """Write the rows in one transaction; return the result and a file that is no longer used."""
     with transaction(conn):
-        return _index_in_transaction(conn, header, origin, stored, max_attempts)
+        existing = conn.execute(
+            "SELECT i.id, i.sha256, i.file_name, i.state, i.series_ref, se.study_ref"
+            " FROM instances i JOIN series se ON se.id = i.series_ref"
+            " WHERE i.sop_instance_uid = ?",
+            (header.sop_instance_uid,),
+        ).fetchone()
+        if _holds_these_bytes(existing, stored):
+            # The same bytes arrived on another association meanwhile.
+            _audit_duplicate(conn, origin, header, existing["id"])
+            return IngestResult(IngestOutcome.DUPLICATE, existing["id"], None), stored.name
+        instance_id, outcome, unused = _place_instance(conn, header, origin, stored, existing)
+        result = IngestResult(outcome, instance_id, jobs.enqueue(conn, instance_id, max_attempts))
+        _audit_stored(conn, header, origin, stored, result)
+        return result, unused
 
 
-def _index_in_transaction(
+def _holds_these_bytes(existing: sqlite3.Row | None, stored: CommittedFile) -> bool:
+    return (
+        existing is not None
+        and existing["sha256"] == stored.sha256
+        and existing["state"] == "present"
+    )
+
+
+def _place_instance(
     conn: sqlite3.Connection,
     header: InstanceHeader,
     origin: Origin,
     stored: CommittedFile,
-    max_attempts: int,
-) -> tuple[IngestResult, str | None]:
-    existing = conn.execute(
-        "SELECT i.id, i.sha256, i.file_name, i.state, i.series_ref, se.study_ref"
-        " FROM instances i JOIN series se ON se.id = i.series_ref WHERE i.sop_instance_uid = ?",
-        (header.sop_instance_uid,),
-    ).fetchone()
-    subject = f"instance:{header.sop_instance_uid}"
-    if (
-        existing is not None
-        and existing["sha256"] == stored.sha256
-        and existing["state"] == "present"
-    ):
-        # The same bytes arrived on another association meanwhile.
-        _audit_duplicate(conn, origin, header, existing["id"])
-        return IngestResult(IngestOutcome.DUPLICATE, existing["id"], None), stored.name
+    existing: sqlite3.Row | None,
+) -> tuple[int, IngestOutcome, str | None]:
+    """Insert the instance, or point the existing row at the new file (and tidy the series
+    and study it leaves); return its id, the outcome and the file no longer used."""
     series_id = _upsert_hierarchy(conn, header)
     if existing is None:
-        instance_id = _insert_instance(conn, header, origin, stored, series_id)
-        outcome, unused = IngestOutcome.STORED, None
-    else:
-        instance_id = existing["id"]
-        _update_instance(conn, instance_id, header, origin, stored, series_id)
-        _tidy_after_move(conn, existing["series_ref"], existing["study_ref"])
-        outcome, unused = IngestOutcome.REPLACED, existing["file_name"]
-    job_id = jobs.enqueue(conn, instance_id, max_attempts)
+        return _insert_instance(conn, header, origin, stored, series_id), IngestOutcome.STORED, None
+    instance_id = existing["id"]
+    _update_instance(conn, instance_id, header, origin, stored, series_id)
+    _tidy_after_move(conn, existing["series_ref"], existing["study_ref"])
+    return instance_id, IngestOutcome.REPLACED, existing["file_name"]
+
+
+def _audit_stored(
+    conn: sqlite3.Connection, h: InstanceHeader, origin: Origin, f: CommittedFile, r: IngestResult
+) -> None:
     audit.append(
         conn,
         origin.actor,
-        f"ingest.{outcome.value}",
-        subject,
-        instance=instance_id,
-        job=job_id,
-        size=stored.size,
-        sha256=stored.sha256,
-        sop_class=header.sop_class_uid,
-        transfer_syntax=header.transfer_syntax_uid,
+        f"ingest.{r.outcome.value}",
+        f"instance:{h.sop_instance_uid}",
+        instance=r.instance_id,
+        job=r.job_id,
+        size=f.size,
+        sha256=f.sha256,
+        sop_class=h.sop_class_uid,
+        transfer_syntax=h.transfer_syntax_uid,
     )
-    return IngestResult(outcome, instance_id, job_id), unused
 
 
 def _upsert_hierarchy(conn: sqlite3.Connection, h: InstanceHeader) -> int:

@@ -20,6 +20,7 @@ from enum import Enum
 
 from appliance.store import audit
 from appliance.store.db import utc_now
+from appliance.store.refused import Refused
 
 ROLES = ("technologist", "clinician", "admin")
 # Checked with fullmatch: "$" would let a final newline through.
@@ -29,14 +30,9 @@ _SCRYPT = {"n": 2**14, "r": 8, "p": 1}  # ~40 ms per check on a small CPU: slows
 _SETUP_KEY = "setup_code"
 
 
-class UserError(ValueError):
+class UserError(Refused):
     """A user name, PIN or role that cannot be accepted; the message says why. `key` and
     `values` (when set) let the UI say it from its strings catalogue."""
-
-    def __init__(self, message: str, key: str = "", **values: object) -> None:
-        super().__init__(message)
-        self.key = key
-        self.values = values
 
 
 @dataclass(frozen=True)
