@@ -9,6 +9,7 @@ third case.
 
 from __future__ import annotations
 
+from dataclasses import KW_ONLY, dataclass, field
 from enum import Enum
 
 import cv2
@@ -28,6 +29,7 @@ class SignalState(str, Enum):
     FROZEN = "frozen"
 
 
+@dataclass(eq=False)
 class SignalMonitor:
     """Turns the stream of frames (None: none came) into a SignalState; one per source.
 
@@ -38,26 +40,18 @@ class SignalMonitor:
     scan's speckle moves many by a lot).
     """
 
-    def __init__(
-        self,
-        no_signal_after_s: float = 1.0,
-        frozen_after_s: float = 2.0,
-        *,
-        black_level: float = 10.0,
-        black_spread: float = 6.0,
-        still_level: int = 6,
-        still_share: float = 0.005,
-    ) -> None:
-        self.no_signal_after_s = no_signal_after_s
-        self.frozen_after_s = frozen_after_s
-        self.black_level = black_level
-        self.black_spread = black_spread
-        self.still_level = still_level
-        self.still_share = still_share
-        self.state = SignalState.NO_SIGNAL
-        self._last_frame_at: float | None = None
-        self._reference: npt.NDArray[np.uint8] | None = None  # the picture when it last changed
-        self._unchanged_since = 0.0
+    no_signal_after_s: float = 1.0
+    frozen_after_s: float = 2.0
+    _: KW_ONLY
+    black_level: float = 10.0
+    black_spread: float = 6.0
+    still_level: int = 6
+    still_share: float = 0.005
+    state: SignalState = field(default=SignalState.NO_SIGNAL, init=False)
+    _last_frame_at: float | None = field(default=None, init=False, repr=False)
+    # the picture when it last changed, and since when it has not
+    _reference: npt.NDArray[np.uint8] | None = field(default=None, init=False, repr=False)
+    _unchanged_since: float = field(default=0.0, init=False, repr=False)
 
     def update(self, frame: Frame | None, now: float) -> SignalState:
         """The state after `frame` arrived (or did not) at `now` (time.monotonic())."""

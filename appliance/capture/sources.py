@@ -1,5 +1,6 @@
 """Frame sources for live ultrasound behind one small interface: a USB grabber (V4L2), a
-GStreamer pipeline (Jetson), a video file, or a generated B-mode sector.
+GStreamer pipeline (Jetson), a video file, or (handed in by the entry layer) the demo's
+generated B-mode sector.
 
 The worker's grab thread owns a source: it opens it, reads frames until they stop, and opens
 it again with back-off. So a lost signal is "no frame" (`read()` returns None), never an
@@ -13,7 +14,8 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -66,9 +68,19 @@ class FrameSource(Protocol):
         """Let go of the device or file; `open()` may be called again afterwards."""
 
 
-def open_source(source: CaptureSource) -> FrameSource:
+SourceOpener = Callable[[CaptureSource], FrameSource]
+
+
+def open_source(
+    source: CaptureSource, openers: Mapping[str, SourceOpener] | None = None
+) -> FrameSource:
     """The source `source` describes, not yet opened (the caller opens it, and again after a
-    loss). Raises CaptureError for a configuration that names nothing to open."""
+    loss). Raises CaptureError for a configuration that names nothing to open.
+
+    Devices, pipelines and files are made here. `openers` make the other kinds by name: the
+    generated scanner screen is demo material (`appliance.phantoms.generated_source`), which
+    this room may not import, so the entry layer hands its opener down.
+    """
     if source.kind == "device":
         return OpenCVSource.device(source)
     if source.kind == "gstreamer":
@@ -79,10 +91,14 @@ def open_source(source: CaptureSource) -> FrameSource:
         return VideoFileSource(
             source.file, name=source.name, size=(source.width, source.height), fps=source.fps
         )
+    opener = (openers or {}).get(source.kind)
+    if opener is not None:
+        return opener(source)
     if source.kind == "generated":
-        from appliance.capture.generated import GeneratedSource  # it imports this module
-
-        return GeneratedSource(source.width, source.height, source.fps, name=source.name)
+        raise CaptureError(
+            "capture.source.kind 'generated' is the demo scanner screen: start the worker with "
+            "the `appliance worker` or `appliance run` command, which provides it"
+        )
     raise CaptureError("capture.source.kind is 'none': no live capture is configured")
 
 
@@ -132,6 +148,16 @@ class RealTimeClock:
             time.sleep(wait)
         self.last = index
         return index
+
+
+def paced_index(clock: RealTimeClock | None, timeout_s: float) -> int | None:
+    """The index of the frame a paced source (a file, a generated loop) delivers now; None
+    when none is due within `timeout_s`, or, after waiting `timeout_s`, while the source is
+    not open (`clock` None), so that a closed source is not polled in a tight loop."""
+    if clock is None:
+        time.sleep(max(0.0, timeout_s))
+        return None
+    return clock.next_index(timeout_s)
 
 
 def make_frame(pixels: npt.NDArray[np.uint8], index: int) -> Frame:
@@ -198,10 +224,7 @@ class VideoFileSource:
 
     def read(self, timeout_s: float = 1.0) -> Frame | None:
         """The frame due now; the file starts again at its end."""
-        if self._capture is None:
-            time.sleep(max(0.0, timeout_s))
-            return None
-        index = self._clock.next_index(timeout_s)
+        index = paced_index(self._clock if self._capture is not None else None, timeout_s)
         if index is None:
             return None
         for _ in range(index - self._last_read - 1):  # frames the reader was too late for
@@ -237,31 +260,22 @@ class VideoFileSource:
         self._capture, self._pending = None, None
 
 
+@dataclass(eq=False)
 class OpenCVSource:
     """A V4L2 device (a USB/UVC video grabber: index or /dev/video path) or a GStreamer
     pipeline, through OpenCV's VideoCapture. Reads in the caller's thread: a grabber already
     paces itself, and the caller wants each frame as soon as it arrives."""
 
-    def __init__(
-        self,
-        target: int | str,
-        *,
-        api: int,
-        label: str,
-        name: str,
-        size: tuple[int, int] = (1280, 720),
-        fps: float = 30.0,
-        fourcc: str = "",
-    ) -> None:
-        self.target = target
-        self.api = api
-        self.label = label
-        self.name = name
-        self.size = size
-        self.fps = fps
-        self.fourcc = fourcc
-        self._capture: cv2.VideoCapture | None = None
-        self._count = 0
+    target: int | str
+    _: KW_ONLY
+    api: int
+    label: str
+    name: str
+    size: tuple[int, int] = (1280, 720)
+    fps: float = 30.0
+    fourcc: str = ""
+    _capture: cv2.VideoCapture | None = field(default=None, init=False, repr=False)
+    _count: int = field(default=0, init=False, repr=False)
 
     @classmethod
     def device(cls, source: CaptureSource) -> OpenCVSource:

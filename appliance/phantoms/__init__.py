@@ -23,13 +23,13 @@ from appliance.phantoms.preprocess import (
     ultrasound_model_input,
 )
 from appliance.phantoms.ultrasound import (
-    SectorGeometry,
     UltrasoundClip,
     UltrasoundPhantom,
     make_ultrasound,
     make_ultrasound_clip,
     ultrasound_dataset,
 )
+from appliance.phantoms.ultrasound_geometry import SectorGeometry
 
 __all__ = [
     "CHEST_FINDINGS",

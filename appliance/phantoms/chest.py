@@ -14,25 +14,17 @@ image costs little more than a 512-row one.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
-from appliance.phantoms._draw import (
-    BoolArray,
-    FloatArray,
-    Grid,
-    bounding_box,
-    lobulated_radius,
-    segment_distance,
-    smooth_noise,
-    soft_step,
-)
+from appliance.phantoms._draw import BoolArray, FloatArray, Grid, bounding_box
+from appliance.phantoms.chest_anatomy import Layers, anatomy, draw_thorax
+from appliance.phantoms.chest_findings import add_findings
 from appliance.samples import CR, DX_PRESENTATION, file_meta_for, sample_uid
 
 CHEST_FINDINGS = (
@@ -77,41 +69,6 @@ class ChestPhantom:
         return int(self.pixels.shape[1])
 
 
-@dataclass(frozen=True)
-class _Thorax:
-    """Anatomy in mm; side -1 is the image's left (the patient's right on a PA view)."""
-
-    cx: float
-    half_width: float
-    apex: float
-    domes: tuple[float, float]
-    cp_drop: float
-    medial: float
-    wall: float
-    ctr: float
-
-    @property
-    def length(self) -> float:
-        return (self.domes[0] + self.domes[1]) / 2 - self.apex
-
-    def dome(self, side: int) -> float:
-        return self.domes[0] if side < 0 else self.domes[1]
-
-
-@dataclass
-class _Layers:
-    """Density components kept apart until the findings have changed them."""
-
-    body: FloatArray
-    lungs: dict[int, FloatArray]
-    aerated: dict[int, FloatArray]
-    heart: FloatArray
-    bones: FloatArray
-    markings: FloatArray
-    extra: FloatArray
-    masks: dict[str, FloatArray] = field(default_factory=dict)
-
-
 def make_chest(
     seed: int,
     *,
@@ -137,12 +94,12 @@ def make_chest(
     aspect = float(rng.uniform(0.82, 1.0))
     columns = round(rows * aspect)
     spacing = height_mm / rows
-    thorax = _draw_thorax(rng, columns * spacing, height_mm, labels["cardiomegaly"])
+    thorax = draw_thorax(rng, columns * spacing, height_mm, labels["cardiomegaly"])
     draw_rows = min(rows, _DRAW_ROWS)
     draw_columns = round(draw_rows * columns / rows)
     grid = Grid.make(draw_rows, draw_columns, height_mm / draw_rows)
-    layers = _anatomy(rng, grid, thorax)
-    _add_findings(streams, grid, thorax, layers, labels)
+    layers = anatomy(rng, grid, thorax)
+    add_findings(streams, grid, thorax, layers, labels)
     pose = _pose(streams["pose"], _compose(layers), layers.masks, (rows, columns))
     return _expose(streams["exposure"], *pose, labels, spacing, thorax.ctr, seed)
 
@@ -154,302 +111,7 @@ def _streams(seed: int) -> dict[str, np.random.Generator]:
     return {name: np.random.default_rng([seed, index]) for index, name in enumerate(names)}
 
 
-def _draw_thorax(
-    rng: np.random.Generator, width_mm: float, height_mm: float, enlarged: bool
-) -> _Thorax:
-    half_width = float(rng.uniform(0.36, 0.42)) * width_mm
-    apex = float(rng.uniform(0.11, 0.19)) * height_mm
-    right_dome = apex + float(rng.uniform(0.52, 0.6)) * height_mm
-    ctr = float(rng.uniform(0.54, 0.66) if enlarged else rng.uniform(0.36, 0.47))
-    return _Thorax(
-        cx=width_mm / 2 + float(rng.normal(0, 0.02 * width_mm)),
-        half_width=half_width,
-        apex=apex,
-        domes=(right_dome, right_dome + float(rng.uniform(0.0, 0.05)) * height_mm),
-        cp_drop=float(rng.uniform(0.07, 0.11)) * height_mm,
-        medial=float(rng.uniform(0.1, 0.14)) * half_width,
-        wall=float(rng.uniform(0.06, 0.14)) * half_width,
-        ctr=ctr,
-    )
-
-
-# --- anatomy -----------------------------------------------------------------------------
-
-
-def _anatomy(rng: np.random.Generator, grid: Grid, t: _Thorax) -> _Layers:
-    knob = _knob(grid, t)
-    lungs = {side: _lung(grid, t, side) * (1.0 - knob) for side in (-1, 1)}
-    heart = _heart(grid, t)
-    zeros = np.zeros(grid.shape, dtype=np.float32)
-    layers = _Layers(
-        body=_body(grid, t),
-        lungs=lungs,
-        aerated={side: lung.copy() for side, lung in lungs.items()},
-        heart=heart,
-        bones=_bones(rng, grid, t),
-        markings=_markings(rng, grid, t),
-        extra=zeros.copy(),
-    )
-    layers.extra += _airways(rng, grid, t) + _hila(grid, t, lungs)
-    if rng.random() < 0.6:  # gastric bubble under the left dome
-        bubble = _ellipse(grid, (t.cx + 0.45 * t.half_width, t.dome(1) + 22), (18, 10), 0.0)
-        layers.extra -= np.float32(0.12) * bubble
-    return layers
-
-
-def _lung(grid: Grid, t: _Thorax, side: int, shrink: float = 0.0) -> FloatArray:
-    """Soft mask of one lung; `shrink` mm retracts the apex and lateral border (collapse)."""
-    x, y = grid.x, grid.y
-    along = np.clip((y - t.apex) / np.float32(0.45 * t.length), 0.0, 1.0)
-    lateral = np.float32(t.half_width) * (0.22 + 0.78 * np.sqrt(along))
-    if shrink:
-        fading = 1.0 - 0.7 * np.clip((y - t.apex) / np.float32(t.length), 0.0, 1.0)
-        lateral = lateral - np.float32(shrink) * fading
-    reach = np.float32(side) * (x - np.float32(t.cx))
-    v = reach / np.float32(t.half_width)
-    lateral_rise = np.clip((v - 0.45) / 0.55, 0.0, 1.0) ** 2
-    medial_rise = np.clip((0.45 - v) / 0.45, 0.0, 1.0) ** 2
-    floor = t.dome(side) + t.cp_drop * (lateral_rise + 0.25 * medial_rise)
-    upper = np.clip((np.float32(t.apex + 0.5 * t.length) - y) / np.float32(0.3 * t.length), 0, 1)
-    medial = np.float32(t.medial) * (1.0 + 0.9 * upper)  # the upper mediastinum is wider
-    edge = 1.2
-    mask = soft_step(lateral - reach, edge) * soft_step(reach - medial, edge)
-    mask *= soft_step(y - np.float32(t.apex + shrink), edge) * soft_step(floor - y, edge)
-    return np.asarray(mask, dtype=np.float32)
-
-
-def _heart(grid: Grid, t: _Thorax) -> FloatArray:
-    """The heart: soft tissue that hides the lung behind it; its width sets the CTR."""
-    a = t.ctr * t.half_width
-    b = 0.72 * a
-    centre = (t.cx + 0.36 * a, (t.domes[0] + t.domes[1]) / 2 - 0.3 * b)
-    return _ellipse(grid, centre, (a, b), 0.0)
-
-
-def _knob(grid: Grid, t: _Thorax) -> FloatArray:
-    """The aortic knob bulging into the upper left lung."""
-    centre = (t.cx + 0.24 * t.half_width, t.apex + 0.3 * t.length)
-    return _ellipse(grid, centre, (15, 14), 0.0)
-
-
-def _ellipse(
-    grid: Grid, centre: tuple[float, float], axes: tuple[float, float], angle: float
-) -> FloatArray:
-    cos, sin = math.cos(angle), math.sin(angle)
-    dx, dy = grid.x - np.float32(centre[0]), grid.y - np.float32(centre[1])
-    u = (dx * cos + dy * sin) / np.float32(axes[0])
-    w = (-dx * sin + dy * cos) / np.float32(axes[1])
-    radius = np.sqrt(u * u + w * w)
-    return soft_step((1.0 - radius) * np.float32(min(axes)), 1.0)
-
-
-def _body(grid: Grid, t: _Thorax) -> FloatArray:
-    """Elliptical soft-tissue thickness: neck, shoulders, chest wall, upper abdomen."""
-    nodes_y = [0.0, t.apex - 35, t.apex - 5, t.apex + 50, t.dome(-1), t.dome(-1) + 200]
-    chest = t.half_width + t.wall
-    nodes_w = [58.0, 62.0, t.half_width + 55, chest + 10, chest, chest - 12]
-    half = np.interp(grid.y[:, 0], nodes_y, nodes_w).astype(np.float32)[:, None]
-    ratio = (grid.x - np.float32(t.cx)) / half
-    thickness = np.sqrt(np.clip(1.0 - ratio * ratio, 0.0, 1.0))
-    return np.asarray(thickness**0.6, dtype=np.float32)
-
-
-def _bones(rng: np.random.Generator, grid: Grid, t: _Thorax) -> FloatArray:
-    bones = np.zeros(grid.shape, dtype=np.float32)
-    spacing = float(rng.uniform(0.095, 0.11)) * t.length
-    thickness = float(rng.uniform(8.0, 11.0))
-    for side in (-1, 1):
-        for i in range(10):
-            start = t.apex - 6 + i * spacing + float(rng.normal(0, 1.5))
-            _posterior_rib(grid, t, bones, side, start, thickness, 1.0 + 0.25 * i / 10)
-        for i in range(6):
-            _anterior_rib(grid, t, bones, side, t.apex + 0.05 * t.length + i * 1.3 * spacing)
-        _clavicle(rng, grid, t, bones, side)
-        head = (t.cx + side * (t.half_width + 52), t.apex - 0.04 * t.length)
-        bones += np.float32(0.12) * _ellipse(grid, head, (26, 28), 0.0)
-    return bones + _spine(grid, t)
-
-
-def _rows_between(grid: Grid, low: float, high: float) -> slice:
-    """Row slice covering y in [low, high] mm: bones are drawn only where they can be."""
-    step = grid.mm_per_pixel
-    start = max(int(low / step) - 1, 0)
-    stop = min(int(high / step) + 2, grid.shape[0])
-    return slice(start, max(start, stop))
-
-
-def _posterior_rib(
-    grid: Grid, t: _Thorax, out: FloatArray, side: int, start: float, thick: float, bend: float
-) -> None:
-    rows = _rows_between(grid, start - 0.05 * t.length - thick, start + 0.2 * t.length + thick)
-    x, y = grid.x[rows], grid.y[rows]
-    v = np.float32(side) * (x - np.float32(t.cx)) / np.float32(t.half_width)
-    centre = np.float32(start) + np.float32(t.length * bend) * (-0.04 * v + 0.22 * v * v)
-    distance = np.abs(y - centre)
-    band = soft_step(np.float32(thick / 2) - distance, 0.6)
-    cortex = np.exp(-(((distance - np.float32(thick / 2 - 0.8)) / np.float32(0.9)) ** 2))
-    extent = soft_step(v - 0.1, 0.02) * soft_step(1.14 - v, 0.03)
-    out[rows] += (np.float32(0.045) * band + np.float32(0.045) * cortex * band) * extent
-
-
-def _anterior_rib(grid: Grid, t: _Thorax, out: FloatArray, side: int, start: float) -> None:
-    rows = _rows_between(grid, start - 8, start + 0.25 * t.length + 8)
-    x, y = grid.x[rows], grid.y[rows]
-    v = np.float32(side) * (x - np.float32(t.cx)) / np.float32(t.half_width)
-    centre = (
-        np.float32(start)
-        + np.float32(0.22 * t.length) * np.clip((1.05 - v) / 0.7, 0.0, None) ** 1.3
-    )
-    band = soft_step(np.float32(4.5) - np.abs(y - centre), 0.8)
-    extent = soft_step(v - 0.38, 0.03) * soft_step(1.08 - v, 0.03)
-    out[rows] += np.float32(0.03) * band * extent
-
-
-def _clavicle(rng: np.random.Generator, grid: Grid, t: _Thorax, out: FloatArray, side: int) -> None:
-    medial = (t.cx + side * 0.1 * t.half_width, t.apex + float(rng.uniform(0.0, 0.05)) * t.length)
-    lateral = (
-        t.cx + side * 1.08 * t.half_width,
-        t.apex - float(rng.uniform(0.05, 0.12)) * t.length,
-    )
-    distance = segment_distance(grid.x, grid.y, medial, lateral)
-    out += np.float32(0.11) * soft_step(np.float32(6.5) - distance, 0.8)
-
-
-def _spine(grid: Grid, t: _Thorax) -> FloatArray:
-    half = np.float32(0.11 * t.half_width)
-    band = soft_step(half - np.abs(grid.x - np.float32(t.cx)), 1.5)
-    discs = 0.8 + 0.2 * np.cos(grid.y * np.float32(2 * math.pi / 24.0))
-    return np.asarray(np.float32(0.08) * band * discs, dtype=np.float32)
-
-
-def _airways(rng: np.random.Generator, grid: Grid, t: _Thorax) -> FloatArray:
-    carina = (t.cx + float(rng.normal(0, 3)), t.apex + 0.3 * t.length)
-    tubes = soft_step(8.0 - segment_distance(grid.x, grid.y, (t.cx, 0.0), carina), 1.0)
-    for side in (-1, 1):
-        angle = math.radians(float(rng.uniform(25, 40)))
-        end = (carina[0] + side * 35 * math.sin(angle), carina[1] + 35 * math.cos(angle))
-        bronchus = soft_step(5.0 - segment_distance(grid.x, grid.y, carina, end), 1.0)
-        tubes = np.maximum(tubes, bronchus)
-    return np.asarray(-0.12 * tubes, dtype=np.float32)
-
-
-def _hila(grid: Grid, t: _Thorax, lungs: dict[int, FloatArray]) -> FloatArray:
-    out = np.zeros(grid.shape, dtype=np.float32)
-    for side in (-1, 1):
-        centre = (t.cx + side * 0.3 * t.half_width, t.apex + 0.42 * t.length)
-        out += np.float32(0.08) * _ellipse(grid, centre, (16, 26), 0.0) * lungs[side]
-    return out
-
-
-def _markings(rng: np.random.Generator, grid: Grid, t: _Thorax) -> FloatArray:
-    """Vessel-like network, denser toward the hila: zero crossings of smooth noise."""
-    noise = smooth_noise(rng, grid.shape, 2.5 / grid.mm_per_pixel)
-    ridges = np.exp(-((noise / np.float32(0.22)) ** 2))
-    hilum_y = np.float32(t.apex + 0.42 * t.length)
-    distance = np.hypot(
-        np.abs(grid.x - np.float32(t.cx)) - np.float32(0.3 * t.half_width), grid.y - hilum_y
-    )
-    weight = np.exp(-distance / np.float32(70.0)) + np.float32(0.15)
-    return np.asarray(np.float32(0.09) * ridges * weight, dtype=np.float32)
-
-
-# --- findings ----------------------------------------------------------------------------
-
-
-def _add_findings(
-    streams: dict[str, np.random.Generator],
-    grid: Grid,
-    t: _Thorax,
-    layers: _Layers,
-    labels: dict[str, bool],
-) -> None:
-    if labels["pneumothorax"]:
-        _pneumothorax(streams["pneumothorax"], grid, t, layers)
-    if labels["pleural_effusion"]:
-        _effusion(streams["pleural_effusion"], grid, t, layers)
-    if labels["consolidation"]:
-        _consolidation(streams["consolidation"], grid, t, layers)
-    if labels["lung_nodule"]:
-        _nodule(streams["lung_nodule"], grid, layers)
-    if labels["cardiomegaly"]:
-        below = soft_step(np.float32(t.dome(1) + 5) - grid.y, 1.0)
-        layers.masks["cardiomegaly"] = layers.heart * below
-
-
-def _open_lung(layers: _Layers, side: int) -> FloatArray:
-    return np.asarray(layers.aerated[side] * (1.0 - layers.heart), dtype=np.float32)
-
-
-def _pick_point(rng: np.random.Generator, grid: Grid, allowed: BoolArray) -> tuple[float, float]:
-    """A random pixel centre (mm) among `allowed`, which must not be empty."""
-    candidates = np.flatnonzero(allowed)
-    index = int(candidates[rng.integers(candidates.size)])
-    return float(grid.x.flat[index]), float(grid.y.flat[index])
-
-
-def _nodule(rng: np.random.Generator, grid: Grid, layers: _Layers) -> None:
-    side = int(rng.choice([-1, 1]))
-    inside = _open_lung(layers, side)
-    eroded = cv2.erode((inside > 0.9).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-    x0, y0 = _pick_point(rng, grid, eroded if eroded.any() else inside > 0.5)
-    dx, dy = grid.x - np.float32(x0), grid.y - np.float32(y0)
-    radius = lobulated_radius(rng, np.arctan2(dy, dx), float(rng.uniform(10, 24)), 0.12)
-    distance = np.hypot(dx, dy)
-    dome = np.sqrt(np.clip(1.0 - (distance / radius) ** 2, 0.0, 1.0))
-    blob = soft_step(radius - distance, 1.2) * (0.65 + 0.35 * dome)
-    layers.extra += np.float32(rng.uniform(0.14, 0.24)) * blob
-    layers.masks["lung_nodule"] = soft_step(radius - distance, 0.5)
-
-
-def _effusion(rng: np.random.Generator, grid: Grid, t: _Thorax, layers: _Layers) -> None:
-    sides = [-1, 1] if rng.random() < 0.25 else [int(rng.choice([-1, 1]))]
-    total = np.zeros(grid.shape, dtype=np.float32)
-    for side in sides:
-        height = float(rng.uniform(0.2, 0.5)) * t.length
-        cp = t.dome(side) + t.cp_drop
-        v = np.float32(side) * (grid.x - np.float32(t.cx)) / np.float32(t.half_width)
-        rise = np.clip((v - 0.25) / 0.75, 0.0, 1.0) ** 2
-        top = np.float32(cp) - np.float32(height) * (0.55 + 0.45 * rise)
-        depth = grid.y - top
-        opacity = soft_step(depth, 2.5) * (0.8 + 0.2 * np.clip(depth / np.float32(height), 0, 1))
-        opacity *= soft_step(1.1 - v, 0.02) * soft_step(v - 0.05, 0.02)
-        before = layers.aerated[side].copy()
-        layers.aerated[side] = before * (1.0 - opacity)
-        layers.extra += np.float32(0.03) * opacity * before  # fluid is denser than tissue
-        total = np.maximum(total, opacity * before * (1.0 - layers.heart))
-    layers.masks["pleural_effusion"] = soft_step(total - 0.35, 0.02)
-
-
-def _consolidation(rng: np.random.Generator, grid: Grid, t: _Thorax, layers: _Layers) -> None:
-    side = int(rng.choice([-1, 1]))
-    lung = _open_lung(layers, side)
-    x0, y0 = _pick_point(rng, grid, lung > 0.9)
-    axes = (float(rng.uniform(28, 60)), float(rng.uniform(28, 60)))
-    envelope = _ellipse(grid, (x0, y0), axes, float(rng.uniform(0, math.pi)))
-    patches = smooth_noise(rng, grid.shape, 6.0 / grid.mm_per_pixel)
-    field = envelope * (0.7 + 0.3 * np.tanh(patches))
-    opacity = np.clip((field - 0.35) / 0.3, 0.0, 1.0) * lung
-    bronchi = np.exp(-((smooth_noise(rng, grid.shape, 1.5 / grid.mm_per_pixel) / 0.12) ** 2))
-    strength = np.float32(rng.uniform(0.55, 0.85))
-    layers.aerated[side] = layers.aerated[side] * (1.0 - strength * opacity)
-    layers.extra -= np.float32(0.05) * bronchi * opacity
-    layers.masks["consolidation"] = soft_step(opacity - 0.5, 0.02)
-
-
-def _pneumothorax(rng: np.random.Generator, grid: Grid, t: _Thorax, layers: _Layers) -> None:
-    side = int(rng.choice([-1, 1]))
-    gap_mm = float(rng.uniform(16, 45))
-    collapsed = _lung(grid, t, side, shrink=gap_mm)
-    gap = np.clip(layers.lungs[side] - collapsed, 0.0, 1.0)
-    sharp = _lung(grid, t, side, shrink=gap_mm - 0.3)
-    near_gap = cv2.GaussianBlur(gap, (0, 0), sigmaX=3.0 / grid.mm_per_pixel) > 0.05
-    pleural_line = np.float32(4.0) * sharp * (1.0 - sharp) * near_gap
-    layers.markings = np.where(gap > 0.5, np.float32(0.0), layers.markings).astype(np.float32)
-    layers.extra += np.float32(0.06) * pleural_line - np.float32(0.05) * gap
-    layers.masks["pneumothorax"] = gap
-
-
-def _compose(layers: _Layers) -> FloatArray:
+def _compose(layers: Layers) -> FloatArray:
     lungs = np.maximum(layers.lungs[-1], layers.lungs[1])
     aerated = np.maximum(layers.aerated[-1], layers.aerated[1]) * (1.0 - layers.heart)
     markings = layers.markings * lungs * (1.0 - layers.heart)

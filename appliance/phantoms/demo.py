@@ -13,7 +13,6 @@ Endian, and named by this code only: no DICOM value ever becomes part of a path.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import itertools
@@ -21,7 +20,7 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 import cv2
 import numpy as np
@@ -104,6 +103,14 @@ _FRAMES = (
 )
 
 
+class _Who(TypedDict):
+    """A demo file's patient and study, as keywords of the dataset builders."""
+
+    patient_id: str
+    patient_name: str
+    study_key: str
+
+
 @dataclass(frozen=True)
 class _Slot:
     """Where one file goes and who its synthetic patient is; all derived from the seed."""
@@ -131,6 +138,14 @@ class _Slot:
     @property
     def study_key(self) -> str:
         return f"demo-data/{self.seed}/{self.number}"
+
+    def who(self, group: str) -> _Who:
+        """The patient and study every dataset builder is given for this slot."""
+        return {
+            "patient_id": self.patient_id,
+            "patient_name": self.patient_name(group),
+            "study_key": self.study_key,
+        }
 
 
 Maker = Callable[[_Slot], tuple[Dataset, DemoItem]]
@@ -196,9 +211,7 @@ def _chest_maker(spec: _Chest) -> Maker:
         ds = chest_dataset(
             phantom,
             modality=spec.modality,
-            patient_id=slot.patient_id,
-            patient_name=slot.patient_name("CHEST"),
-            study_key=slot.study_key,
+            **slot.who("CHEST"),
         )
         shows = ", ".join(name.replace("_", " ") for name in spec.findings) or "no findings"
         truth: Truth = {
@@ -235,12 +248,7 @@ def _with_photometric(phantom: ChestPhantom, photometric: str) -> ChestPhantom:
 def _frame_maker(kind: str, fluid: bool, colour: bool) -> Maker:
     def make(slot: _Slot) -> tuple[Dataset, DemoItem]:
         phantom = make_ultrasound(slot.phantom_seed, fluid=fluid, color=colour)
-        ds = ultrasound_dataset(
-            phantom,
-            patient_id=slot.patient_id,
-            patient_name=slot.patient_name("ULTRASOUND"),
-            study_key=slot.study_key,
-        )
+        ds = ultrasound_dataset(phantom, **slot.who("ULTRASOUND"))
         truth: Truth = {"fluid": phantom.has_fluid, "fluid_area_mm2": phantom.fluid_area_mm2}
         look = "RGB" if colour else "grey"
         shows = "anechoic fluid" if phantom.has_fluid else "no fluid"
@@ -252,12 +260,7 @@ def _frame_maker(kind: str, fluid: bool, colour: bool) -> Maker:
 
 def _clip(slot: _Slot) -> tuple[Dataset, DemoItem]:
     clip = make_ultrasound_clip(slot.phantom_seed, frames=CLIP_FRAMES, fluid=True)
-    ds = ultrasound_dataset(
-        clip,
-        patient_id=slot.patient_id,
-        patient_name=slot.patient_name("CINE"),
-        study_key=slot.study_key,
-    )
+    ds = ultrasound_dataset(clip, **slot.who("CINE"))
     areas = clip.fluid_areas_mm2
     truth: Truth = {
         "fluid": areas[0] > 0,
@@ -286,9 +289,7 @@ def _hand(slot: _Slot) -> tuple[Dataset, DemoItem]:
         seed=slot.phantom_seed,
         rows=rows,
         columns=columns,
-        patient_id=slot.patient_id,
-        patient_name=slot.patient_name("HAND"),
-        study_key=slot.study_key,
+        **slot.who("HAND"),
         body_part="HAND",
     )
     ds.InstanceNumber = 1
@@ -401,18 +402,3 @@ Send them to the appliance (receiver on its default port):
 
 or with DCMTK: storescu -aec APPLIANCE 127.0.0.1 11112 {shlex.quote(str(folder))}/*.dcm
 """
-
-
-# --- command line ----------------------------------------------------------------------------
-
-
-def cmd_demo_data(args: argparse.Namespace) -> int:
-    """`appliance demo-data DIR` (the arguments are defined in appliance/cli.py)."""
-    items = write_demo_data(
-        args.folder, chest_rows=args.chest_rows, seed=args.seed, overwrite=args.force
-    )
-    for item in items:
-        print(f"{item.path}  {item.description}  [{item.truth_text}]")
-    print(f"{len(items)} files, index.csv and README.txt in {args.folder}; send them with:")
-    print(f"  {send_hint(args.folder)}")
-    return 0

@@ -14,8 +14,7 @@ The fluid mask is evaluated on the output pixels from the same shapes, clipped t
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -24,111 +23,13 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
-from appliance.phantoms._draw import BoolArray, FloatArray, smooth_noise
+from appliance.phantoms._draw import BoolArray
+from appliance.phantoms.ultrasound_beam import BeamSampler
+from appliance.phantoms.ultrasound_geometry import SectorGeometry, draw_geometry
+from appliance.phantoms.ultrasound_scene import Scene, draw_motion, draw_scene, fluid_mask
 from appliance.samples import US, US_MULTIFRAME, file_meta_for, sample_uid
 
 UNITS_CM = 3  # Physical Units X/Y Direction: centimetres (PS3.3 C.8.5.5.1.15)
-_TOP_DB = 14.0  # echo level (dB) shown white before the per-image gain
-
-
-@dataclass(frozen=True)
-class SectorGeometry:
-    """Where the fan is in the frame (pixels) and how big a pixel is (square, mm)."""
-
-    rows: int
-    columns: int
-    apex_x: float
-    apex_y: float
-    inner_radius: float
-    outer_radius: float
-    half_angle: float
-    mm_per_pixel: float
-
-    @property
-    def region(self) -> tuple[int, int, int, int]:
-        """(x0, y0, x1, y1), inclusive: the fan's bounding box, as the DICOM region gives it."""
-        spread = self.outer_radius * math.sin(self.half_angle)
-        top = self.apex_y + self.inner_radius * math.cos(self.half_angle)
-        return (
-            max(0, math.floor(self.apex_x - spread)),
-            max(0, math.floor(top)),
-            min(self.columns - 1, math.ceil(self.apex_x + spread)),
-            min(self.rows - 1, math.ceil(self.apex_y + self.outer_radius)),
-        )
-
-    @property
-    def depth_mm(self) -> float:
-        return (self.outer_radius - self.inner_radius) * self.mm_per_pixel
-
-    def polar(self, x: FloatArray, y: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """(radius in pixels from the apex, angle from straight down) of pixel coordinates."""
-        dx, dy = x - np.float32(self.apex_x), y - np.float32(self.apex_y)
-        return (
-            np.asarray(np.hypot(dx, dy), dtype=np.float32),
-            np.asarray(np.arctan2(dx, dy), dtype=np.float32),
-        )
-
-    def mask(self) -> BoolArray:
-        """True on the pixels (centres) inside the fan."""
-        y, x = np.mgrid[0 : self.rows, 0 : self.columns].astype(np.float32)
-        radius, angle = self.polar(x, y)
-        inside = (radius >= self.inner_radius) & (radius <= self.outer_radius)
-        return np.asarray(inside & (np.abs(angle) <= self.half_angle), dtype=np.bool_)
-
-
-@dataclass(frozen=True)
-class _Blob:
-    """A fluid collection (or vessel): a lobulated ellipse in mm from the apex, z downward."""
-
-    x: float
-    z: float
-    axes: tuple[float, float]
-    angle: float
-    lobes: tuple[tuple[float, float], ...] = ()  # (amplitude, phase) for harmonics 2, 3, ...
-    wall: bool = False
-    echo: float = 0.03
-
-    def inside(self, x: FloatArray, z: FloatArray, scale: float = 1.0) -> BoolArray:
-        cos, sin = math.cos(self.angle), math.sin(self.angle)
-        dx, dz = x - np.float32(self.x), z - np.float32(self.z)
-        u = (dx * cos + dz * sin) / np.float32(self.axes[0] * scale)
-        w = (-dx * sin + dz * cos) / np.float32(self.axes[1] * scale)
-        edge = np.ones_like(u)
-        phi = np.arctan2(w, u)
-        for harmonic, (amplitude, phase) in enumerate(self.lobes, start=2):
-            edge += np.float32(amplitude) * np.cos(harmonic * phi + np.float32(phase))
-        return np.asarray(np.hypot(u, w) < edge, dtype=np.bool_)
-
-    def ring(self, x: FloatArray, z: FloatArray, scale: float = 1.0) -> FloatArray:
-        """About 1 mm of bright wall just outside the edge (cysts and vessels have one)."""
-        grown = replace(self, axes=(self.axes[0] + 1.0, self.axes[1] + 1.0))
-        inner = self.inside(x, z, scale)
-        return np.asarray(grown.inside(x, z, scale) & ~inner, dtype=np.float32)
-
-    @property
-    def nominal_area_mm2(self) -> float:
-        """Area of the shape in mm² (exact for an ellipse; lobes average out to first order)."""
-        spread = sum(a * a for a, _ in self.lobes) / 2
-        return math.pi * self.axes[0] * self.axes[1] * (1.0 + spread)
-
-
-@dataclass(frozen=True)
-class _Scene:
-    """Tissue in mm from the probe's apex: layers, organ texture, structures, fluid."""
-
-    skin_mm: float
-    fat_end: float
-    muscle_end: float
-    tilt: float
-    wave: tuple[float, float, float]
-    echoes: tuple[float, float, float]
-    texture: FloatArray
-    texture_mm: float
-    kidney: _Blob | None
-    bone: _Blob | None
-    deep_line: float | None
-    vessels: tuple[_Blob, ...]
-    fluids: tuple[_Blob, ...] = field(default=())
 
 
 @dataclass(frozen=True)
@@ -202,33 +103,33 @@ def make_ultrasound_clip(
 ) -> UltrasoundClip:
     """A clip of one scene: tissue and fluid move with breathing, speckle partly decorrelates."""
     rng, geometry, scene = _setup(seed, rows, columns, fluid, mm_per_pixel)
-    motion = _draw_motion(rng, frames, frame_time_ms)
+    motion = draw_motion(rng, frames, frame_time_ms)
     return _render(rng, geometry, scene, motion, frame_time_ms, color, seed)
 
 
 def _setup(
     seed: int, rows: int, columns: int, fluid: bool | None, mm_per_pixel: float | None
-) -> tuple[np.random.Generator, SectorGeometry, _Scene]:
+) -> tuple[np.random.Generator, SectorGeometry, Scene]:
     if mm_per_pixel is not None and not 0.05 <= mm_per_pixel <= 2.0:
         raise ValueError(f"mm_per_pixel must be within 0.05..2.0, got {mm_per_pixel}")
     rng = np.random.default_rng(seed)
-    geometry = _draw_geometry(rng, rows, columns)
+    geometry = draw_geometry(rng, rows, columns)
     if mm_per_pixel is not None:
         geometry = replace(geometry, mm_per_pixel=mm_per_pixel)
-    return rng, geometry, _draw_scene(rng, geometry, fluid)
+    return rng, geometry, draw_scene(rng, geometry, fluid)
 
 
 def _render(
     rng: np.random.Generator,
     geometry: SectorGeometry,
-    scene: _Scene,
+    scene: Scene,
     motion: list[tuple[float, float]],
     frame_time_ms: float,
     color: bool,
     seed: int,
 ) -> UltrasoundClip:
     overlay = _overlay(rng, geometry)
-    sampler = _BeamSampler(geometry)
+    sampler = BeamSampler(geometry)
     speckle = sampler.fresh_speckle(rng)
     gain = (float(rng.uniform(-4.0, 4.0)), float(rng.uniform(40.0, 55.0)))
     pictures, masks = [], []
@@ -236,7 +137,7 @@ def _render(
         speckle = 0.8 * speckle + 0.6 * sampler.fresh_speckle(rng)
         shown = sampler.render(scene, speckle, rng, gain, shift, scale)
         pictures.append(_compose(shown, overlay, color))
-        masks.append(_fluid_mask(scene, geometry, shift, scale))
+        masks.append(fluid_mask(scene, geometry, shift, scale))
     mask_stack = np.stack(masks)
     area = geometry.mm_per_pixel**2
     return UltrasoundClip(
@@ -249,289 +150,18 @@ def _render(
     )
 
 
-def _nominal_area(scene: _Scene, geometry: SectorGeometry) -> float | None:
+def _nominal_area(scene: Scene, geometry: SectorGeometry) -> float | None:
     """The drawn shapes' area, when they lie wholly inside the fan and do not overlap."""
     if not scene.fluids:
         return 0.0
     masks = [
-        _fluid_mask(replace(scene, fluids=(blob,)), geometry, 0.0, 1.0, clip=False)
+        fluid_mask(replace(scene, fluids=(blob,)), geometry, 0.0, 1.0, clip=False)
         for blob in scene.fluids
     ]
     union = np.logical_or.reduce(masks)
     if (union & ~geometry.mask()).any() or int(union.sum()) != sum(int(m.sum()) for m in masks):
         return None
     return sum(blob.nominal_area_mm2 for blob in scene.fluids)
-
-
-# --- geometry and scene ------------------------------------------------------------------
-
-
-def _draw_geometry(rng: np.random.Generator, rows: int, columns: int) -> SectorGeometry:
-    phased = bool(rng.random() < 0.25)
-    inner = float(rng.uniform(2.0, 6.0) if phased else rng.uniform(25.0, 70.0))
-    face = float(rng.uniform(0.09, 0.13)) * rows  # top of the fan, below the text band
-    half = math.radians(float(rng.uniform(38, 45) if phased else rng.uniform(28, 37)))
-    apex_y = face - inner * math.cos(half)
-    outer = rows - float(rng.uniform(0.02, 0.04)) * rows - apex_y
-    apex_x = columns / 2 + float(rng.uniform(-0.02, 0.02)) * columns
-    room = min(apex_x - 0.12 * columns, columns - 0.09 * columns - apex_x)
-    half = min(half, math.asin(min(1.0, room / outer)))
-    depth_mm = float(rng.uniform(80.0, 180.0))
-    return SectorGeometry(
-        rows=rows,
-        columns=columns,
-        apex_x=apex_x,
-        apex_y=apex_y,
-        inner_radius=inner,
-        outer_radius=outer,
-        half_angle=half,
-        mm_per_pixel=depth_mm / (outer - inner),
-    )
-
-
-def _draw_scene(rng: np.random.Generator, g: SectorGeometry, fluid: bool | None) -> _Scene:
-    r0 = g.inner_radius * g.mm_per_pixel
-    fat_end = r0 + float(rng.uniform(4.0, 16.0))
-    muscle_end = fat_end + float(rng.uniform(6.0, 18.0))
-    has_fluid = bool(rng.random() < 0.75) if fluid is None else fluid
-    count = (1 if rng.random() < 0.7 else 2) if has_fluid else 0
-    return _Scene(
-        skin_mm=r0 + 1.5,
-        fat_end=fat_end,
-        muscle_end=muscle_end,
-        tilt=float(rng.uniform(-0.08, 0.08)),
-        wave=(float(rng.uniform(0, 3)), float(rng.uniform(30, 80)), float(rng.uniform(0, 6.3))),
-        echoes=(
-            float(rng.uniform(0.2, 0.3)),
-            float(rng.uniform(0.35, 0.5)),
-            float(rng.uniform(0.45, 0.65)),
-        ),
-        texture=smooth_noise(rng, (96, 96), 2.0),
-        texture_mm=r0 + g.depth_mm,
-        kidney=_kidney(rng, g, muscle_end) if rng.random() < 0.5 else None,
-        bone=_bone(rng, g, fat_end) if rng.random() < 0.25 and g.inner_radius > 10 else None,
-        deep_line=(r0 + float(rng.uniform(0.6, 0.9)) * g.depth_mm) if rng.random() < 0.5 else None,
-        vessels=tuple(_vessel(rng, g, muscle_end) for _ in range(int(rng.integers(0, 3)))),
-        fluids=tuple(_fluid(rng, g, muscle_end) for _ in range(count)),
-    )
-
-
-def _place(
-    rng: np.random.Generator, g: SectorGeometry, shallow: float, margin: float
-) -> tuple[float, float]:
-    """A point (x, z mm) in the fan between `shallow` mm and the bottom, `margin` mm inside."""
-    r0 = g.inner_radius * g.mm_per_pixel
-    deepest = r0 + g.depth_mm - margin
-    radius = float(rng.uniform(min(shallow + margin, deepest - 1), deepest))
-    spread = max(g.half_angle - margin / max(radius, 1.0), 0.05)
-    angle = float(rng.uniform(-spread, spread))
-    return radius * math.sin(angle), radius * math.cos(angle)
-
-
-def _fluid(rng: np.random.Generator, g: SectorGeometry, muscle_end: float) -> _Blob:
-    if rng.random() < 0.45:  # a simple cyst: round, thin bright wall
-        size = float(rng.uniform(8.0, 24.0))
-        axes = (size, size * float(rng.uniform(0.7, 1.0)))
-        x, z = _place(rng, g, muscle_end, max(axes) + 2)
-        return _Blob(
-            x, z, axes, float(rng.uniform(0, math.pi)), (), True, float(rng.uniform(0.001, 0.004))
-        )
-    axes = (float(rng.uniform(12.0, 40.0)), float(rng.uniform(4.0, 14.0)))
-    lobes = tuple((float(rng.uniform(0.0, 0.15)), float(rng.uniform(0, 6.3))) for _ in range(3))
-    x, z = _place(rng, g, muscle_end, 0.6 * axes[0])
-    return _Blob(
-        x, z, axes, float(rng.uniform(-0.6, 0.6)), lobes, False, float(rng.uniform(0.002, 0.01))
-    )
-
-
-def _vessel(rng: np.random.Generator, g: SectorGeometry, muscle_end: float) -> _Blob:
-    radius = float(rng.uniform(1.5, 3.0))
-    x, z = _place(rng, g, muscle_end, 6.0)
-    stretch = float(rng.uniform(1.0, 1.8))
-    return _Blob(x, z, (radius * stretch, radius), float(rng.uniform(0, math.pi)), (), True, 0.004)
-
-
-def _kidney(rng: np.random.Generator, g: SectorGeometry, muscle_end: float) -> _Blob:
-    axes = (float(rng.uniform(30.0, 50.0)), float(rng.uniform(15.0, 25.0)))
-    x, z = _place(rng, g, muscle_end + 10, 0.5 * axes[0])
-    return _Blob(x, z, axes, float(rng.uniform(-0.5, 0.5)), (), False, 0.3)
-
-
-def _bone(rng: np.random.Generator, g: SectorGeometry, fat_end: float) -> _Blob:
-    depth = fat_end + float(rng.uniform(3.0, 10.0))
-    angle = float(rng.uniform(0.5, 0.85)) * g.half_angle * float(rng.choice([-1, 1]))
-    axes = (float(rng.uniform(4.0, 8.0)), float(rng.uniform(1.5, 2.5)))
-    return _Blob(depth * math.sin(angle), depth * math.cos(angle), axes, -angle, (), False, 6.0)
-
-
-def _draw_motion(
-    rng: np.random.Generator, frames: int, frame_time_ms: float
-) -> list[tuple[float, float]]:
-    """Per frame (shift in mm downward, fluid scale): a slow breathing cycle."""
-    amplitude = float(rng.uniform(1.0, 3.0))
-    period_ms = float(rng.uniform(2500.0, 4500.0))
-    phase = float(rng.uniform(0, 2 * math.pi))
-    swell = float(rng.uniform(0.02, 0.06))
-    out = []
-    for frame in range(frames):
-        cycle = math.sin(2 * math.pi * frame * frame_time_ms / period_ms + phase)
-        out.append((amplitude * cycle if frames > 1 else 0.0, 1.0 + swell * cycle))
-    return out if frames > 1 else [(0.0, 1.0)]
-
-
-# --- acoustics along the beam lines -------------------------------------------------------
-
-
-class _BeamSampler:
-    """The polar grid of samples along the beam lines, and scan conversion back to pixels."""
-
-    def __init__(self, g: SectorGeometry) -> None:
-        self.geometry = g
-        self.samples = math.ceil(g.outer_radius - g.inner_radius) + 1
-        self.lines = 256
-        radius = np.linspace(g.inner_radius, g.outer_radius, self.samples, dtype=np.float32)
-        angle = np.linspace(-g.half_angle, g.half_angle, self.lines, dtype=np.float32)
-        r, a = np.meshgrid(radius, angle, indexing="ij")
-        self.x_mm = np.asarray(r * np.sin(a) * np.float32(g.mm_per_pixel), dtype=np.float32)
-        self.z_mm = np.asarray(r * np.cos(a) * np.float32(g.mm_per_pixel), dtype=np.float32)
-        self.depth_mm = np.asarray(
-            (r - np.float32(g.inner_radius)) * g.mm_per_pixel, dtype=np.float32
-        )
-        self.step_mm = float(radius[1] - radius[0]) * g.mm_per_pixel
-        self.maps = self._scan_maps()
-
-    def _scan_maps(self) -> tuple[FloatArray, FloatArray]:
-        g = self.geometry
-        y, x = np.mgrid[0 : g.rows, 0 : g.columns].astype(np.float32)
-        radius, angle = g.polar(x, y)
-        row = (radius - np.float32(g.inner_radius)) * np.float32(
-            (self.samples - 1) / (g.outer_radius - g.inner_radius)
-        )
-        column = (angle + np.float32(g.half_angle)) * np.float32(
-            (self.lines - 1) / (2 * g.half_angle)
-        )
-        outside = ~g.mask()
-        row[outside], column[outside] = -10.0, -10.0
-        return np.asarray(column, dtype=np.float32), np.asarray(row, dtype=np.float32)
-
-    def fresh_speckle(self, rng: np.random.Generator) -> npt.NDArray[np.complex64]:
-        """Complex Gaussian scatter, blurred into the pulse's cell (longer across the beam)."""
-        shape = (self.samples, self.lines)
-        parts = [
-            cv2.GaussianBlur(
-                rng.standard_normal(shape, dtype=np.float32), (0, 0), sigmaX=1.1, sigmaY=0.9
-            )
-            for _ in range(2)
-        ]
-        return np.asarray(parts[0] + 1j * parts[1], dtype=np.complex64)
-
-    def render(
-        self,
-        scene: _Scene,
-        speckle: npt.NDArray[np.complex64],
-        rng: np.random.Generator,
-        gain: tuple[float, float],
-        shift: float,
-        scale: float,
-    ) -> npt.NDArray[np.uint8]:
-        """One frame: echo x speckle x attenuation, log-compressed and scan-converted."""
-        echo, attenuation = _acoustics(scene, self.x_mm, self.z_mm - np.float32(shift), scale)
-        loss_db = np.cumsum(attenuation, axis=0) * np.float32(0.35 * self.step_mm)
-        tgc_db = self.depth_mm * np.float32(0.35 * 0.93)
-        envelope = np.abs(speckle) / np.float32(np.abs(speckle).mean())
-        signal = echo * envelope * np.power(np.float32(10.0), (tgc_db - loss_db) / 20)
-        floor = np.abs(self.fresh_speckle(rng)) * np.float32(0.006)
-        level_db = 20 * np.log10(signal + floor + np.float32(1e-6))
-        top, dynamic_range = _TOP_DB + gain[0], gain[1]
-        shown = np.clip(1.0 + (level_db - np.float32(top)) / np.float32(dynamic_range), 0, 1)
-        polar = np.rint(shown * 255).astype(np.uint8)
-        columns, rows = self.maps
-        converted = cv2.remap(
-            polar, columns, rows, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
-        )
-        return np.asarray(converted, dtype=np.uint8)
-
-
-def _acoustics(
-    scene: _Scene, x: FloatArray, z: FloatArray, scale: float
-) -> tuple[FloatArray, FloatArray]:
-    """Echo strength and attenuation (relative to soft tissue) at points in mm."""
-    depth = np.hypot(x, z)
-    amplitude, wavelength, phase = scene.wave
-    undulation = np.float32(amplitude) * np.sin(x / np.float32(wavelength) + np.float32(phase))
-    level = depth - np.float32(scene.tilt) * x - undulation
-    fat, muscle, organ = scene.echoes
-    echo = np.where(level < scene.fat_end, fat, np.where(level < scene.muscle_end, muscle, organ))
-    grain = np.clip(1.0 + 0.35 * _texture(scene, x, z), 0.3, None)
-    echo = echo * grain + _interfaces(scene, level, x)
-    attenuation = np.where(level < scene.fat_end, 0.8, 1.0).astype(np.float32)
-    echo, attenuation = _structures(scene, x, z, echo, attenuation, scale)
-    return np.asarray(echo, dtype=np.float32), attenuation
-
-
-def _texture(scene: _Scene, x: FloatArray, z: FloatArray) -> FloatArray:
-    size = scene.texture.shape[0]
-    per_mm = np.float32((size - 1) / (2 * scene.texture_mm))
-    columns = (x + np.float32(scene.texture_mm)) * per_mm
-    rows = z * per_mm * np.float32(2.0)
-    sampled = cv2.remap(
-        scene.texture, columns, rows % (size - 1), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
-    )
-    return np.asarray(sampled, dtype=np.float32)
-
-
-def _interfaces(scene: _Scene, level: FloatArray, x: FloatArray) -> FloatArray:
-    """Bright specular lines: skin, fascia, organ capsule, a deep boundary, fat septa."""
-    lines = np.zeros_like(level)
-    for at, strength in ((scene.skin_mm, 2.0), (scene.fat_end, 1.2), (scene.muscle_end, 2.5)):
-        lines += np.float32(strength) * np.exp(-(((level - np.float32(at)) / 0.7) ** 2))
-    if scene.deep_line is not None:
-        bent = level + np.float32(0.002) * x * x
-        lines += np.float32(2.0) * np.exp(-(((bent - np.float32(scene.deep_line)) / 1.0) ** 2))
-    in_muscle = (level > scene.fat_end) & (level < scene.muscle_end)
-    striations = np.float32(0.4) * (np.cos(level * np.float32(2.2)) > 0.8) * in_muscle
-    return np.asarray(lines + striations, dtype=np.float32)
-
-
-def _structures(
-    scene: _Scene,
-    x: FloatArray,
-    z: FloatArray,
-    echo: FloatArray,
-    attenuation: FloatArray,
-    scale: float,
-) -> tuple[FloatArray, FloatArray]:
-    if scene.kidney is not None:
-        kidney = scene.kidney
-        cortex = kidney.inside(x, z)
-        sinus = replace(kidney, axes=(kidney.axes[0] * 0.55, kidney.axes[1] * 0.4)).inside(x, z)
-        echo = np.where(cortex, np.float32(0.3), echo)
-        echo = np.where(sinus, np.float32(1.1), echo) + np.float32(1.5) * kidney.ring(x, z)
-    if scene.bone is not None:
-        bone = scene.bone.inside(x, z)
-        echo = np.where(bone, np.float32(6.0), echo)
-        attenuation = np.where(bone, np.float32(6.0), attenuation)  # a partial shadow
-    grown = [(blob, 1.0) for blob in scene.vessels] + [(blob, scale) for blob in scene.fluids]
-    for blob, grow in grown:
-        inside = blob.inside(x, z, grow)
-        if blob.wall:
-            echo = echo + np.float32(1.2) * blob.ring(x, z, grow)
-        echo = np.where(inside, np.float32(blob.echo), echo)
-        attenuation = np.where(inside, np.float32(0.05), attenuation)
-    return echo, attenuation
-
-
-def _fluid_mask(
-    scene: _Scene, g: SectorGeometry, shift: float, scale: float, *, clip: bool = True
-) -> BoolArray:
-    """Fluid on the output pixels (centres), clipped to the fan unless `clip` is False."""
-    y, x = np.mgrid[0 : g.rows, 0 : g.columns].astype(np.float32)
-    x_mm = (x - np.float32(g.apex_x)) * np.float32(g.mm_per_pixel)
-    z_mm = (y - np.float32(g.apex_y)) * np.float32(g.mm_per_pixel)
-    mask = np.zeros((g.rows, g.columns), dtype=np.bool_)
-    for blob in scene.fluids:
-        mask |= blob.inside(x_mm, z_mm - np.float32(shift), scale)
-    return mask & g.mask() if clip else mask
 
 
 # --- what the scanner burns in -----------------------------------------------------------

@@ -2,9 +2,10 @@
 
 A model is a verified package (`load_package`) run by one backend (`Model.open`); `infer`
 turns images into findings with provenance and timing. Names below are imported from their
-modules on first use, so registering the CLI commands (`runtime.commands`) stays cheap;
+modules on first use, so registering the CLI commands (`appliance.cli`) stays cheap;
 backends import their inference library only when loaded, and `runtime.graph` and
-`runtime.importing` import `onnx` only when used.
+`runtime.importing` import `onnx` only when used. The command handlers themselves live in
+`appliance.cli`: this room exports functions and results, never argparse.
 """
 
 from __future__ import annotations

@@ -40,15 +40,7 @@ class LabelFinding:
     priority: Priority
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "label": self.label,
-            "display": self.display,
-            "code": None if self.code is None else self.code.model_dump(),
-            "score": round(self.score, 6),
-            "threshold": self.threshold,
-            "positive": self.positive,
-            "priority": self.priority,
-        }
+        return _finding_dict(self, score=round(self.score, 6))
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,17 +69,26 @@ class MaskFinding:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "label": self.label,
-            "display": self.display,
-            "code": None if self.code is None else self.code.model_dump(),
-            "threshold": self.threshold,
-            "positive": self.positive,
-            "priority": self.priority,
+            **_finding_dict(self),
             "area_px": self.area_px,
             "area_mm2": None if self.area_mm2 is None else round(self.area_mm2, 3),
             "outlines": [outline.tolist() for outline in self.outlines],
             "notes": list(self.notes),
         }
+
+
+def _finding_dict(finding: LabelFinding | MaskFinding, **measured: Any) -> dict[str, Any]:
+    """What every finding says, in the order the JSON has always had: `measured` (a label's
+    score) goes between the label's code and its threshold."""
+    return {
+        "label": finding.label,
+        "display": finding.display,
+        "code": None if finding.code is None else finding.code.model_dump(),
+        **measured,
+        "threshold": finding.threshold,
+        "positive": finding.positive,
+        "priority": finding.priority,
+    }
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ message` through the configuration's YAML-line helpers, so an admin can fix a pa
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -56,36 +56,23 @@ def _text(value: str) -> str:
     return stripped
 
 
-def _model_name(value: str) -> str:
-    if not _MODEL_NAME.match(value):
-        raise ValueError(f"{value!r} is not 2-64 lowercase letters, digits or '-'")
-    return value
+def _matching(pattern: re.Pattern[str], expected: str) -> Callable[[str], str]:
+    """A field check: the value unchanged when it matches `pattern`, else an error quoting it
+    and saying what was `expected`."""
+
+    def check(value: str) -> str:
+        if not pattern.match(value):
+            raise ValueError(f"{value!r} is not {expected}")
+        return value
+
+    return check
 
 
-def _version(value: str) -> str:
-    if not _SEMVER.match(value):
-        raise ValueError(f"{value!r} is not a semantic version such as 0.1.0")
-    return value
-
-
-def _label_name(value: str) -> str:
-    if not _LABEL_NAME.match(value):
-        raise ValueError(f"{value!r} is not 1-64 lowercase letters, digits, '_' or '-'")
-    return value
-
-
-def _file_name(value: str) -> str:
-    if not _FILE_NAME.match(value):
-        raise ValueError(
-            f"{value!r} is not a plain file name ending in .onnx (no folders, no leading dot)"
-        )
-    return value
-
-
-def _frames(value: str) -> str:
-    if not _FRAMES.match(value):
-        raise ValueError(f"{value!r} is not 'first', 'all' or 'every:N' with N >= 1")
-    return value
+_model_name = _matching(_MODEL_NAME, "2-64 lowercase letters, digits or '-'")
+_version = _matching(_SEMVER, "a semantic version such as 0.1.0")
+_label_name = _matching(_LABEL_NAME, "1-64 lowercase letters, digits, '_' or '-'")
+_file_name = _matching(_FILE_NAME, "a plain file name ending in .onnx (no folders, no leading dot)")
+_frames = _matching(_FRAMES, "'first', 'all' or 'every:N' with N >= 1")
 
 
 def _code_string(value: str) -> str:

@@ -11,7 +11,6 @@ An INT8 file is added to an existing package by writing it into the folder, nami
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -19,10 +18,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
+from appliance.paths import write_atomically
 from appliance.runtime.errors import PackageError
 from appliance.runtime.manifest import MANIFEST_NAME, Manifest, load_manifest
 
 SUMS_NAME = "SHA256SUMS"
+# The demo packages shipped beside the source, used when no models folder is configured.
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 FilePrecision = Literal["fp32", "int8"]
 
 _SUM_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)\Z")
@@ -155,9 +157,7 @@ def write_sums(folder: Path, names: Iterable[str]) -> Path:
     """Write SHA256SUMS for `names` in `folder` (atomically: a reader never sees half a file)."""
     lines = [f"{sha256_of(folder / name)}  {name}\n" for name in sorted(set(names))]
     target = folder / SUMS_NAME
-    partial = folder / f".{SUMS_NAME}.partial"
-    partial.write_text("".join(lines), encoding="utf-8")
-    os.replace(partial, target)
+    write_atomically(target, "".join(lines).encode("utf-8"), durable=True)
     return target
 
 

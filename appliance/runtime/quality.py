@@ -27,7 +27,6 @@ images (`profile_package`); see models/README.md for the figures of the demo pac
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy.typing as npt
 import yaml
 
 from appliance.imaging import DecodeError
+from appliance.paths import write_atomically
 from appliance.runtime.errors import InputError, PackageError
 from appliance.runtime.manifest import (
     MANIFEST_NAME,
@@ -334,9 +334,7 @@ def write_quality(path: Path, quality: Quality) -> None:
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
     text += quality_yaml(quality)
     parse_manifest(text, str(path))
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+    write_atomically(path, text.encode("utf-8"), durable=True)
 
 
 def quality_yaml(quality: Quality) -> str:

@@ -25,6 +25,7 @@ import numpy.typing as npt
 import yaml
 
 from appliance.imaging import DecodeError, decode
+from appliance.paths import write_atomically
 from appliance.runtime.backends import BackendOptions, Outputs, open_backend
 from appliance.runtime.engine import model_io
 from appliance.runtime.errors import InputError, PackageError
@@ -385,16 +386,10 @@ def _restored_on_failure(folder: Path, int8: str) -> Iterator[None]:
     except BaseException:
         for n in names:
             if n in saved:
-                _write_atomically(folder / n, saved[n])
+                write_atomically(folder / n, saved[n], durable=True)
             else:
                 (folder / n).unlink(missing_ok=True)
         raise
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
 
 
 STALE_NOTE = "INT8 figures of the previous INT8 file removed: run `appliance model validate`"
@@ -418,7 +413,7 @@ def update_manifest(path: Path, int8_name: str, int8_notes: Mapping[str, Any]) -
             notes["note"] = STALE_NOTE
         validation["int8"] = notes
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
-    _write_atomically(path, text.encode("utf-8"))
+    write_atomically(path, text.encode("utf-8"), durable=True)
 
 
 def drop_int8_figures(validation: dict[str, Any]) -> bool:

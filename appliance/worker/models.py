@@ -9,10 +9,9 @@ from pathlib import Path
 
 from appliance.config import ModelSettings
 from appliance.runtime.backends import BackendOptions
-from appliance.runtime.commands import DEFAULT_MODELS_DIR
 from appliance.runtime.engine import Model
 from appliance.runtime.errors import GraphError
-from appliance.runtime.package import ModelPackage, find_packages
+from appliance.runtime.package import DEFAULT_MODELS_DIR, ModelPackage, find_packages
 from appliance.runtime.precision import choose_precision
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from appliance.runtime.backends import BackendOptions, ModelIO, Outputs, run_in_chunks
+from appliance.runtime.backends.base import BackendOptions, ModelIO, Outputs, run_in_chunks
 from appliance.runtime.errors import BackendError, GraphError
 
 PROVIDERS = {

@@ -11,7 +11,6 @@ imported only when this backend is loaded. Needs TensorRT 8.6 or later (named-te
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 import time
@@ -22,7 +21,8 @@ from typing import Any, TextIO
 import numpy as np
 import numpy.typing as npt
 
-from appliance.runtime.backends import BackendOptions, ModelIO, Outputs, run_in_chunks
+from appliance.paths import write_atomically
+from appliance.runtime.backends.base import BackendOptions, ModelIO, Outputs, run_in_chunks
 from appliance.runtime.errors import BackendError
 
 _WORKSPACE_BYTES = 1 << 30
@@ -142,9 +142,7 @@ def _cached_or_built(trt: Any, model_path: Path, io: ModelIO, key: EngineKey, ca
             print(f"TensorRT: removing stale engine {stale.name}", file=sys.stderr)
             stale.unlink()
     data = build_engine(trt, model_path, io, key, cache / "timing.cache")
-    partial = path.with_suffix(".partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
+    write_atomically(path, data)
     return data
 
 

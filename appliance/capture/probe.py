@@ -1,19 +1,17 @@
-"""`appliance capture probe`: which video devices this box has, and which modes they open in.
+"""Which video devices this box has, and which modes they open in.
 
 Setting up a grabber means choosing `capture.source.device`, `fourcc`, `width`, `height` and
 `fps`; a grabber lists many modes but delivers full rate only in some (often large sizes only
-as MJPG). The probe opens each common mode through the same OpenCV backend the worker uses and
-reports what the device really gave and how fast frames came.
-
-Kept beside the capture room so cli.py only calls `register`; registering imports nothing
-heavy (every `appliance` command builds the whole parser), OpenCV is imported by the command.
+as MJPG). A probe opens each common mode through the same OpenCV backend the worker uses and
+reports what the device really gave and how fast frames came. OpenCV is imported only when a
+mode is opened, so `appliance capture probe` is cheap to register.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,35 +48,14 @@ class ModeResult:
         return f"  {asked}: {rates}" if same else f"  {asked}: gave {got}, {rates}"
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the `capture` command (and its `probe`) to the CLI's sub-commands."""
-    parser = subparsers.add_parser("capture", help="live ultrasound capture: find devices")
-    commands = parser.add_subparsers(dest="capture_command", metavar="COMMAND", required=True)
-    probe = commands.add_parser(
-        "probe",
-        help="list /dev/video* devices and the modes OpenCV can open them in",
-        description=__doc__.split("\n\n", 1)[0] if __doc__ else None,
-    )
-    probe.add_argument("--seconds", type=float, default=1.0, help="frames timed per mode")
-    probe.add_argument("--device", action="append", help="probe only this device (repeatable)")
-    probe.set_defaults(func=cmd_probe)
-
-
-def cmd_probe(args: argparse.Namespace) -> int:
-    """Print each device with its name and every common mode's result; 1 when there is none."""
-    devices = [_device_path(d) for d in args.device] if args.device else video_devices()
-    if not devices:
-        print("no video devices (/dev/video*): is the grabber plugged in?")
-        return 1
+def probe_device(device: Path, seconds: float) -> Iterator[ModeResult]:
+    """Every common mode of `device`, one result at a time (each takes about `seconds`)."""
     # OpenCV waits 10 s for a frame of a stalled device by default; a mode that gives none
     # should cost a second or two here. Read once, at the first capture.
     os.environ.setdefault("OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT", "1")
-    for device in devices:
-        print(f"{device}: {device_name(device)}")
-        for fourcc in FOURCCS:
-            for size in SIZES:
-                print(probe_mode(device, fourcc, size, args.seconds).describe(), flush=True)
-    return 0
+    for fourcc in FOURCCS:
+        for size in SIZES:
+            yield probe_mode(device, fourcc, size, seconds)
 
 
 def video_devices(dev: Path = Path("/dev")) -> list[Path]:
@@ -87,7 +64,7 @@ def video_devices(dev: Path = Path("/dev")) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 
-def _device_path(text: str) -> Path:
+def device_path(text: str) -> Path:
     """ "2" means /dev/video2, as in `capture.source.device`."""
     return Path(f"/dev/video{text}") if text.isdigit() else Path(text)
 

@@ -11,20 +11,33 @@ Frames are rendered once, when the source opens, and played as a loop (forwards,
 backwards, so the motion has no seam). `read()` only waits for the frame's time and hands out
 a prepared array: 30 frames a second at 1280x720 cost next to nothing, leaving the CPU to the
 model, as a grabber would.
+
+It is demo material, above the capture room: the entry layer hands `OPENERS` to the worker,
+and `capture.sources.open_source` makes `capture.source.kind: generated` with it.
 """
 
 from __future__ import annotations
 
 import functools
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
-from appliance.capture.sources import CaptureError, Frame, RealTimeClock, make_frame
-from appliance.phantoms import SectorGeometry, make_ultrasound_clip
+from appliance.capture.sources import (
+    CaptureError,
+    Frame,
+    RealTimeClock,
+    SourceOpener,
+    make_frame,
+    paced_index,
+)
+from appliance.config import CaptureSource
+from appliance.phantoms.ultrasound import make_ultrasound_clip
+from appliance.phantoms.ultrasound_geometry import SectorGeometry
 
 _Pixels = npt.NDArray[np.uint8]
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -102,10 +115,7 @@ class GeneratedSource:
 
     def read(self, timeout_s: float = 1.0) -> Frame | None:
         """The frame due now (a late reader skips frames, as with a live grabber)."""
-        if self._clock is None:
-            time.sleep(max(0.0, timeout_s))
-            return None
-        index = self._clock.next_index(timeout_s)
+        index = paced_index(self._clock, timeout_s)
         if index is None:
             return None
         loop = self._loop()
@@ -122,6 +132,14 @@ class GeneratedSource:
             region=loop.region,
             mm_per_pixel=loop.mm_per_pixel,
         )
+
+
+def open_generated(source: CaptureSource) -> GeneratedSource:
+    """The generated source `capture.source` describes (kind "generated"), not yet opened."""
+    return GeneratedSource(source.width, source.height, source.fps, name=source.name)
+
+
+OPENERS: Mapping[str, SourceOpener] = MappingProxyType({"generated": open_generated})
 
 
 @functools.lru_cache(maxsize=2)

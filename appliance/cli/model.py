@@ -1,64 +1,25 @@
-"""`appliance model ...` (list, verify, import, quantize, validate, profile) and `appliance
-infer`: the runtime's commands.
+"""`appliance model ...`: list, verify, import, quantize, validate and profile model packages.
 
-Entry code kept beside the runtime so cli.py only has to call `register`; nothing else in the
-runtime imports it. Registering imports nothing heavy: every `appliance` command builds the
-whole parser, so ONNX, OpenCV and the explain room are imported only by the command that runs.
-`appliance infer` itself is in `runtime.infer_command`.
+Registering imports nothing heavy: every `appliance` command builds the whole parser, so ONNX
+and OpenCV are imported only by the command that runs. The runtime does the work and returns
+results; this module parses the arguments and prints them.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from appliance.runtime.backends import BACKENDS, PRECISIONS
+from appliance.cli.common import Subcommands, add_models_dir, models_dirs
 from appliance.runtime.errors import PackageError
 from appliance.runtime.package import ModelPackage, find_packages, load_package
 
-DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"  # the bundled demos
 
-
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the `model` and `infer` commands to the CLI's sub-commands."""
-    _add_model_commands(subparsers)
-    _add_infer_command(subparsers)
-
-
-def _add_infer_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "infer",
-        help="run models on DICOM, PNG or JPEG files; findings as JSON on stdout",
-        description="Run the applicable models on DICOM, PNG or JPEG files: findings as JSON "
-        "on stdout, overlay PNGs in --out. PNG/JPEG pictures carry no tags: --modality, "
-        "--body-part and --view say what they show (DICOM files use their own).",
-    )
-    parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    parser.add_argument(
-        "--model", type=Path, action="append", metavar="PKG", help="package folder (repeatable)"
-    )
-    add_models_dir(parser)
-    parser.add_argument("--backend", choices=BACKENDS, default="cpu")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    parser.add_argument("--threads", type=int, default=0, help="0: one per core")
-    parser.add_argument("--cache-dir", type=Path, help="TensorRT engine cache")
-    parser.add_argument("--out", type=Path, metavar="DIR", help="write overlay PNGs here")
-    parser.add_argument("--explain", choices=("positive", "all", "none"), default="positive")
-    parser.add_argument("--modality", default="", help="what a PNG/JPEG shows, e.g. CR")
-    parser.add_argument("--body-part", default="", help="e.g. CHEST (PNG/JPEG only)")
-    parser.add_argument("--view", default="", help="e.g. PA (PNG/JPEG only)")
-    parser.set_defaults(func=cmd_infer)
-
-
-def cmd_infer(args: argparse.Namespace) -> int:
-    from appliance.runtime import infer_command
-
-    return infer_command.cmd_infer(args)
-
-
-def _add_model_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
+def register(sub: Subcommands) -> None:
+    """Add the `model` command group to the CLI's sub-commands."""
+    parser = sub.add_parser(
         "model", help="list, verify, import, quantize, validate and profile model packages"
     )
     commands = parser.add_subparsers(dest="model_command", metavar="COMMAND", required=True)
@@ -83,9 +44,7 @@ def _add_model_commands(subparsers: argparse._SubParsersAction[argparse.Argument
     _add_profile_command(commands)
 
 
-def _add_quantize_command(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> None:
+def _add_quantize_command(commands: Subcommands) -> None:
     quantize = commands.add_parser(
         "quantize",
         help="make the package's INT8 graph, calibrated on this site's images",
@@ -97,39 +56,33 @@ def _add_quantize_command(
         "manifest and the package is re-sealed. Ties go to reduce_range=yes (safe on AVX2 CPUs "
         "without VNNI).",
     )
-    quantize.add_argument("package", type=Path, metavar="PKG")
-    quantize.add_argument("--calibration", type=Path, required=True, metavar="DIR")
+    _add_package_and_images(quantize, "--calibration")
     quantize.add_argument("--max-images", type=int, metavar="N", help="use at most N images")
     quantize.add_argument("--variant", choices=("auto", "quint8", "qint8"), default="auto")
     quantize.add_argument("--reduce-range", choices=("auto", "yes", "no"), default="auto")
-    quantize.add_argument("--threads", type=int, default=1, help="intra-op threads (0: all)")
+    _add_threads(quantize)
     quantize.set_defaults(func=cmd_model_quantize)
 
 
-def _add_validate_command(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> None:
+def _add_validate_command(commands: Subcommands) -> None:
     validate = commands.add_parser(
         "validate",
         help="measure a package on this site's labelled images (AUC, sensitivity, ...)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=_VALIDATE_HELP,
     )
-    validate.add_argument("package", type=Path, metavar="PKG")
-    validate.add_argument("--dataset", type=Path, required=True, metavar="DIR")
+    _add_package_and_images(validate, "--dataset")
     validate.add_argument("--labels", type=Path, metavar="CSV", help="default DIR/labels.csv")
     validate.add_argument("--precision", choices=("fp32", "int8", "both"), default="both")
     validate.add_argument(
         "--sensitivity", type=float, default=0.9, help="target sensitivity (default 0.9)"
     )
     validate.add_argument("--out", type=Path, metavar="DIR", help="report folder")
-    validate.add_argument("--threads", type=int, default=1, help="intra-op threads (0: all)")
+    _add_threads(validate)
     validate.set_defaults(func=cmd_model_validate)
 
 
-def _add_profile_command(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> None:
+def _add_profile_command(commands: Subcommands) -> None:
     profile = commands.add_parser(
         "profile",
         help="measure what this model's typical images look like, for the quality check",
@@ -141,8 +94,7 @@ def _add_profile_command(
         "down. Written as the manifest's quality section; the package is re-sealed. Blank and "
         "unreadable files are skipped with a warning.",
     )
-    profile.add_argument("package", type=Path, metavar="PKG")
-    profile.add_argument("--dataset", type=Path, required=True, metavar="DIR")
+    _add_package_and_images(profile, "--dataset")
     profile.add_argument(
         "--percentile",
         type=float,
@@ -151,6 +103,16 @@ def _add_profile_command(
         help="percentile of the typical images' figures the thresholds start from (default 1)",
     )
     profile.set_defaults(func=cmd_model_profile)
+
+
+def _add_package_and_images(parser: argparse.ArgumentParser, images_option: str) -> None:
+    """The package a command changes or measures, and the folder of this site's images."""
+    parser.add_argument("package", type=Path, metavar="PKG")
+    parser.add_argument(images_option, type=Path, required=True, metavar="DIR")
+
+
+def _add_threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (0: all)")
 
 
 _VALIDATE_HELP = """\
@@ -172,20 +134,6 @@ specificity at the manifest threshold (Wilson 95% intervals), the threshold reac
 agreement and AUC difference. Segmentation: area error and presence decisions
 (area > 0). Writes report.json and roc-LABEL.png per label to --out
 (default ./validation-NAME-VERSION)."""
-
-
-def add_models_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--models-dir",
-        type=Path,
-        action="append",
-        metavar="DIR",
-        help=f"folder of packages (repeatable; default {DEFAULT_MODELS_DIR})",
-    )
-
-
-def models_dirs(args: argparse.Namespace) -> list[Path]:
-    return list(args.models_dir or [DEFAULT_MODELS_DIR])
 
 
 def cmd_model_list(args: argparse.Namespace) -> int:
@@ -237,14 +185,9 @@ def cmd_model_quantize(args: argparse.Namespace) -> int:
         variants=quantize.candidate_variants(args.variant, args.reduce_range),
         threads=args.threads,
     )
-    for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    print(quantize.format_table(result))
     package = result.package
-    print(
-        f"wrote {package.model_file('int8')} (sha256 {package.model_hash('int8')[:16]}...); "
-        f"{package.manifest.identity} re-sealed"
-    )
+    written = f"{package.model_file('int8')} (sha256 {package.model_hash('int8')[:16]}...)"
+    _print_resealed(result.warnings, quantize.format_table(result), written, package)
     return 0
 
 
@@ -252,21 +195,44 @@ def cmd_model_profile(args: argparse.Namespace) -> int:
     from appliance.runtime import quality
 
     result = quality.profile_package(args.package, args.dataset, percentile=args.percentile)
-    for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    print(quality.format_report(result))
     package = result.package
-    print(
-        f"wrote the quality section of {package.folder / 'manifest.yaml'}; "
-        f"{package.manifest.identity} re-sealed"
-    )
+    written = f"the quality section of {package.folder / 'manifest.yaml'}"
+    _print_resealed(result.warnings, quality.format_report(result), written, package)
     return 0
 
 
-def cmd_model_validate(args: argparse.Namespace) -> int:
-    from appliance.runtime import validate
+def _print_resealed(
+    warnings: Sequence[str], table: str, written: str, package: ModelPackage
+) -> None:
+    """What a command that changed a package prints: its warnings, its table, what it wrote."""
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(table)
+    print(f"wrote {written}; {package.manifest.identity} re-sealed")
 
-    return validate.cmd_validate(args)
+
+def cmd_model_validate(args: argparse.Namespace) -> int:
+    from appliance.runtime.validation import format_report, validate
+
+    out = args.out
+    if out is None:
+        package = load_package(args.package)
+        out = Path(f"validation-{package.name}-{package.version}")
+    report = validate(
+        args.package,
+        args.dataset,
+        labels_csv=args.labels,
+        precision=args.precision,
+        target=args.sensitivity,
+        out=out,
+        threads=args.threads,
+    )
+    print(format_report(report))
+    print(
+        f"wrote {out / 'report.json'}"
+        + (f" and {len(report['plots'])} ROC plot(s)" if report["plots"] else "")
+    )
+    return 0
 
 
 def cmd_model_import(args: argparse.Namespace) -> int:

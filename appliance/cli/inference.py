@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.cli.common import models_dirs
 from appliance.config import load_settings
 from appliance.errors import ApplianceError
+from appliance.explain import explain, mask_overlay_png, overlay_png
 from appliance.imaging import DecodedImage, DecodeError, decode
 from appliance.paths import resolve_paths
 from appliance.runtime.backends import BackendOptions
-from appliance.runtime.commands import models_dirs
 from appliance.runtime.engine import Model
 from appliance.runtime.errors import InputError
 from appliance.runtime.findings import ModelResult
@@ -57,8 +58,8 @@ class _Models:
             model.close()
 
 
-def cmd_infer(args: argparse.Namespace) -> int:
-    """Run `appliance infer` (arguments: see `commands._add_infer_command`)."""
+def run_infer(args: argparse.Namespace) -> int:
+    """Run `appliance infer` (arguments: see `cli.infer.register`)."""
     models = _Models(_packages(args), _options(args))
     if args.out is not None:
         try:
@@ -202,8 +203,6 @@ def _explain(
     number: int, model: Model, result: ModelResult, args: argparse.Namespace
 ) -> dict[str, Any]:
     """Heatmaps (and mask overlays) for one result; PNGs written when --out is given."""
-    from appliance.explain import explain, mask_overlay_png, overlay_png
-
     stem = f"{number:03d}-{model.package.name}-f{result.frame}"
     heatmaps = [] if args.explain == "none" else explain(model, result, args.explain)
     overlays = []

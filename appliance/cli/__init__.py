@@ -1,0 +1,48 @@
+"""The `appliance` command: parse arguments, load the configuration, start what was asked.
+
+One module per command group; each adds its sub-commands with `register`. Every command
+builds the whole parser, so registering imports nothing heavy: a command's libraries are
+imported when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from appliance import __version__, bench
+from appliance.cli import capture, config, demo, dicom, infer, model, roles, status
+from appliance.errors import ApplianceError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="appliance", description="Edge inference appliance for clinics (offline)."
+    )
+    parser.add_argument("--config", type=Path, help="YAML configuration file (default: built-in)")
+    parser.add_argument("--version", action="version", version=f"appliance {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    roles.register(sub)  # run, receiver, worker, ui
+    config.register(sub)  # check-config
+    dicom.register(sub)  # send, echo
+    status.register(sub)
+    bench.register(sub)
+    model.register(sub)
+    infer.register(sub)
+    capture.register(sub)  # capture probe
+    demo.register(sub)  # demo-data
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ApplianceError as exc:
+        print(f"appliance: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
