@@ -177,14 +177,7 @@ def clear_calibration(conn: sqlite3.Connection, device: str, user: str) -> bool:
         if old is None:
             return False
         conn.execute("DELETE FROM capture_calibration WHERE device = ?", (device,))
-        audit.append(
-            conn,
-            f"ui:{user}",
-            "capture.calibration_cleared",
-            f"device:{device}",
-            previous=[old.x, old.y, old.width, old.height],
-            previous_mm_per_pixel=old.mm_per_pixel,
-        )
+        _audit_calibration(conn, user, "capture.calibration_cleared", device, old)
     return True
 
 
@@ -215,17 +208,36 @@ def set_calibration(
             " set_at = excluded.set_at",
             (device, new.x, new.y, new.width, new.height, new.mm_per_pixel, user, utc_now()),
         )
-        audit.append(
+        _audit_calibration(
             conn,
-            f"ui:{user}",
+            user,
             "capture.calibrated",
-            f"device:{device}",
+            device,
+            old,
             region=[new.x, new.y, new.width, new.height],
             mm_per_pixel=new.mm_per_pixel,
-            previous=None if old is None else [old.x, old.y, old.width, old.height],
-            previous_mm_per_pixel=None if old is None else old.mm_per_pixel,
         )
     return new
+
+
+def _audit_calibration(
+    conn: sqlite3.Connection,
+    user: str,
+    action: str,
+    device: str,
+    old: Calibration | None,
+    **detail: Any,
+) -> None:
+    """Audit a change of `device`'s calibration by an admin, with the values it replaced."""
+    audit.append(
+        conn,
+        f"ui:{user}",
+        action,
+        f"device:{device}",
+        **detail,
+        previous=None if old is None else [old.x, old.y, old.width, old.height],
+        previous_mm_per_pixel=None if old is None else old.mm_per_pixel,
+    )
 
 
 def _check_calibration(device: str, c: Calibration) -> None:
@@ -257,3 +269,12 @@ def study_for_capture(conn: sqlite3.Connection, study_id: int) -> StudyForCaptur
 
 def _float_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def study_of_instance(conn: sqlite3.Connection, instance_id: int) -> int | None:
+    """The study a stored instance belongs to (a saved capture's result names it for the UI)."""
+    row = conn.execute(
+        "SELECT s.study_ref FROM instances i JOIN series s ON s.id = i.series_ref WHERE i.id = ?",
+        (instance_id,),
+    ).fetchone()
+    return None if row is None else int(row[0])

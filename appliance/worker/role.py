@@ -15,9 +15,11 @@ import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 
+from appliance.capture.sources import SourceOpener
 from appliance.config import Settings
 from appliance.domain import Analysis, AnalysisState, ArtifactRecord
 from appliance.paths import Paths
@@ -26,7 +28,7 @@ from appliance.runtime.routing import ImageTags
 from appliance.store import Store, jobs, open_store, status
 from appliance.store.doorbell import Doorbell, Listener
 from appliance.worker.analyse import Draft, analyse
-from appliance.worker.capture_loop import start_capture
+from appliance.worker.capture.loop import start_capture
 from appliance.worker.models import ModelSet
 from appliance.worker.pictures import Pending, Picture, draw
 
@@ -35,8 +37,13 @@ ACTOR = "worker"
 STORE_WAIT_S = 5.0  # between tries while the store cannot be written
 
 
-def serve(settings: Settings, paths: Paths) -> int:
-    """Load the models, take back jobs of a crashed worker, and work until asked to stop."""
+def serve(
+    settings: Settings, paths: Paths, openers: Mapping[str, SourceOpener] | None = None
+) -> int:
+    """Load the models, take back jobs of a crashed worker, and work until asked to stop.
+
+    `openers` make capture source kinds the capture room does not (the demo's generated
+    screen); the entry layer hands them in."""
     started = time.monotonic()
     store = open_store(settings, paths)
     models = ModelSet.load(settings.models, paths.cache_dir)
@@ -62,7 +69,7 @@ def serve(settings: Settings, paths: Paths) -> int:
         + (f"; {taken_back} interrupted job(s) taken back" if taken_back else ""),
         flush=True,
     )
-    capture = start_capture(settings, paths, store, models)  # None unless configured
+    capture = start_capture(settings, paths, store, models, openers)  # None unless configured
     try:
         _work(worker, listener, stop)
     finally:
