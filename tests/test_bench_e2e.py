@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 
 import pytest
-from bench_fixtures import Run, assert_refused, run_bench
+from bench_fixtures import Run, run_bench
 
 from appliance.bench.e2e.results import (
     E2EOptions,
@@ -154,15 +154,6 @@ def test_the_wait_behind_follow_up_jobs_is_the_overlap_with_them() -> None:
 
     assert [i.behind_followups_ms for i in scenario.images] == [0, pytest.approx(100)]
     assert scenario.drain_s == pytest.approx(0.2)
-
-
-@pytest.mark.parametrize(
-    "argv", [["--studies", "0"], ["--interval", "0"], ["--chest-rows", "100"], ["--burst", "0"]]
-)
-def test_impossible_options_are_refused(
-    argv: list[str], capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert_refused("e2e", argv, capsys)
 
 
 def test_options_are_checked_without_the_command_line() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from bench_fixtures import Run, assert_refused, run_bench
+from bench_fixtures import Run, run_bench
 
 from appliance.bench.harness import BenchError
 from appliance.bench.ui.results import UIOptions
@@ -104,15 +104,6 @@ def test_a_seeded_store_is_consistent_with_the_store_s_own_rules(store: Store) -
     states = {state for row in shown for state in row.states}
     assert len(shown) == 300
     assert "findings" in states and states & {"received", "analysing"}  # the newest wait
-
-
-@pytest.mark.parametrize(
-    "argv", [["--studies", "0"], ["--clients", "0"], ["--images", "0"], ["--seconds", "0"]]
-)
-def test_impossible_options_are_refused(
-    argv: list[str], capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert_refused("ui", argv, capsys)
 
 
 def test_options_are_checked_without_the_command_line(tmp_path: Path) -> None:

@@ -14,20 +14,18 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import statistics
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from appliance.bench.harness.command import SubParsers, add_command
+from appliance.bench.harness.command import Bench
 from appliance.bench.harness.command import progress as progress_line
-from appliance.bench.harness.options import OptionRow, number_list, option_values
+from appliance.bench.harness.options import OptionRow, number_list
 from appliance.bench.harness.tables import percentile
 from appliance.bench.reference_net import reference_files
 from appliance.runtime.backends import BackendOptions, Precision
@@ -104,23 +102,14 @@ _OPTIONS: tuple[OptionRow, ...] = (
 )
 
 
-def add_parser(commands: SubParsers) -> None:
-    """Add `inference` to the `bench` sub-commands."""
-    summary = "model latency and throughput, FP32 vs INT8, and the end-to-end split"
-    parser = add_command(commands, NAME, summary, __doc__, _OPTIONS, InferenceOptions())
+def _add_skip_reference(parser: argparse.ArgumentParser, defaults: InferenceOptions) -> None:
     reference = "leave out the ResNet-50-sized reference network"
     parser.add_argument("--skip-reference", action="store_true", help=reference)
-    parser.set_defaults(func=main)
 
 
-def main(args: argparse.Namespace) -> int:
-    options = InferenceOptions(**option_values(args, _OPTIONS), skip_reference=args.skip_reference)
-    run_inference(options, sys.stdout)
-    return 0
-
-
-def run_inference(options: InferenceOptions, out: TextIO) -> InferenceReport:
-    """Measure everything, print the report to `out` and return it."""
+def _measure(options: InferenceOptions, folder: Path) -> InferenceReport:
+    """Every package at both precisions, the reference network, then the demo splits (their
+    files written in `folder`)."""
     from appliance.runtime.package import load_package
 
     packages = [load_package(p.parent) for p in sorted(options.models.glob("*/manifest.yaml"))]
@@ -131,12 +120,8 @@ def run_inference(options: InferenceOptions, out: TextIO) -> InferenceReport:
             speeds.append(package_speed(package, precision, options))
     if not options.skip_reference:
         speeds += reference_speeds(options)
-    with tempfile.TemporaryDirectory(prefix="appliance-bench-") as folder:
-        splits = tuple(demo_splits(packages, Path(folder), options))
-    report = InferenceReport(options, tuple(speeds), splits, gpu_note())
-    out.write(format_report(report))
-    out.flush()
-    return report
+    splits = tuple(demo_splits(packages, folder, options))
+    return InferenceReport(options, tuple(speeds), splits, gpu_note())
 
 
 def package_speed(package: Any, precision: Precision, options: InferenceOptions) -> Speed:
@@ -374,3 +359,18 @@ def beside_reference(report: InferenceReport) -> list[str]:
 
 def progress(message: str) -> None:
     progress_line(NAME, message)
+
+
+INFERENCE = Bench(
+    NAME,
+    "model latency and throughput, FP32 vs INT8, and the end-to-end split",
+    __doc__,
+    InferenceOptions,
+    _OPTIONS,
+    _measure,
+    format_report,
+    more_options=_add_skip_reference,
+    more_fields=("skip_reference",),
+)
+add_parser = INFERENCE.add_parser
+run_inference = INFERENCE.run

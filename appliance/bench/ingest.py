@@ -14,19 +14,17 @@ import argparse
 import os
 import shutil
 import statistics
-import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
 from appliance.bench.durable import durable_write_rate
 from appliance.bench.files import FileSet, make_large_set, make_memory_object, make_small_set
 from appliance.bench.harness import BenchError
-from appliance.bench.harness.command import SubParsers, add_command, add_outputs, run_in_folder
+from appliance.bench.harness.command import Bench
 from appliance.bench.harness.command import progress as progress_line
-from appliance.bench.harness.options import OptionRow, check_options, number_list, option_values
+from appliance.bench.harness.options import OptionRow, check_options, number_list
 from appliance.bench.harness.processes import status_mb
 from appliance.bench.memory import MemoryResult, RssSampler
 from appliance.bench.peers import (
@@ -94,29 +92,14 @@ _MEMORY_FRAMES = "frames of the memory test's object, 0.92 MB each"
 _COUNTS: tuple[OptionRow, ...] = (
     ("--small", "small", int, "N", "small images (128x128 16-bit CT) in the small set"),
     ("--large", "large", int, "N", "2048x2048 16-bit CR images in the large set"),
-    (
-        "--large-frames",
-        "large_frames",
-        int,
-        "N",
-        "frames of the large set's ultrasound, 0 for none",
-    ),
-    (
-        "--memory-frames",
-        "memory_frames",
-        int,
-        "N",
-        "frames of the memory test's object, 0.92 MB each",
-    ),
+    ("--large-frames", "large_frames", int, "N", _LARGE_FRAMES),
+    ("--memory-frames", "memory_frames", int, "N", _MEMORY_FRAMES),
     ("--repeat", "repeat", int, "R", "runs per receiver and set; the median is shown"),
 )
 
 
-def add_parser(commands: SubParsers) -> None:
-    """Add `ingest` to the `bench` sub-commands."""
-    summary = "receiver throughput and memory against DCMTK storescp and stock pynetdicom"
-    defaults = IngestOptions()
-    parser = add_command(commands, NAME, summary, __doc__, _COUNTS, defaults)
+def _add_receivers(parser: argparse.ArgumentParser, defaults: IngestOptions) -> None:
+    """--senders, --peers and --skip-memory, after the counts."""
     senders = "concurrent storescu processes for the small set (default 1,2,4); 1 always runs"
     parser.add_argument(
         "--senders", type=_senders, default=defaults.senders, metavar="N,N...", help=senders
@@ -127,43 +110,12 @@ def add_parser(commands: SubParsers) -> None:
     )
     memory = "do not measure memory while receiving a big object"
     parser.add_argument("--skip-memory", action="store_true", help=memory)
-    workdir = "keep the files and logs in a new folder under DIR"
-    add_outputs(parser, workdir, json_report=False)
-    parser.set_defaults(func=main)
 
 
-def main(args: argparse.Namespace) -> int:
-    """The `bench ingest` handler: print the report on stdout and return 0.
-
-    A run that goes wrong raises BenchError, which the CLI reports like any ApplianceError.
-    """
-    options = IngestOptions(
-        **option_values(args, _COUNTS),
-        senders=args.senders,
-        peers=args.peers,
-        skip_memory=args.skip_memory,
-        workdir=args.workdir,
-    )
-    run_ingest(options, sys.stdout)
-    return 0
-
-
-def run_ingest(
-    options: IngestOptions, out: TextIO, launchers: dict[str, Launcher] | None = None
-) -> IngestReport:
-    """Run the whole benchmark, print its report to `out` and return it.
-
-    `launchers` maps each receiver's name to what starts it; the default is those of
-    `options.peers`.
-    """
-    peers = {name: LAUNCHERS[name] for name in options.peers} if launchers is None else launchers
-    check_dcmtk()
-    return run_in_folder(
-        NAME, options.workdir, lambda folder: _measure(options, folder, peers), format_report, out
-    )
-
-
-def _measure(options: IngestOptions, workdir: Path, peers: dict[str, Launcher]) -> IngestReport:
+def _measure(options: IngestOptions, workdir: Path) -> IngestReport:
+    """Each receiver of `options.peers` on the small and large sets, the durable-write limit
+    beside them, then memory while a big object streams in."""
+    peers = {name: LAUNCHERS[name] for name in options.peers}
     progress("generating the small and large sets")
     small = make_small_set(workdir / "files" / "small", options.small)
     large = make_large_set(workdir / "files" / "large", options.large, options.large_frames)
@@ -315,3 +267,20 @@ def _peers(text: str) -> tuple[str, ...]:
 
 def _senders(text: str) -> tuple[int, ...]:
     return number_list(text, "sender count")
+
+
+INGEST = Bench(
+    NAME,
+    "receiver throughput and memory against DCMTK storescp and stock pynetdicom",
+    __doc__,
+    IngestOptions,
+    _COUNTS,
+    _measure,
+    format_report,
+    workdir_help="keep the files and logs in a new folder under DIR",
+    more_options=_add_receivers,
+    more_fields=("senders", "peers", "skip_memory"),
+    check=check_dcmtk,
+)
+add_parser = INGEST.add_parser
+run_ingest = INGEST.run

@@ -1,5 +1,6 @@
-"""What both recipes share: phantom data sets, ONNX export, INT8 quantization, evaluation,
-latency and package writing. Torch-free: the training scripts bring torch, this does not.
+"""What both recipes share: phantom data sets, ONNX checks, INT8 quantization, evaluation,
+latency and package writing. Torch-free: the training scripts bring torch (and `training`,
+what they share that needs it), this does not.
 
 Data sets are drawn from `appliance.phantoms` and fed through `appliance.phantoms.preprocess`,
 the reference of what the runtime does per manifest, so the model sees exactly what the box
@@ -17,7 +18,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import onnx
@@ -29,6 +30,8 @@ import appliance.runtime.quantize as runtime_quantize
 
 REPO = Path(__file__).resolve().parents[2]
 OPSET = 17
+SIZE = 256  # the models' input is 1 x SIZE x SIZE
+FP32_NAME, INT8_NAME = "model.onnx", "model.int8.onnx"
 CAUTION = "Demo model trained on synthetic images only. Not for clinical use."
 
 # Seed ranges: disjoint by construction; the package tests use 900000 and up.
@@ -36,6 +39,12 @@ TRAIN_SEEDS = 0
 CALIBRATION_SEEDS = 50_000
 VALIDATION_SEEDS = 100_000
 TEST_SEEDS = 200_000
+SPLITS = {
+    "train": TRAIN_SEEDS,
+    "calibration": CALIBRATION_SEEDS,
+    "validation": VALIDATION_SEEDS,
+    "test": TEST_SEEDS,
+}
 
 
 def parse_arguments(
@@ -56,8 +65,7 @@ def parse_arguments(
         help="images per split (smaller for a quick dry run)",
     )
     args = parser.parse_args()
-    names = ("train", "calibration", "validation", "test")
-    return args, dict(zip(names, args.counts, strict=True))
+    return args, dict(zip(SPLITS, args.counts, strict=True))
 
 
 def log(message: str) -> None:
@@ -97,6 +105,20 @@ def cached(
     np.savez(path, **arrays)  # type: ignore[arg-type]
     log(f"built {name}: {len(seeds)} images in {time.perf_counter() - started:.0f} s")
     return arrays
+
+
+def draw_sets(
+    work: Path,
+    prefix: str,
+    module: str,
+    counts: dict[str, int],
+    build: Callable[[Sequence[int]], dict[str, np.ndarray]],
+) -> dict[str, dict[str, np.ndarray]]:
+    """Every split, `counts[split]` images from its first seed on, cached (see `cached`)."""
+    return {
+        name: cached(work, f"{prefix}-{name}", module, range(start, start + counts[name]), build)
+        for name, start in SPLITS.items()
+    }
 
 
 # --- metrics -----------------------------------------------------------------------------
@@ -188,6 +210,17 @@ def latency_ms(path: Path, sample: np.ndarray, threads: int, runs: int = 60) -> 
     return rounded(statistics.median(times), 2)
 
 
+def latency(fp32: Path, int8: Path, sample: np.ndarray) -> dict[str, Any]:
+    """Both files' batch-1 latency on one thread, and on what CPU: the manifests' figures."""
+    return {
+        "cpu": cpu_name(),
+        "threads": 1,
+        "batch": 1,
+        "fp32": latency_ms(fp32, sample, 1),
+        "int8": latency_ms(int8, sample, 1),
+    }
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -213,7 +246,7 @@ def _cpu_flags() -> set[str]:
 # The appliance's own quantization (`appliance model quantize`) is the one used here, so the
 # bundled INT8 files and a site's re-quantization are made the same way.
 AGREEMENT_TOLERANCE = runtime_quantize.AGREEMENT_TOLERANCE
-Variant = runtime_quantize.Variant
+Variant: TypeAlias = runtime_quantize.Variant
 VARIANTS = runtime_quantize.VARIANTS
 pick_variant = runtime_quantize.pick_variant
 
@@ -227,6 +260,34 @@ def quantize(
     float, so probabilities and mask values are not rounded to 8 bits at the threshold.
     """
     runtime_quantize.quantize_graph(fp32, out, variant, calibration, keep_float=keep_float)
+
+
+# What one variant's validation outputs come to: its figures for the report, (agreement,
+# quality change) for `pick_variant`, and a note for the log.
+Judged = tuple[dict[str, Any], tuple[float, float], str]
+
+
+def choose_variant(
+    work: Path,
+    prefix: str,
+    fp32: Path,
+    calibration: np.ndarray,
+    validation: np.ndarray,
+    keep_float: Sequence[str],
+    judge: Callable[[np.ndarray], Judged],
+) -> tuple[Variant, dict[str, Any]]:
+    """Quantize every variant (as `work/PREFIX-SLUG.onnx`), judge its first output on the
+    validation images against FP32; the choice itself is `pick_variant`'s (agreement first,
+    then reduce_range). The chosen variant and every variant's figures by slug."""
+    scores: dict[str, Any] = {}
+    measured: dict[Variant, tuple[float, float]] = {}
+    for variant in VARIANTS:
+        path = work / f"{prefix}-{variant.slug}.onnx"
+        quantize(fp32, path, variant, calibration, keep_float=keep_float)
+        figures, measured[variant], note = judge(run_batches(session(path), validation)[0])
+        scores[variant.slug] = figures
+        log(f"variant {variant.slug}: {note}")
+    return pick_variant(measured), scores
 
 
 def check_graph(path: Path, input_name: str, outputs: Sequence[str]) -> None:
@@ -250,6 +311,106 @@ def write_package(folder: Path, manifest: dict[str, Any]) -> None:
     names = ["manifest.yaml", *manifest["files"].values()]
     lines = [f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}" for n in names]
     (folder / "SHA256SUMS").write_text("\n".join(lines) + "\n", encoding="ascii")
+
+
+def demo_manifest(
+    *,
+    name: str,
+    task: str,
+    title: str,
+    intended_use: str,
+    applies_to: dict[str, Any],
+    crop_to_ultrasound_region: bool,
+    outputs: list[dict[str, Any]],
+    explanation: str,
+    validation: dict[str, Any],
+) -> dict[str, Any]:
+    """A demo package's manifest: what is the same for every demo model (format, version,
+    the caution, the input as `appliance.phantoms.preprocess` made it in training, the file
+    names) around what each recipe says of its own model."""
+    return {
+        "format": 1,
+        "name": name,
+        "version": "0.1.0",
+        "task": task,
+        "title": title,
+        "intended_use": intended_use,
+        "not_for_clinical_use": True,
+        "caution": CAUTION,
+        "applies_to": applies_to,
+        "input": {
+            "name": "image",
+            "height": SIZE,
+            "width": SIZE,
+            "channels": 1,
+            "layout": "NCHW",
+            "resize": "letterbox",
+            "window": "file",
+            "mean": [0.5],
+            "std": [0.25],
+            "frames": "first",
+            "crop_to_ultrasound_region": crop_to_ultrasound_region,
+            "batch": "dynamic",
+        },
+        "outputs": outputs,
+        "explanation": {"method": explanation},
+        "files": {"fp32": FP32_NAME, "int8": INT8_NAME},
+        "validation": validation,
+    }
+
+
+def int8_calibration(variant: Variant, counts: dict[str, int]) -> dict[str, Any]:
+    """How the INT8 file was made: the manifests' `validation.int8` less its figures."""
+    return {**variant.describe(), "calibration": f"{counts['calibration']} phantoms, MinMax"}
+
+
+def recipe_report(
+    seconds: float,
+    variants: dict[str, Any],
+    chosen: Variant,
+    results: dict[str, Any],
+    latency: dict[str, Any],
+) -> dict[str, Any]:
+    """The run's report (kept as JSON under --work; the README's figures come from it)."""
+    return {
+        "train_seconds": round(seconds),
+        "variants": variants,
+        "chosen": chosen.slug,
+        **results,
+        "latency_ms": latency,
+    }
+
+
+def finish(
+    args: argparse.Namespace,
+    section: str,
+    prefix: str,
+    manifest: dict[str, Any],
+    report: dict[str, Any],
+    readme: list[str],
+) -> None:
+    """Write the package, the report and the README's figures for `section`."""
+    write_package(args.out, manifest)
+    write_report(args.work / f"{prefix}-report.json", report)
+    write_readme_results(section, readme)
+    log(f"report: {report}")
+
+
+def variant_lines(columns: Sequence[str], rows: list[str], report: dict[str, Any]) -> list[str]:
+    """The README's closing lines of a model's figures: the variants' table (`rows` under
+    `columns`, after the variant's name), the variant chosen and the latencies."""
+    latency = report["latency_ms"]
+    return [
+        "",
+        "Quantization variants (validation split):",
+        "",
+        "| " + " | ".join(("variant", *columns)) + " |",
+        "|" + "---|" * (len(columns) + 1),
+        *rows,
+        "",
+        f"Chosen: `{report['chosen']}`. Latency, batch 1, 1 thread, {latency['cpu']}: "
+        f"FP32 {latency['fp32']} ms, INT8 {latency['int8']} ms (median of 60 runs).",
+    ]
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:

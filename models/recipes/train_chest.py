@@ -11,8 +11,7 @@ scores are made of, and the runtime needs no second pass to explain a finding.
 
 from __future__ import annotations
 
-import math
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,13 @@ import common as c
 import cv2
 import numpy as np
 import torch
+import training as t
 from torch import nn
 
 from appliance.phantoms import CHEST_FINDINGS
 
-SIZE = 256
+SIZE = c.SIZE
 TRAIN_COUNT, CALIBRATION_COUNT, VALIDATION_COUNT, TEST_COUNT = 5000, 200, 600, 1000
-FP32_NAME, INT8_NAME = "model.onnx", "model.int8.onnx"
 LOCALISATION_WEIGHT = 0.2
 LABELS: dict[str, dict[str, Any]] = {
     "lung_nodule": {"display": "Lung nodule or mass", "priority": "review"},
@@ -49,27 +48,19 @@ LABELS: dict[str, dict[str, Any]] = {
 }
 
 
-def block(inputs: int, outputs: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(inputs, outputs, 3, stride, padding=dilation, dilation=dilation, bias=False),
-        nn.BatchNorm2d(outputs),
-        nn.ReLU(inplace=True),
-    )
-
-
 class ChestNet(nn.Module):
     """Stride-8 features (so the CAM resolves a 2 cm nodule), dilations for context."""
 
     def __init__(self, labels: int) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            block(1, 16, 2),
-            block(16, 32, 2),
-            block(32, 32),
-            block(32, 64, 2),
-            block(64, 64),
-            block(64, 64, dilation=2),
-            block(64, 96, dilation=4),
+            t.block(1, 16, 2),
+            t.block(16, 32, 2),
+            t.block(32, 32),
+            t.block(32, 64, 2),
+            t.block(64, 64),
+            t.block(64, 64, dilation=2),
+            t.block(64, 96, dilation=4),
         )
         self.classifier = nn.Conv2d(96, labels, 1)
 
@@ -116,62 +107,23 @@ def localisation_loss(
     return -torch.logsumexp(log_p.masked_fill(~inside, float("-inf")), dim=1).mean()
 
 
-def train(model: ChestNet, data: dict[str, np.ndarray], epochs: int, batch: int) -> float:
-    """AdamW with a one-cycle schedule; returns the wall time in seconds."""
-    images = torch.from_numpy(data["images"])
+def chest_loss(model: ChestNet, data: dict[str, np.ndarray]) -> t.Loss:
+    """Binary cross-entropy on the scores plus the weighted localisation term."""
     labels = torch.from_numpy(data["labels"].astype(np.float32))
     targets = cam_targets(data["masks"])
-    steps = epochs * math.ceil(len(images) / batch)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=steps)
     loss_fn = nn.BCEWithLogitsLoss()
-    generator = torch.Generator().manual_seed(0)
-    started = time.perf_counter()
-    model.train()
-    for epoch in range(epochs):
-        order = torch.randperm(len(images), generator=generator)
-        total = 0.0
-        for start in range(0, len(images), batch):
-            index = order[start : start + batch]
-            x = augment(images[index].float(), generator).contiguous(
-                memory_format=torch.channels_last
-            )
-            cam = model.cam(x)
-            loss = loss_fn(cam.mean(dim=(2, 3)), labels[index])
-            loss = loss + LOCALISATION_WEIGHT * localisation_loss(
-                cam, labels[index], targets[index]
-            )
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            total += float(loss.detach()) * len(index)
-        c.log(f"epoch {epoch + 1}/{epochs}: loss {total / len(images):.4f}")
-    return time.perf_counter() - started
+
+    def loss(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        cam = model.cam(x)
+        value = loss_fn(cam.mean(dim=(2, 3)), labels[index])
+        return value + LOCALISATION_WEIGHT * localisation_loss(cam, labels[index], targets[index])
+
+    return loss
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Small contrast/brightness jitter: windows differ between sites more than phantoms do."""
-    n = len(x)
-    gain = 1.0 + 0.1 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 2
-    shift = 0.15 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 2
-    return x * gain + shift
-
-
-def export(model: ChestNet, path: Path) -> None:
-    model.eval()
-    sample = torch.zeros(1, 1, SIZE, SIZE)
-    torch.onnx.export(
-        model,
-        (sample,),
-        str(path),
-        input_names=["image"],
-        output_names=["probabilities", "cam"],
-        dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}, "cam": {0: "batch"}},
-        opset_version=c.OPSET,
-        dynamo=False,
-    )
-    c.check_graph(path, "image", ["probabilities", "cam"])
+    return t.jitter(x, generator, gain=0.1, shift=0.15)
 
 
 def cam_hits(cams: np.ndarray, data: dict[str, np.ndarray]) -> dict[str, tuple[int, int]]:
@@ -192,22 +144,12 @@ def cam_hits(cams: np.ndarray, data: dict[str, np.ndarray]) -> dict[str, tuple[i
     return out
 
 
-def choose_variant(
-    work: Path,
-    fp32: Path,
-    calibration: np.ndarray,
-    validation: dict[str, np.ndarray],
-    thresholds: np.ndarray,
-    reference: np.ndarray,
-) -> tuple[c.Variant, dict[str, Any]]:
-    """Quantize every variant and measure it against FP32 on the validation split; the
-    choice itself is `common.pick_variant`'s (agreement first, then reduce_range)."""
-    scores: dict[str, Any] = {}
-    measured: dict[c.Variant, tuple[float, float]] = {}
-    for variant in c.VARIANTS:
-        path = work / f"chest-{variant.slug}.onnx"
-        c.quantize(fp32, path, variant, calibration, keep_float=("ReduceMean", "Sigmoid"))
-        probabilities = c.run_batches(c.session(path), validation["images"])[0]
+def judge_variant(
+    validation: dict[str, np.ndarray], thresholds: np.ndarray, reference: np.ndarray
+) -> Callable[[np.ndarray], c.Judged]:
+    """Decisions at the operating thresholds against FP32's, and the largest change of AUC."""
+
+    def judge(probabilities: np.ndarray) -> c.Judged:
         agreement = float(((probabilities >= thresholds) == (reference >= thresholds)).mean())
         auc_change = max(
             abs(
@@ -216,13 +158,11 @@ def choose_variant(
             )
             for k in range(len(CHEST_FINDINGS))
         )
-        scores[variant.slug] = {
-            "agreement": c.rounded(agreement),
-            "max_auc_change": c.rounded(auc_change),
-        }
-        c.log(f"variant {variant.slug}: agreement {agreement:.4f}, max AUC change {auc_change:.4f}")
-        measured[variant] = (agreement, auc_change)
-    return c.pick_variant(measured), scores
+        figures = {"agreement": c.rounded(agreement), "max_auc_change": c.rounded(auc_change)}
+        note = f"agreement {agreement:.4f}, max AUC change {auc_change:.4f}"
+        return figures, (agreement, auc_change), note
+
+    return judge
 
 
 def evaluate(
@@ -273,46 +213,28 @@ def manifest(
         entry["threshold"] = float(thresholds[k])
         entry["priority"] = LABELS[name]["priority"]
         labels.append(entry)
-    return {
-        "format": 1,
-        "name": "demo-chest-xray",
-        "version": "0.1.0",
-        "task": "classification",
-        "title": "Chest X-ray findings (demo)",
-        "intended_use": (
+    return c.demo_manifest(
+        name="demo-chest-xray",
+        task="classification",
+        title="Chest X-ray findings (demo)",
+        intended_use=(
             "Demonstrates the appliance on frontal chest radiographs: five findings with a "
             "class activation map each. Trained and validated on synthetic phantoms only."
         ),
-        "not_for_clinical_use": True,
-        "caution": c.CAUTION,
-        "applies_to": {
+        applies_to={
             "modalities": ["CR", "DX"],
             "body_parts": ["CHEST"],
             "views": ["PA", "AP"],
             "sop_classes": [],
             "photometric": ["MONOCHROME1", "MONOCHROME2"],
         },
-        "input": {
-            "name": "image",
-            "height": SIZE,
-            "width": SIZE,
-            "channels": 1,
-            "layout": "NCHW",
-            "resize": "letterbox",
-            "window": "file",
-            "mean": [0.5],
-            "std": [0.25],
-            "frames": "first",
-            "crop_to_ultrasound_region": False,
-            "batch": "dynamic",
-        },
-        "outputs": [
+        crop_to_ultrasound_region=False,
+        outputs=[
             {"name": "probabilities", "kind": "scores", "activation": "none", "labels": labels},
             {"name": "cam", "kind": "cam", "for": "probabilities"},
         ],
-        "explanation": {"method": "cam"},
-        "files": {"fp32": FP32_NAME, "int8": INT8_NAME},
-        "validation": {
+        explanation="cam",
+        validation={
             "dataset": (
                 f"synthetic held-out chest phantoms, {counts['test']:,} images, seeds "
                 f"{c.TEST_SEEDS}-{c.TEST_SEEDS + counts['test'] - 1}; thresholds chosen on a "
@@ -321,19 +243,17 @@ def manifest(
             ),
             "metrics": results["metrics"],
             "int8": {
-                **variant.describe(),
-                "calibration": f"{counts['calibration']} phantoms, MinMax",
+                **c.int8_calibration(variant, counts),
                 "decision_agreement": results["decision_agreement"],
                 "max_auc_difference": c.rounded(results["max_auc_difference"]),
             },
             "cam_peak_in_lesion": results["cam_peak_in_lesion"],
             "latency_ms": latency,
         },
-    }
+    )
 
 
 def readme_lines(report: dict[str, Any], counts: dict[str, int], epochs: int) -> list[str]:
-    latency = report["latency_ms"]
     lines = [
         f"Trained in {report['train_seconds']} s ({epochs} epochs over {counts['train']:,} "
         f"phantoms, 1 thread). Held-out test: {counts['test']:,} phantoms; thresholds from the "
@@ -351,23 +271,16 @@ def readme_lines(report: dict[str, Any], counts: dict[str, int], epochs: int) ->
             f"| {m['int8_agreement']:.3f} | {m['cam_peak_in_lesion']:.3f} / "
             f"{m['cam_peak_in_lesion_int8']:.3f} |"
         )
+    variants = [
+        f"| {slug} | {v['agreement']:.4f} | {v['max_auc_change']:.4f} |"
+        for slug, v in report["variants"].items()
+    ]
     lines += [
         "",
         f"All decisions, FP32 vs INT8: agreement {report['decision_agreement']:.4f}; largest AUC "
         f"difference {report['max_auc_difference']:.4f}; CAM peak inside the lesion mask for "
         f"{report['cam_peak_in_lesion']:.3f} of positive labels (FP32).",
-        "",
-        "Quantization variants (validation split):",
-        "",
-        "| variant | decision agreement | largest AUC change |",
-        "|---|---|---|",
-        *[
-            f"| {slug} | {v['agreement']:.4f} | {v['max_auc_change']:.4f} |"
-            for slug, v in report["variants"].items()
-        ],
-        "",
-        f"Chosen: `{report['chosen']}`. Latency, batch 1, 1 thread, {latency['cpu']}: "
-        f"FP32 {latency['fp32']} ms, INT8 {latency['int8']} ms (median of 60 runs).",
+        *c.variant_lines(("decision agreement", "largest AUC change"), variants, report),
     ]
     return lines
 
@@ -379,27 +292,12 @@ def main() -> None:
         batch=32,
         counts=(TRAIN_COUNT, CALIBRATION_COUNT, VALIDATION_COUNT, TEST_COUNT),
     )
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    np.random.seed(0)
-    sets = {
-        name: c.cached(
-            args.work, f"chest-{name}", "chest", range(start, start + count), c.build_chest_set
-        )
-        for name, start, count in (
-            ("train", c.TRAIN_SEEDS, counts["train"]),
-            ("calibration", c.CALIBRATION_SEEDS, counts["calibration"]),
-            ("validation", c.VALIDATION_SEEDS, counts["validation"]),
-            ("test", c.TEST_SEEDS, counts["test"]),
-        )
-    }
-    model = ChestNet(len(CHEST_FINDINGS)).to(memory_format=torch.channels_last)
-    c.log(f"parameters: {sum(p.numel() for p in model.parameters()):,}")
-    seconds = train(model, sets["train"], args.epochs, args.batch)
-    c.log(f"trained in {seconds:.0f} s")
-    args.out.mkdir(parents=True, exist_ok=True)
-    fp32 = args.out / FP32_NAME
-    export(model.to(memory_format=torch.contiguous_format), fp32)
+    t.seed_everything()
+    sets = c.draw_sets(args.work, "chest", "chest", counts, c.build_chest_set)
+    model = ChestNet(len(CHEST_FINDINGS))
+    loss = chest_loss(model, sets["train"])
+    outputs = ("probabilities", "cam")
+    seconds, fp32 = t.fit_and_export(model, sets["train"]["images"], args, loss, augment, outputs)
     reference = c.run_batches(c.session(fp32), sets["validation"]["images"])[0]
     thresholds = np.array(  # rounded as the manifest states them, before any figure uses them
         [
@@ -407,32 +305,25 @@ def main() -> None:
             for k in range(len(CHEST_FINDINGS))
         ]
     )
-    variant, variants = choose_variant(
-        args.work, fp32, sets["calibration"]["images"], sets["validation"], thresholds, reference
+    judge = judge_variant(sets["validation"], thresholds, reference)
+    variant, variants = c.choose_variant(
+        args.work,
+        "chest",
+        fp32,
+        sets["calibration"]["images"],
+        sets["validation"]["images"],
+        ("ReduceMean", "Sigmoid"),
+        judge,
     )
-    int8 = args.out / INT8_NAME
+    int8 = args.out / c.INT8_NAME
     (args.work / f"chest-{variant.slug}.onnx").replace(int8)
     results = evaluate(fp32, int8, sets["test"], thresholds)
-    sample = sets["test"]["images"][:1]
-    latency = {
-        "cpu": c.cpu_name(),
-        "threads": 1,
-        "batch": 1,
-        "fp32": c.latency_ms(fp32, sample, 1),
-        "int8": c.latency_ms(int8, sample, 1),
-    }
-    c.write_package(args.out, manifest(thresholds, variant, results, latency, counts))
-    report = {
-        "train_seconds": round(seconds),
-        "variants": variants,
-        "chosen": variant.slug,
-        "thresholds": thresholds.tolist(),
-        **results,
-        "latency_ms": latency,
-    }
-    c.write_report(args.work / "chest-report.json", report)
-    c.write_readme_results("chest", readme_lines(report, counts, args.epochs))
-    c.log(f"report: {report}")
+    latency = c.latency(fp32, int8, sets["test"]["images"][:1])
+    figures = {"thresholds": thresholds.tolist(), **results}
+    report = c.recipe_report(seconds, variants, variant, figures, latency)
+    package = manifest(thresholds, variant, results, latency, counts)
+    readme = readme_lines(report, counts, args.epochs)
+    c.finish(args, "chest", "chest", package, report, readme)
 
 
 if __name__ == "__main__":

@@ -10,31 +10,22 @@ logits to the input size. The sigmoid is in the graph: output `mask` is a probab
 
 from __future__ import annotations
 
-import math
-import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import common as c
 import numpy as np
 import torch
 import torch.nn.functional as F
+import training as t
 from torch import nn
 
 from appliance.phantoms import Letterbox
 
-SIZE = 256
+SIZE = c.SIZE
 TRAIN_COUNT, CALIBRATION_COUNT, VALIDATION_COUNT, TEST_COUNT = 3000, 150, 300, 600
-FP32_NAME, INT8_NAME = "model.onnx", "model.int8.onnx"
 THRESHOLD = 0.5
-
-
-def block(inputs: int, outputs: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(inputs, outputs, 3, stride, padding=dilation, dilation=dilation, bias=False),
-        nn.BatchNorm2d(outputs),
-        nn.ReLU(inplace=True),
-    )
+VARIANT_COLUMNS = ("pixel agreement", "mask Dice FP32 vs INT8", "image decision agreement")
 
 
 def up(x: torch.Tensor) -> torch.Tensor:
@@ -44,13 +35,13 @@ def up(x: torch.Tensor) -> torch.Tensor:
 class FluidNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Sequential(block(1, 16, 2), block(16, 16))  # 1/2
-        self.middle = nn.Sequential(block(16, 32, 2), block(32, 32))  # 1/4
-        self.deep = nn.Sequential(block(32, 64, 2), block(64, 64, dilation=2))  # 1/8
+        self.stem = nn.Sequential(t.block(1, 16, 2), t.block(16, 16))  # 1/2
+        self.middle = nn.Sequential(t.block(16, 32, 2), t.block(32, 32))  # 1/4
+        self.deep = nn.Sequential(t.block(32, 64, 2), t.block(64, 64, dilation=2))  # 1/8
         self.lateral_deep = nn.Conv2d(64, 32, 1)
-        self.decode_middle = block(32, 32)
+        self.decode_middle = t.block(32, 32)
         self.lateral_middle = nn.Conv2d(32, 16, 1)
-        self.decode_stem = block(16, 16)
+        self.decode_stem = t.block(16, 16)
         self.head = nn.Conv2d(16, 1, 1)
 
     def logits(self, image: torch.Tensor) -> torch.Tensor:
@@ -71,55 +62,21 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1 - (2 * overlap + 1) / (probability.sum() + target.sum() + 1)
 
 
-def train(model: FluidNet, data: dict[str, np.ndarray], epochs: int, batch: int) -> float:
-    images = torch.from_numpy(data["images"])
+def fluid_loss(model: FluidNet, data: dict[str, np.ndarray]) -> t.Loss:
+    """Binary cross-entropy plus soft Dice on the mask's logits."""
     targets = torch.from_numpy(data["targets"].astype(np.float32))[:, None]
-    steps = epochs * math.ceil(len(images) / batch)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=steps)
     bce = nn.BCEWithLogitsLoss()
-    generator = torch.Generator().manual_seed(0)
-    started = time.perf_counter()
-    model.train()
-    for epoch in range(epochs):
-        order = torch.randperm(len(images), generator=generator)
-        total = 0.0
-        for start in range(0, len(images), batch):
-            index = order[start : start + batch]
-            x = augment(images[index].float(), generator)
-            x = x.contiguous(memory_format=torch.channels_last)
-            logits = model.logits(x)
-            loss = bce(logits, targets[index]) + dice_loss(logits, targets[index])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            total += float(loss.detach()) * len(index)
-        c.log(f"epoch {epoch + 1}/{epochs}: loss {total / len(images):.4f}")
-    return time.perf_counter() - started
+
+    def loss(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        logits = model.logits(x)
+        return bce(logits, targets[index]) + dice_loss(logits, targets[index])
+
+    return loss
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Overall gain and offset: scanners' gain and dynamic range differ more than phantoms'."""
-    n = len(x)
-    gain = 1.0 + 0.15 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 2
-    shift = 0.2 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 2
-    return x * gain + shift
-
-
-def export(model: FluidNet, path: Path) -> None:
-    model.eval()
-    torch.onnx.export(
-        model,
-        (torch.zeros(1, 1, SIZE, SIZE),),
-        str(path),
-        input_names=["image"],
-        output_names=["mask"],
-        dynamic_axes={"image": {0: "batch"}, "mask": {0: "batch"}},
-        opset_version=c.OPSET,
-        dynamo=False,
-    )
-    c.check_graph(path, "image", ["mask"])
+    return t.jitter(x, generator, gain=0.15, shift=0.2)
 
 
 def crop_masks(
@@ -188,66 +145,41 @@ def agreement(reference: np.ndarray, quantized: np.ndarray, data: dict[str, np.n
     }
 
 
-def choose_variant(
-    work: Path, fp32: Path, calibration: np.ndarray, validation: dict[str, np.ndarray]
-) -> tuple[c.Variant, dict[str, Any]]:
-    """As for the chest model: measured on validation, chosen by `common.pick_variant` with
-    pixel agreement as the agreement and 1 - Dice(FP32, INT8) as the quality change."""
-    reference = c.run_batches(c.session(fp32), validation["images"])[0]
-    scores: dict[str, Any] = {}
-    measured: dict[c.Variant, tuple[float, float]] = {}
-    for variant in c.VARIANTS:
-        path = work / f"us-{variant.slug}.onnx"
-        c.quantize(fp32, path, variant, calibration, keep_float=("Resize", "Sigmoid"))
-        quantized = c.run_batches(c.session(path), validation["images"])[0]
+def judge_variant(
+    reference: np.ndarray, validation: dict[str, np.ndarray]
+) -> Callable[[np.ndarray], c.Judged]:
+    """As for the chest model, with pixel agreement as the agreement and 1 - Dice(FP32, INT8)
+    as the quality change."""
+
+    def judge(quantized: np.ndarray) -> c.Judged:
         figures = agreement(reference, quantized, validation)
-        scores[variant.slug] = figures
-        c.log(f"variant {variant.slug}: {figures}")
-        measured[variant] = (
-            figures["pixel_agreement"],
-            1.0 - figures["mask_dice_fp32_vs_int8"],
-        )
-    return c.pick_variant(measured), scores
+        quality = (figures["pixel_agreement"], 1.0 - figures["mask_dice_fp32_vs_int8"])
+        return figures, quality, f"{figures}"
+
+    return judge
 
 
 def manifest(
     variant: c.Variant, results: dict[str, Any], latency: dict[str, Any], counts: dict[str, int]
 ) -> dict[str, Any]:
-    return {
-        "format": 1,
-        "name": "demo-ultrasound-fluid",
-        "version": "0.1.0",
-        "task": "segmentation",
-        "title": "Ultrasound free fluid and cysts (demo)",
-        "intended_use": (
+    return c.demo_manifest(
+        name="demo-ultrasound-fluid",
+        task="segmentation",
+        title="Ultrasound free fluid and cysts (demo)",
+        intended_use=(
             "Demonstrates segmentation on B-mode ultrasound: outlines anechoic fluid (free fluid, "
             "cysts) in the scan region and reports its area in mm² from the region's calibration. "
             "Trained and validated on synthetic phantoms only."
         ),
-        "not_for_clinical_use": True,
-        "caution": c.CAUTION,
-        "applies_to": {
+        applies_to={
             "modalities": ["US"],
             "body_parts": [],
             "views": [],
             "sop_classes": ["1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.3.1"],
             "photometric": ["RGB", "YBR_FULL", "YBR_FULL_422", "MONOCHROME2"],
         },
-        "input": {
-            "name": "image",
-            "height": SIZE,
-            "width": SIZE,
-            "channels": 1,
-            "layout": "NCHW",
-            "resize": "letterbox",
-            "window": "file",
-            "mean": [0.5],
-            "std": [0.25],
-            "frames": "first",
-            "crop_to_ultrasound_region": True,
-            "batch": "dynamic",
-        },
-        "outputs": [
+        crop_to_ultrasound_region=True,
+        outputs=[
             {
                 "name": "mask",
                 "kind": "mask",
@@ -262,9 +194,8 @@ def manifest(
                 ],
             }
         ],
-        "explanation": {"method": "none"},
-        "files": {"fp32": FP32_NAME, "int8": INT8_NAME},
-        "validation": {
+        explanation="none",
+        validation={
             "dataset": (
                 f"synthetic held-out ultrasound phantoms, {counts['test']:,} images, seeds "
                 f"{c.TEST_SEEDS}-{c.TEST_SEEDS + counts['test'] - 1}; Dice and area on the "
@@ -273,18 +204,21 @@ def manifest(
             ),
             "metrics": {"fluid": results["fp32"]},
             "int8": {
-                **variant.describe(),
-                "calibration": f"{counts['calibration']} phantoms, MinMax",
+                **c.int8_calibration(variant, counts),
                 "metrics": results["int8"],
                 **results["agreement"],
             },
             "latency_ms": latency,
         },
-    }
+    )
 
 
 def readme_lines(report: dict[str, Any], counts: dict[str, int], epochs: int) -> list[str]:
-    latency = report["latency_ms"]
+    variants = [
+        f"| {slug} | {v['pixel_agreement']:.5f} | {v['mask_dice_fp32_vs_int8']:.4f} "
+        f"| {v['decision_agreement']:.4f} |"
+        for slug, v in report["variants"].items()
+    ]
     rows = []
     for which in ("fp32", "int8"):
         f = report[which]
@@ -309,19 +243,7 @@ def readme_lines(report: dict[str, Any], counts: dict[str, int], epochs: int) ->
         f"FP32 vs INT8: pixel agreement {agreement['pixel_agreement']:.5f}, mask Dice "
         f"{agreement['mask_dice_fp32_vs_int8']:.4f}, image-level decision agreement "
         f"{agreement['decision_agreement']:.4f}.",
-        "",
-        "Quantization variants (validation split):",
-        "",
-        "| variant | pixel agreement | mask Dice FP32 vs INT8 | image decision agreement |",
-        "|---|---|---|---|",
-        *[
-            f"| {slug} | {v['pixel_agreement']:.5f} | {v['mask_dice_fp32_vs_int8']:.4f} "
-            f"| {v['decision_agreement']:.4f} |"
-            for slug, v in report["variants"].items()
-        ],
-        "",
-        f"Chosen: `{report['chosen']}`. Latency, batch 1, 1 thread, {latency['cpu']}: "
-        f"FP32 {latency['fp32']} ms, INT8 {latency['int8']} ms (median of 60 runs).",
+        *c.variant_lines(VARIANT_COLUMNS, variants, report),
     ]
 
 
@@ -332,35 +254,23 @@ def main() -> None:
         batch=16,
         counts=(TRAIN_COUNT, CALIBRATION_COUNT, VALIDATION_COUNT, TEST_COUNT),
     )
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    np.random.seed(0)
-    starts = {
-        "train": c.TRAIN_SEEDS,
-        "calibration": c.CALIBRATION_SEEDS,
-        "validation": c.VALIDATION_SEEDS,
-        "test": c.TEST_SEEDS,
-    }
-    sets = {
-        name: c.cached(
-            args.work,
-            f"us-{name}",
-            "ultrasound",
-            range(starts[name], starts[name] + counts[name]),
-            c.build_ultrasound_set,
-        )
-        for name in starts
-    }
-    model = FluidNet().to(memory_format=torch.channels_last)
-    c.log(f"parameters: {sum(p.numel() for p in model.parameters()):,}")
-    seconds = train(model, sets["train"], args.epochs, args.batch)
-    c.log(f"trained in {seconds:.0f} s")
-    args.out.mkdir(parents=True, exist_ok=True)
-    fp32, int8 = args.out / FP32_NAME, args.out / INT8_NAME
-    export(model.to(memory_format=torch.contiguous_format), fp32)
-    variant, variants = choose_variant(
-        args.work, fp32, sets["calibration"]["images"], sets["validation"]
+    t.seed_everything()
+    sets = c.draw_sets(args.work, "us", "ultrasound", counts, c.build_ultrasound_set)
+    model = FluidNet()
+    loss = fluid_loss(model, sets["train"])
+    seconds, fp32 = t.fit_and_export(model, sets["train"]["images"], args, loss, augment, ["mask"])
+    validation = sets["validation"]
+    reference = c.run_batches(c.session(fp32), validation["images"])[0]
+    variant, variants = c.choose_variant(
+        args.work,
+        "us",
+        fp32,
+        sets["calibration"]["images"],
+        validation["images"],
+        ("Resize", "Sigmoid"),
+        judge_variant(reference, validation),
     )
+    int8 = args.out / c.INT8_NAME
     (args.work / f"us-{variant.slug}.onnx").replace(int8)
     test = sets["test"]
     reference = c.run_batches(c.session(fp32), test["images"])[0]
@@ -370,25 +280,11 @@ def main() -> None:
         "int8": segmentation_figures(quantized, test),
         "agreement": agreement(reference, quantized, test),
     }
-    sample = test["images"][:1]
-    latency = {
-        "cpu": c.cpu_name(),
-        "threads": 1,
-        "batch": 1,
-        "fp32": c.latency_ms(fp32, sample, 1),
-        "int8": c.latency_ms(int8, sample, 1),
-    }
-    c.write_package(args.out, manifest(variant, results, latency, counts))
-    report = {
-        "train_seconds": round(seconds),
-        "variants": variants,
-        "chosen": variant.slug,
-        **results,
-        "latency_ms": latency,
-    }
-    c.write_report(args.work / "us-report.json", report)
-    c.write_readme_results("ultrasound", readme_lines(report, counts, args.epochs))
-    c.log(f"report: {report}")
+    latency = c.latency(fp32, int8, test["images"][:1])
+    report = c.recipe_report(seconds, variants, variant, results, latency)
+    package = manifest(variant, results, latency, counts)
+    readme = readme_lines(report, counts, args.epochs)
+    c.finish(args, "ultrasound", "us", package, report, readme)
 
 
 if __name__ == "__main__":

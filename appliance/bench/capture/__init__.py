@@ -17,25 +17,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from appliance.bench.capture.live import measure_live, read_json
 from appliance.bench.capture.report import format_report
 from appliance.bench.capture.results import CaptureOptions, CaptureReport, SourceRun
 from appliance.bench.capture.ui_load import measure_ui
-from appliance.bench.harness.command import (
-    SubParsers,
-    add_command,
-    add_outputs,
-    progress,
-    run_in_folder,
-    write_json,
-)
+from appliance.bench.harness.command import Bench, progress
 from appliance.bench.harness.http import add_users, wait_for_http
-from appliance.bench.harness.options import OptionRow, option_values
+from appliance.bench.harness.options import OptionRow
 from appliance.bench.harness.processes import wait_until
 from appliance.bench.harness.roles import Appliance, running_appliance, write_config
 from appliance.config import Settings
@@ -57,29 +49,8 @@ _OPTIONS: tuple[OptionRow, ...] = (
 )
 
 
-def add_parser(commands: SubParsers) -> None:
-    """Add `capture` to the `bench` sub-commands."""
-    summary = "live capture on `appliance run`: source, published, browser and inference fps"
-    parser = add_command(commands, NAME, summary, __doc__, _OPTIONS, CaptureOptions())
+def _add_file(parser: argparse.ArgumentParser, defaults: CaptureOptions) -> None:
     parser.add_argument("--file", type=Path, metavar="VIDEO", help="a video file as the source")
-    workdir = "keep the store and the appliance's log in a new folder under DIR"
-    add_outputs(parser, workdir, json_report=True)
-    parser.set_defaults(func=main)
-
-
-def main(args: argparse.Namespace) -> int:
-    """The `bench capture` handler: print the report, write it as JSON if asked, return 0."""
-    values = option_values(args, _OPTIONS)
-    options = CaptureOptions(**values, file=args.file, workdir=args.workdir)
-    write_json(args.json, run_capture_bench(options, sys.stdout).to_json())
-    return 0
-
-
-def run_capture_bench(options: CaptureOptions, out: TextIO) -> CaptureReport:
-    """Run the whole benchmark, print its report to `out` and return it."""
-    return run_in_folder(
-        NAME, options.workdir, lambda folder: _measure(options, folder), format_report, out
-    )
 
 
 def _measure(options: CaptureOptions, workdir: Path) -> CaptureReport:
@@ -159,3 +130,20 @@ def wait_for_overlay(app: Appliance, live_dir: Path) -> None:
         LIVE_TIMEOUT_S,
         interval_s=0.1,
     )
+
+
+CAPTURE = Bench(
+    NAME,
+    "live capture on `appliance run`: source, published, browser and inference fps",
+    __doc__,
+    CaptureOptions,
+    _OPTIONS,
+    _measure,
+    format_report,
+    workdir_help="keep the store and the appliance's log in a new folder under DIR",
+    to_json=CaptureReport.to_json,
+    more_options=_add_file,
+    more_fields=("file",),
+)
+add_parser = CAPTURE.add_parser
+run_capture_bench = CAPTURE.run

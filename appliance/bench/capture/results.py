@@ -3,10 +3,11 @@ window, the UI's latency beside it, and the whole report's figures."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.bench.harness.command import report_json
 from appliance.bench.harness.options import check_options
 from appliance.bench.harness.tables import percentile
 
@@ -130,11 +131,7 @@ class CaptureReport:
         return all(load.ratio(q) <= UI_RATIO_TARGET for load in self.ui)
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["options"]["workdir"] = (
-            None if self.options.workdir is None else str(self.options.workdir)
-        )
-        data["options"]["file"] = None if self.options.file is None else str(self.options.file)
+        data = report_json(self)
         data["source"]["fps"] = self.source.fps
         data["live"].update(
             published_fps=self.live.published_fps,

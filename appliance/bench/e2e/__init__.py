@@ -18,27 +18,17 @@ worker.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
-from typing import TextIO
 
 from appliance.bench.e2e.demo import DemoSet, push_burst, push_steady
 from appliance.bench.e2e.report import format_report
 from appliance.bench.e2e.results import ColdStart, E2EOptions, E2EReport, Pushed
 from appliance.bench.e2e.scenarios import read_outcomes, scenario_of, wait_drained
 from appliance.bench.e2e.timer import FileTimer
-from appliance.bench.harness.command import (
-    SubParsers,
-    add_command,
-    add_outputs,
-    progress,
-    run_in_folder,
-    write_json,
-)
+from appliance.bench.harness.command import Bench, progress
 from appliance.bench.harness.dicom import Sender
-from appliance.bench.harness.options import OptionRow, option_values
+from appliance.bench.harness.options import OptionRow
 from appliance.bench.harness.roles import (
     APPLIANCE_START_TIMEOUT_S,
     Appliance,
@@ -70,29 +60,6 @@ _OPTIONS: tuple[OptionRow, ...] = (
     ),
     ("--drain-timeout", "drain_timeout_s", float, "S", "longest wait for the worker to finish"),
 )
-
-
-def add_parser(commands: SubParsers) -> None:
-    """Add `e2e` to the `bench` sub-commands."""
-    summary = "C-STORE response to committed findings on `appliance run`, vs model-only time"
-    parser = add_command(commands, NAME, summary, __doc__, _OPTIONS, E2EOptions())
-    workdir = "keep the files, the store and the appliance's log in a new folder under DIR"
-    add_outputs(parser, workdir, json_report=True)
-    parser.set_defaults(func=main)
-
-
-def main(args: argparse.Namespace) -> int:
-    """The `bench e2e` handler: print the report, write it as JSON if asked, return 0."""
-    options = E2EOptions(**option_values(args, _OPTIONS), workdir=args.workdir)
-    write_json(args.json, run_e2e(options, sys.stdout).to_json())
-    return 0
-
-
-def run_e2e(options: E2EOptions, out: TextIO) -> E2EReport:
-    """Run the whole benchmark, print its report to `out` and return it."""
-    return run_in_folder(
-        NAME, options.workdir, lambda folder: _measure(options, folder), format_report, out
-    )
 
 
 def _measure(options: E2EOptions, workdir: Path) -> E2EReport:
@@ -159,3 +126,18 @@ def _cold_start(app: Appliance, settings: Settings) -> ColdStart:
     return ColdStart(
         stored_at - app.launched_at, ready_at - app.launched_at, settings.models.backend
     )
+
+
+E2E = Bench(
+    NAME,
+    "C-STORE response to committed findings on `appliance run`, vs model-only time",
+    __doc__,
+    E2EOptions,
+    _OPTIONS,
+    _measure,
+    format_report,
+    workdir_help="keep the files, the store and the appliance's log in a new folder under DIR",
+    to_json=E2EReport.to_json,
+)
+add_parser = E2E.add_parser
+run_e2e = E2E.run

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.bench.harness.command import report_json
 from appliance.bench.harness.options import check_options
 from appliance.bench.harness.roles import RoleMemory
 from appliance.bench.harness.tables import percentile
@@ -222,10 +223,7 @@ class E2EReport:
     left_out: tuple[str, ...] = ()  # demo files not pushed, and why
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["options"]["workdir"] = (
-            None if self.options.workdir is None else str(self.options.workdir)
-        )
+        data = report_json(self)
         for scenario, out in zip(self.scenarios, data["scenarios"], strict=True):
             out.update(scenario.summary() if scenario.images else {})
         data["memory_sum"] = {"hwm_mb": sum_hwm(self.memory), "rss_mb": sum_rss(self.memory)}

@@ -17,24 +17,14 @@ the commit to the first response that shows the new finding.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
-from typing import TextIO
 
-from appliance.bench.harness.command import (
-    SubParsers,
-    add_command,
-    add_outputs,
-    progress,
-    run_in_folder,
-    write_json,
-)
+from appliance.bench.harness.command import Bench, progress
 from appliance.bench.harness.http import PIN, Session, add_users
-from appliance.bench.harness.options import OptionRow, option_values
+from appliance.bench.harness.options import OptionRow
 from appliance.bench.harness.roles import running_ui, write_config
 from appliance.bench.ui.freshness import freshness, poll_interval
 from appliance.bench.ui.load import load
@@ -63,29 +53,6 @@ _OPTIONS: tuple[OptionRow, ...] = (
     ("--clients", "clients", int, "N", "concurrent signed-in clients"),
     ("--images", "images", int, "N", "new images per store for the freshness figure"),
 )
-
-
-def add_parser(commands: SubParsers) -> None:
-    """Add `ui` to the `bench` sub-commands."""
-    summary = "worklist latency on an empty and a full store, and how soon new findings show"
-    parser = add_command(commands, NAME, summary, __doc__, _OPTIONS, UIOptions())
-    workdir = "keep the stores and the UI's logs in a new folder under DIR"
-    add_outputs(parser, workdir, json_report=True)
-    parser.set_defaults(func=main)
-
-
-def main(args: argparse.Namespace) -> int:
-    """The `bench ui` handler: print the report, write it as JSON if asked, return 0."""
-    options = UIOptions(**option_values(args, _OPTIONS), workdir=args.workdir)
-    write_json(args.json, run_ui_bench(options, sys.stdout).to_json())
-    return 0
-
-
-def run_ui_bench(options: UIOptions, out: TextIO) -> UIReport:
-    """Run the whole benchmark, print its report to `out` and return it."""
-    return run_in_folder(
-        NAME, options.workdir, lambda folder: _measure(options, folder), format_report, out
-    )
 
 
 def _measure(options: UIOptions, workdir: Path) -> UIReport:
@@ -143,3 +110,18 @@ def _load_store(port: int, name: str, studies: int, options: UIOptions) -> list[
     finally:
         for session in sessions:
             session.close()
+
+
+UI = Bench(
+    NAME,
+    "worklist latency on an empty and a full store, and how soon new findings show",
+    __doc__,
+    UIOptions,
+    _OPTIONS,
+    _measure,
+    format_report,
+    workdir_help="keep the stores and the UI's logs in a new folder under DIR",
+    to_json=UIReport.to_json,
+)
+add_parser = UI.add_parser
+run_ui_bench = UI.run

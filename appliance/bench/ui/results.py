@@ -3,10 +3,11 @@ finding shows, and the whole report's figures."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.bench.harness.command import report_json
 from appliance.bench.harness.options import check_options
 from appliance.bench.harness.tables import percentile
 from appliance.store.benchmarks import Contents
@@ -117,10 +118,7 @@ class UIReport:
         return self.page_p95_ms < P95_TARGET_MS
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["options"]["workdir"] = (
-            None if self.options.workdir is None else str(self.options.workdir)
-        )
+        data = report_json(self)
         for load, out in zip(self.load, data["load"], strict=True):
             out.pop("latencies_ms")
             out.update(_load_figures(load))
