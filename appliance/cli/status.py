@@ -20,9 +20,17 @@ def register(sub: Subcommands) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     store = open_store(settings)
+    try:
+        print_status(store, settings.storage.free_space_floor_mb, args.studies)
+    finally:
+        store.close()
+    return 0
+
+
+def print_status(store: Store, floor: int, limit: int) -> None:
+    """Counts, disk and queue, then the worklist."""
     summary = store.summary()
     free = store.spool.free_bytes() // 2**20
-    floor = settings.storage.free_space_floor_mb
     print(f"data folder: {store.paths.data_dir}")
     print(f"disk free:   {free} MiB (floor {floor} MiB){'  BELOW FLOOR' if free < floor else ''}")
     print(
@@ -32,8 +40,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     jobs = ", ".join(f"{k} {v}" for k, v in sorted(summary.jobs.items())) or "none"
     print(f"jobs:        {jobs}; queue depth {summary.queue_depth}")
     print(f"last image:  {summary.last_received_at or 'never'}")
-    print_worklist(store, args.studies)
-    return 0
+    print_worklist(store, limit)
 
 
 def print_worklist(store: Store, limit: int) -> None:
