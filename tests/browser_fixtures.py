@@ -11,6 +11,7 @@ guard could not see (the browser's background traffic) cannot leave the machine.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shutil
@@ -48,6 +49,18 @@ def chromium_path() -> str | None:
         if found is not None:
             return found
     return None
+
+
+def playwright_api() -> Any:
+    """Playwright's sync API, or a skip of the calling test module where it is not installed.
+
+    Under CI (which installs it through deploy/setup.sh --test) a missing Playwright is an
+    import error instead, as for needs_chromium.
+    """
+    if os.environ.get("CI"):
+        return importlib.import_module("playwright.sync_api")
+    reason = "Playwright is not installed (deploy/setup.sh --test installs it)"
+    return pytest.importorskip("playwright.sync_api", reason=reason)
 
 
 def _can_drive_chromium() -> bool:

@@ -12,14 +12,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import pytest
 import yaml
 from flask import Flask
 from flask.testing import FlaskClient
 
-from appliance.bench.peers import BenchError, dcmtk, free_ports
+from appliance.bench.peers import BenchError, free_ports
+from appliance.bench.peers import dcmtk as dcmtk  # re-exported for the DCMTK tests
 from appliance.config import Settings
 from appliance.paths import Paths, resolve_paths
 from appliance.receiver import Receiver
@@ -29,6 +30,7 @@ from appliance.web import create_app
 from browser_fixtures import Guarded, Screenshots, guarded_context, launch_chromium
 
 REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 def has_dcmtk() -> bool:
@@ -40,6 +42,30 @@ def has_dcmtk() -> bool:
 
 
 needs_dcmtk = pytest.mark.skipif(not has_dcmtk(), reason="DCMTK is not installed (.ci/run does)")
+
+
+def has_cuda() -> bool:
+    """Whether onnxruntime here can run on an NVIDIA GPU (imported only when a test asks)."""
+    import onnxruntime  # type: ignore[import-untyped]  # ships no type hints
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+def has_camera() -> bool:
+    return any(Path("/dev").glob("video*"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """GPU and camera tests run where the hardware exists and are skipped, with why, elsewhere."""
+    absent = {
+        "gpu": (has_cuda, "needs an NVIDIA GPU with onnxruntime's CUDA provider"),
+        "camera": (has_camera, "needs a video capture device (/dev/video*)"),
+    }
+    for marker, (present, reason) in absent.items():
+        marked = [item for item in items if item.get_closest_marker(marker)]
+        if marked and not present():
+            for item in marked:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
@@ -106,6 +132,7 @@ class RoleProcess:
         self.ready = ready
         self.paths: Paths = resolve_paths(settings)
         self.process: subprocess.Popen[str] | None = None
+        self.reader: threading.Thread | None = None
         self.output: list[str] = []
 
     @property
@@ -123,8 +150,8 @@ class RoleProcess:
             cwd=REPO,
         )
         started = len(self.output)
-        reader = threading.Thread(target=self._collect, args=(self.process,), daemon=True)
-        reader.start()
+        self.reader = threading.Thread(target=self._collect, args=(self.process,), daemon=True)
+        self.reader.start()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self.process.poll() is None:
             if any(self.ready in line for line in self.output[started:]):
@@ -142,6 +169,7 @@ class RoleProcess:
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=10)
+        self._release()
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
         if self.process is not None and self.process.poll() is None:
@@ -151,18 +179,38 @@ class RoleProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._release()
         return None if self.process is None else self.process.returncode
 
+    def _release(self) -> None:
+        """Read the exited child's last output and close its pipe (no leaked file at teardown)."""
+        if self.reader is not None:
+            self.reader.join(timeout=30)
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
 
-def poll(query: Callable[[], Any], timeout_s: float = 120.0) -> Any:
-    """Ask again until `query` returns something truthy: synchronisation, not a timing check."""
+
+def wait_for(
+    condition: Callable[[], T | Literal[False] | None],
+    timeout_s: float = 120.0,
+    *,
+    what: str = "the expected state",
+    state: Callable[[], object] | None = None,
+) -> T:
+    """Ask again until `condition` returns something truthy, and return that.
+
+    Synchronisation, not a timing check: the deadline only turns a hang into a failure, so it
+    is generous. On time-out the failure names `what` and quotes `state()` when given.
+    """
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        answer = query()
+    while True:
+        answer = condition()
         if answer:
             return answer
-        time.sleep(0.05)
-    raise AssertionError("the store never reached the expected state")
+        if time.monotonic() > deadline:
+            now = f" (now: {state()!r})" if state is not None else ""
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}{now}")
+        time.sleep(0.02)
 
 
 def read_only(proc: RoleProcess) -> sqlite3.Connection:

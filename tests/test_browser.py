@@ -17,10 +17,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from playwright.sync_api import Page, expect
 
 from appliance.phantoms import CHEST_FINDINGS, chest_dataset, make_chest
 
@@ -29,9 +28,14 @@ from browser_fixtures import (
     Screenshots,
     layout_problems,
     needs_chromium,
+    playwright_api,
 )
-from conftest import RoleProcess, dcmtk, needs_dcmtk, poll, read_only
+from conftest import RoleProcess, dcmtk, needs_dcmtk, read_only, wait_for
 
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
+expect = playwright_api().expect  # skips this module where Playwright is missing
 pytestmark = [pytest.mark.slow, pytest.mark.browser, needs_chromium]
 
 SETUP_LINE = re.compile(
@@ -64,9 +68,10 @@ class RunningUI:
         return self.base_url + path
 
 
-def start_ui(make: Callable[..., RoleProcess], role: str) -> RunningUI:
-    """Start `appliance ROLE` (run or ui) and read the set-up code from its first-start line."""
-    proc = make(role, ready="ui: first start")
+def start_ui(make: Callable[..., RoleProcess], role: str, **config: dict[str, Any]) -> RunningUI:
+    """Start `appliance ROLE` (run or ui), with `config` sections over the test defaults, and
+    read the set-up code from its first-start line."""
+    proc = make(role, ready="ui: first start", **config)
     proc.start(timeout_s=START_S)
     for line in proc.output:
         match = SETUP_LINE.search(line)
@@ -267,7 +272,7 @@ def test_a_pushed_chest_xray_reaches_the_open_worklist_and_takes_feedback(
     check_layout(page, "the worklist")
     screenshots.at_each_size(page, "worklist")
 
-    poll(lambda: heatmaps_drawn(conn, study_uid))
+    wait_for(lambda: heatmaps_drawn(conn, study_uid))
     row.locator("a.open-study").click()
     image_loaded(page, "img#image")
     show_heatmap(page)

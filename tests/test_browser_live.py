@@ -14,29 +14,34 @@ import re
 import sqlite3
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pytest
-from playwright.sync_api import Page, expect
 
-from appliance.capture.generated import GeneratedSource
+from appliance.phantoms.generated_source import GeneratedSource
 
 from browser_fixtures import (
     SIZES,
     Guarded,
     Screenshots,
     needs_chromium,
+    playwright_api,
 )
-from conftest import RoleProcess, poll, read_only
+from conftest import RoleProcess, read_only, wait_for
 from test_browser import (
     ANALYSIS_MS,
-    SETUP_LINE,
     START_S,
     RunningUI,
     check_layout,
     image_loaded,
     set_up_admin,
+    start_ui,
 )
 
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
+expect = playwright_api().expect  # skips this module where Playwright is missing
 pytestmark = [pytest.mark.slow, pytest.mark.browser, needs_chromium]
 
 LIVE_MS = int(START_S * 1000)  # start-up to a live picture: the worker loads its models first
@@ -59,13 +64,7 @@ def start_with_capture(make: Callable[..., RoleProcess]) -> RunningUI:
     """`appliance run` with the generated source; where its UI is and its set-up code."""
     width, height = SIZE
     source = {"kind": "generated", "width": width, "height": height, "fps": 30.0, "name": "gen"}
-    proc = make("run", ready="ui: first start", capture={"source": source})
-    proc.start(timeout_s=START_S)
-    for line in proc.output:
-        match = SETUP_LINE.search(line)
-        if match:
-            return RunningUI(proc, match.group(1), match.group(2))
-    raise AssertionError("no set-up code in the output:\n" + "".join(proc.output))
+    return start_ui(make, "run", capture={"source": source})
 
 
 def snapshot(page: Page) -> str:
@@ -83,7 +82,7 @@ def picture_changes(page: Page, wait_s: float = 0.4) -> bool:
 def wait_until_live(page: Page) -> None:
     expect(page.locator("#live-state")).to_have_attribute("data-state", "live", timeout=LIVE_MS)
     image_loaded(page, "img#live-image")
-    poll(lambda: picture_changes(page), timeout_s=30)
+    wait_for(lambda: picture_changes(page), timeout_s=30)
 
 
 def check_overlay(page: Page) -> None:
@@ -150,7 +149,9 @@ def freeze(page: Page) -> None:
     expect(state).to_have_attribute("data-held", "true", timeout=SAVE_MS)
     expect(page.locator("#resume")).to_be_enabled()
     expect(page.locator("#freeze")).to_be_disabled()
-    time.sleep(0.5)  # a frame that was on its way has arrived
+    # A frame that was on its way may still arrive: wait until the picture holds still, then
+    # look once more over a longer interval.
+    wait_for(lambda: not picture_changes(page), 30, what="the frozen picture to hold still")
     assert not picture_changes(page, wait_s=1.0), "the picture changed while frozen"
 
 
@@ -205,7 +206,7 @@ def test_live_view_freeze_and_save_to_the_worklist(
     study_url = save_for_new_patient(page)
     page.click("#resume")
     expect(page.locator("#live-state")).to_have_attribute("data-held", "false", timeout=SAVE_MS)
-    poll(lambda: picture_changes(page), timeout_s=30)
+    wait_for(lambda: picture_changes(page), timeout_s=30)
 
     page.click("#live-saved-link")
     expect(page).to_have_url(ui.url(study_url))

@@ -4,14 +4,16 @@ menus, text and thumbnails around it, and nothing in a black frame."""
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
 
-from appliance.capture.generated import GeneratedSource
 from appliance.capture.region import detect_region
 from appliance.capture.signal import SignalMonitor, SignalState
 from appliance.capture.sources import Frame
+from appliance.phantoms.generated_source import GeneratedSource
 
 
 def frame(pixels: np.ndarray, index: int = 0) -> Frame:
@@ -36,7 +38,7 @@ def close_to(found: tuple[int, int, int, int] | None, truth: tuple[int, int, int
 
 def test_states_are_the_strings_status_json_carries() -> None:
     assert [s.value for s in SignalState] == ["live", "no_signal", "black", "frozen"]
-    assert SignalState.NO_SIGNAL == "no_signal"
+    assert json.dumps(SignalState.NO_SIGNAL) == '"no_signal"'  # a str: written as it is
 
 
 def test_no_signal_before_the_first_frame_and_after_a_gap() -> None:
@@ -111,7 +113,8 @@ def test_finds_other_sectors_even_through_jpeg(seed: int) -> None:
     ok, jpeg = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 75])
     assert ok
     decoded = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
-    assert close_to(detect_region(decoded), source.truth(0).region)
+    assert decoded is not None
+    assert close_to(detect_region(np.asarray(decoded, dtype=np.uint8)), source.truth(0).region)
 
 
 def test_menus_text_and_thumbnails_alone_are_no_region(screen: GeneratedSource) -> None:

@@ -10,13 +10,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 
-from appliance.capture import commands
-from appliance.capture.generated import GeneratedSource, _layout
+from appliance.capture import probe
 from appliance.capture.signal import SignalMonitor, SignalState
 from appliance.capture.sources import (
     CaptureError,
@@ -27,10 +27,12 @@ from appliance.capture.sources import (
     lossy_method,
     open_source,
 )
+from appliance.cli import capture as capture_cli
 from appliance.config import CaptureSource
 from appliance.phantoms import make_ultrasound_clip
+from appliance.phantoms.generated_source import OPENERS, GeneratedSource, _layout
 
-SMALL = {"width": 320, "height": 240, "loop_frames": 6}
+SMALL: dict[str, Any] = {"width": 320, "height": 240, "loop_frames": 6}
 
 
 def generated_frames(source: FrameSource, count: int) -> list[Frame]:
@@ -225,7 +227,8 @@ def test_gstreamer_without_support_in_opencv_says_so() -> None:
 
 
 def test_open_source_builds_each_kind_unopened(tmp_path: Path) -> None:
-    generated = open_source(CaptureSource(kind="generated", width=320, height=240, fps=25))
+    wanted = CaptureSource(kind="generated", width=320, height=240, fps=25)
+    generated = open_source(wanted, OPENERS)
     assert isinstance(generated, GeneratedSource)
     assert (generated.size, generated.fps, generated.name) == ((320, 240), 25.0, "ultrasound")
     assert generated.read(timeout_s=0.01) is None  # not opened yet
@@ -256,6 +259,7 @@ def test_a_source_says_whether_its_frames_were_lossily_compressed(
         (CaptureSource(kind="none"), "no live capture is configured"),
         (CaptureSource(kind="file"), "capture.source.file is not set"),
         (CaptureSource(kind="gstreamer", pipeline=" "), "capture.source.pipeline is empty"),
+        (CaptureSource(kind="generated"), "demo scanner screen"),  # no opener handed in
     ],
 )
 def test_open_source_refuses_a_configuration_naming_nothing(
@@ -270,7 +274,7 @@ def test_open_source_refuses_a_configuration_naming_nothing(
 
 def test_registering_the_probe_imports_nothing_heavy() -> None:
     code = (
-        "import argparse, sys; from appliance.capture import commands; "
+        "import argparse, sys; from appliance.cli import capture as commands; "
         "p = argparse.ArgumentParser(); commands.register(p.add_subparsers()); "
         "a = p.parse_args(['capture', 'probe', '--device', '2', '--seconds', '0.5']); "
         "print(a.func.__name__, a.device, a.seconds, 'cv2' in sys.modules)"
@@ -286,19 +290,19 @@ def test_probe_lists_devices_in_number_order_with_their_sysfs_names(tmp_path: Pa
         (dev / name).touch()
     (sysfs / "video2").mkdir(parents=True)
     (sysfs / "video2" / "name").write_text("USB3 Video Capture\n")
-    devices = commands.video_devices(dev)
+    devices = probe.video_devices(dev)
     assert [d.name for d in devices] == ["video0", "video2", "video10"]
-    assert commands.device_name(dev / "video2", sysfs) == "USB3 Video Capture"
-    assert commands.device_name(dev / "video0", sysfs) == "(no name in sysfs)"
+    assert probe.device_name(dev / "video2", sysfs) == "USB3 Video Capture"
+    assert probe.device_name(dev / "video0", sysfs) == "(no name in sysfs)"
 
 
 def test_probe_reports_a_mode_it_cannot_open(tmp_path: Path) -> None:
-    result = commands.probe_mode(tmp_path / "video5", "MJPG", (1280, 720), seconds=0.1)
+    result = probe.probe_mode(tmp_path / "video5", "MJPG", (1280, 720), seconds=0.1)
     assert not result.opened
     assert result.describe() == "  MJPG 1280x720: cannot open"
-    good = commands.ModeResult("YUYV", (640, 480), True, "YUYV", (640, 480), 30.0, 29.7)
+    good = probe.ModeResult("YUYV", (640, 480), True, "YUYV", (640, 480), 30.0, 29.7)
     assert good.describe() == "  YUYV 640x480: 29.7 fps (device says 30)"
-    other = commands.ModeResult("YUYV", (1920, 1080), True, "YUYV", (1280, 720), 10.0, 9.9)
+    other = probe.ModeResult("YUYV", (1920, 1080), True, "YUYV", (1280, 720), 10.0, 9.9)
     assert other.describe() == "  YUYV 1920x1080: gave YUYV 1280x720, 9.9 fps (device says 10)"
 
 
@@ -306,7 +310,7 @@ def test_probe_of_a_device_that_is_gone_says_each_mode_cannot_open(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     args = argparse.Namespace(device=[str(tmp_path / "video3")], seconds=0.1)
-    assert commands.cmd_probe(args) == 0
+    assert capture_cli.cmd_probe(args) == 0
     out = capsys.readouterr().out
     assert f"{tmp_path / 'video3'}: (no name in sysfs)" in out
-    assert out.count("cannot open") == len(commands.FOURCCS) * len(commands.SIZES)
+    assert out.count("cannot open") == len(probe.FOURCCS) * len(probe.SIZES)

@@ -13,7 +13,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-import onnxruntime as ort
+import onnxruntime as ort  # type: ignore[import-untyped]  # ships no type hints
 import pytest
 import yaml
 

@@ -113,7 +113,7 @@ def test_overlay_png_decodes_at_the_image_size(tmp_path: Path, blob: Path) -> No
         heatmap = explain(model, result, "all")[0]
     png = overlay_png(result.display, heatmap.values)
     decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
-    assert decoded.shape == (200, 320, 3)
+    assert decoded is not None and decoded.shape == (200, 320, 3)
     x, y = heatmap.peak
     assert decoded[y, x, 2] > decoded[y, x, 0]  # the hot spot is tinted red (BGR)
     assert np.array_equal(decoded[5, 5], [result.display[5, 5]] * 3)  # cold: untouched
@@ -131,6 +131,6 @@ def test_mask_overlay_outlines_the_segmentation(tmp_path: Path, blob: Path) -> N
         assert explain(model, result, "all") == []  # method none
     png = mask_overlay_png(result.display, [m.mask for m in result.masks])
     decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
-    assert decoded.shape == (200, 320, 3)
+    assert decoded is not None and decoded.shape == (200, 320, 3)
     x, y = result.masks[0].outlines[0][0]
     assert tuple(decoded[y, x]) == (0, 140, 255)  # the outline colour of the first label

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,7 +32,7 @@ from appliance.samples import CR, CT, make_dataset, sample_uid, write_sample
 from appliance.store import Store
 from appliance.store.audit import recent
 
-from conftest import dcmtk, needs_dcmtk
+from conftest import dcmtk, needs_dcmtk, wait_for
 
 StartReceiver = Callable[..., tuple[Receiver, Store]]
 Address = tuple[str, int]
@@ -134,21 +133,6 @@ def store_file(address: Address, path: Path, calling_aet: str = "FAULT-SCU") -> 
         if assoc.is_established:
             assoc.release()
     return int(response.Status) if "Status" in response else None
-
-
-def wait_for(
-    condition: Callable[[], bool],
-    what: str,
-    timeout_s: float = 10.0,
-    state: Callable[[], object] | None = None,
-) -> None:
-    """Poll `condition` until it holds; on timeout, fail quoting `state()` when given."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            now = f" (now: {state()!r})" if state is not None else ""
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}{now}")
-        time.sleep(0.02)
 
 
 # -- looking at the store ------------------------------------------------------------------
@@ -470,7 +454,7 @@ def test_an_association_past_the_limit_is_rejected_saying_so(
         second = scu("MODALITY2")
         second.add_requested_context(Verification)
         assert second.associate(*receiver.address, ae_title="APPLIANCE").is_rejected
-        wait_for(lambda: bool(audit_rows(store, "association.rejected")), "the audit row")
+        wait_for(lambda: bool(audit_rows(store, "association.rejected")), what="the audit row")
         [row] = audit_rows(store, "association.rejected")
         assert row["detail"]["reason"] == (
             "too many associations at once (receiver.max_associations is 1)"
@@ -490,7 +474,9 @@ def test_a_calling_ae_title_not_allowed_is_rejected_and_audited(
     assoc = intruder.associate(*receiver.address, ae_title="APPLIANCE")
 
     assert assoc.is_rejected
-    wait_for(lambda: bool(audit_rows(store, "association.rejected")), "the rejection's audit row")
+    wait_for(
+        lambda: bool(audit_rows(store, "association.rejected")), what="the rejection's audit row"
+    )
     [row] = audit_rows(store, "association.rejected")
     assert row["actor"].startswith("ae:INTRUDER@")
     assert row["detail"]["reason"] == "calling AE title 'INTRUDER' is not allowed"
@@ -510,7 +496,7 @@ def test_a_source_address_outside_the_allowed_networks_is_refused_and_audited(
     assoc = ae.associate(*receiver.address, ae_title="APPLIANCE")
 
     assert not assoc.is_established
-    wait_for(lambda: bool(audit_rows(store, "association.refused")), "the refusal's audit row")
+    wait_for(lambda: bool(audit_rows(store, "association.refused")), what="the refusal's audit row")
     [row] = audit_rows(store, "association.refused")
     assert row["actor"] == "ip:127.0.0.1"
     assert instance_rows(store) == []
@@ -606,8 +592,8 @@ def assert_spool_consistent(store: Store) -> None:
     """No partial file, every object indexed and present, every indexed file readable."""
     wait_for(
         lambda: partial_files(store) == [],
-        "spool/tmp to be empty",
         timeout_s=5.0,
+        what="spool/tmp to be empty",
         state=lambda: [(p.name, p.stat().st_size) for p in store.spool.tmp.iterdir()],
     )
     rows = instance_rows(store)

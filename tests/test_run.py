@@ -6,8 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,16 +14,7 @@ import yaml
 from appliance.dicomout.scu import Peer, echo
 from appliance.errors import ApplianceError
 
-from conftest import REPO, make_settings
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
+from conftest import REPO, make_settings, wait_for
 
 
 def answers(peer: Peer) -> bool:

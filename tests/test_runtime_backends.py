@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ from appliance.runtime.backends import BackendOptions
 from appliance.runtime.backends.onnxrt import available_providers
 
 from runtime_models import blob_image, classifier_manifest, write_package
+
+GpuPrecision = Literal["fp32", "fp16"]
 
 
 @pytest.fixture
@@ -75,7 +78,7 @@ def test_a_batch_of_the_wrong_shape_is_refused(package: Path) -> None:
         ):
             model.run(np.zeros((2, 1, 32, 32), dtype=np.float32))
         with pytest.raises(InferenceError, match="got float64"):
-            model.run(np.zeros((1, 1, 64, 64)))
+            model.run(np.zeros((1, 1, 64, 64)))  # type: ignore[arg-type]  # float64 on purpose
 
 
 def test_large_batches_run_in_pieces_of_max_batch(package: Path) -> None:
@@ -103,9 +106,9 @@ def test_cuda_provider_matches_cpu(package: Path) -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_tensorrt_provider_matches_cpu_and_caches(
-    package: Path, tmp_path: Path, precision: str
+    package: Path, tmp_path: Path, precision: GpuPrecision
 ) -> None:
-    options = BackendOptions(backend="tensorrt", precision=precision, cache_dir=tmp_path)  # type: ignore[arg-type]
+    options = BackendOptions(backend="tensorrt", precision=precision, cache_dir=tmp_path)
     _gpu_check(package, options)
     assert any((tmp_path / "ort-tensorrt").iterdir())
 
@@ -113,13 +116,9 @@ def test_tensorrt_provider_matches_cpu_and_caches(
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_native_tensorrt_matches_cpu_and_reuses_its_engine(
-    package: Path, tmp_path: Path, precision: str
+    package: Path, tmp_path: Path, precision: GpuPrecision
 ) -> None:
-    options = BackendOptions(
-        backend="tensorrt-native",
-        precision=precision,
-        cache_dir=tmp_path,  # type: ignore[arg-type]
-    )
+    options = BackendOptions(backend="tensorrt-native", precision=precision, cache_dir=tmp_path)
     _gpu_check(package, options)
     engines = list((tmp_path / "tensorrt").glob("*.engine"))
     assert len(engines) == 1

@@ -57,7 +57,8 @@ def test_infer_on_a_dicom_prints_findings_and_writes_overlays(
     assert [h["label"] for h in classifier["heatmaps"]] == ["bright"]
     overlay = Path(classifier["overlays"][0])
     assert overlay.parent == out and overlay.name == "001-test-classifier-f0-bright-cam.png"
-    assert cv2.imread(str(overlay)).shape == (128, 128, 3)
+    picture = cv2.imread(str(overlay))
+    assert picture is not None and picture.shape == (128, 128, 3)
     segmenter = by_model["test-segmenter"]
     assert segmenter["masks"][0]["area_mm2"] > 0
     assert Path(segmenter["overlays"][0]).name == "001-test-segmenter-f0-masks.png"
@@ -158,7 +159,7 @@ def test_an_unavailable_backend_stops_with_a_message(
     tmp_path: Path, models: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("onnxruntime")
-    import onnxruntime
+    import onnxruntime  # type: ignore[import-untyped]  # ships no type hints
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("CUDA is available here")

@@ -13,7 +13,7 @@ import pytest
 
 import appliance.phantoms as phantoms
 from appliance.cli import main
-from appliance.runtime.validate import ROC_SIZE, auc_delong, validate, wilson
+from appliance.runtime.validation import ROC_SIZE, auc_delong, validate, wilson
 
 from runtime_models import classifier_manifest, segmenter_manifest, segmenter_onnx, write_package
 

@@ -294,9 +294,13 @@ def test_spool_refuses_names_that_are_not_its_own(store: Store) -> None:
 def test_two_stores_on_one_folder_share_state(settings: Settings, tmp_path: Path) -> None:
     first = open_store(settings)
     second = open_store(settings)  # another role opening the same data folder
-    put(first, tmp_path)
-    assert second.summary().instances == 1
-    assert second.summary().queue_depth == 1
+    try:
+        put(first, tmp_path)
+        assert second.summary().instances == 1
+        assert second.summary().queue_depth == 1
+    finally:
+        second.close()
+        first.close()
 
 
 def test_an_unusable_data_folder_is_a_clear_error(tmp_path: Path) -> None:

@@ -140,6 +140,6 @@ def test_study_for_capture_gives_the_uid_and_patient(store: Store, tmp_path: Pat
         "SELECT s.study_uid, s.accession_number, p.patient_id, p.patient_name FROM studies s"
         " JOIN patients p ON p.id = s.patient_ref"
     ).fetchone()
-    assert found == (row["study_uid"], row["patient_id"], row["patient_name"], row[1])
     assert found is not None and found.study_uid == row["study_uid"]
+    assert tuple(found) == (row["study_uid"], row["patient_id"], row["patient_name"], row[1])
     assert capture_store.study_for_capture(store.conn, study + 1) is None

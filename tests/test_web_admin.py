@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import re
-import time
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,13 +17,14 @@ from flask.testing import FlaskClient
 
 from appliance.domain import Origin, Source
 from appliance.imaging.header import read_header
+from appliance.runtime import precision as precision_module
 from appliance.runtime.precision import choose_precision
 from appliance.samples import write_sample
 from appliance.store import Store, audit, jobs, open_store, status, users
 from appliance.worker.models import ModelSet
 from appliance.worker.role import record_models
 
-from conftest import add_user, csrf_of, make_settings, sign_in
+from conftest import add_user, csrf_of, make_settings, sign_in, wait_for
 from worker_fixtures import DEMO_MODELS
 
 GET_ROUTES = [
@@ -247,7 +247,16 @@ def test_recording_replaces_the_previous_list(store: Store) -> None:
         status.ModelRow("x", "gone")
 
 
-def test_a_real_worker_start_records_its_models(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("cpu_flags", "precision"),
+    [({"sse4_2", "avx2", "avx512_vnni"}, "int8"), ({"sse4_2", "avx2"}, "fp32")],
+    ids=["vnni", "no-vnni"],
+)
+def test_a_real_worker_start_records_its_models(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpu_flags: set[str], precision: str
+) -> None:
+    """`precision: auto` picks INT8 only on a CPU with 8-bit dot products: both are simulated."""
+    monkeypatch.setattr(precision_module, "read_cpu_flags", lambda: frozenset(cpu_flags))
     bad = tmp_path / "models" / "broken"
     bad.mkdir(parents=True)
     (bad / "manifest.yaml").write_text("format: 1\n")
@@ -264,7 +273,7 @@ def test_a_real_worker_start_records_its_models(tmp_path: Path) -> None:
         models.close()
         store.close()
     chest = rows["demo-chest-xray"]
-    assert (chest.state, chest.backend, chest.precision) == ("loaded", "onnxruntime-cpu", "int8")
+    assert (chest.state, chest.backend, chest.precision) == ("loaded", "onnxruntime-cpu", precision)
     assert chest.model_sha256 == models.models[0].provenance.model_hash
     assert chest.manifest["not_for_clinical_use"] is True
     assert "auc" in chest.manifest["validation"]["metrics"]["pleural_effusion"]
@@ -338,9 +347,12 @@ def test_the_health_page_with_nothing_reported(admin: FlaskClient) -> None:
 def test_a_role_beat_refreshes_and_then_marks_the_stop(store: Store) -> None:
     beat = status.RoleBeat(store, "receiver", every_s=0.05, host="127.0.0.1", port=104)
     [first] = status.role_states(store.conn)
-    time.sleep(0.3)
-    [later] = status.role_states(store.conn)
-    assert later.heartbeat_at > first.heartbeat_at and later.running
+    [later] = wait_for(
+        lambda: [r for r in status.role_states(store.conn) if r.heartbeat_at > first.heartbeat_at],
+        30,
+        what="a later heartbeat",
+    )
+    assert later.running
     assert later.detail == {"host": "127.0.0.1", "port": 104}
     beat.stop()
     [stopped] = status.role_states(store.conn)

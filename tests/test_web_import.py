@@ -151,8 +151,8 @@ def test_bad_files_are_refused_with_a_reason_and_the_rest_stored(
 def test_a_dicomdir_is_refused_with_advice(tech: FlaskClient, tmp_path: Path) -> None:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
-    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.MediaStorageDirectoryStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.UID("1.2.3.4")
     ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
     ds.FileSetID = "STICK"
     path = tmp_path / "DICOMDIR"

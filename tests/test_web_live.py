@@ -11,7 +11,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -328,7 +328,8 @@ class Parts:
         assert response.mimetype == "multipart/x-mixed-replace"
         assert response.mimetype_params == {"boundary": BOUNDARY}
         self.response = response
-        self.chunks = iter(response.response)
+        # A streamed response's body is bytes chunks; werkzeug types it as any iterable.
+        self.chunks = cast(Iterator[bytes], iter(response.response))
         assert next(self.chunks) == f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n\r\n".encode()
 
     def next(self) -> bytes:

@@ -267,8 +267,10 @@ def test_a_window_asked_for_changes_the_rendering(seeded: Seeded) -> None:
     seeded.sign_in("technologist")
     default = png_of(seeded.client.get(image_url(seeded, "effusion")).get_data())
     html = page(seeded, study_url(seeded, "effusion"))
-    centre = float(re.search(r'data-wc="([-\d.]+)"', html).group(1))
-    width = float(re.search(r'data-ww="([-\d.]+)"', html).group(1))
+    centre_found = re.search(r'data-wc="([-\d.]+)"', html)
+    width_found = re.search(r'data-ww="([-\d.]+)"', html)
+    assert centre_found is not None and width_found is not None, html
+    centre, width = float(centre_found.group(1)), float(width_found.group(1))
     same = seeded.client.get(image_url(seeded, "effusion", wc=centre, ww=width))
     assert np.abs(png_of(same.get_data()).astype(int) - default).max() <= 1
     narrow = seeded.client.get(image_url(seeded, "effusion", wc=centre, ww=max(width / 8, 1)))

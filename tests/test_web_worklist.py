@@ -478,7 +478,9 @@ def test_a_reported_study_moves_below_the_open_ones_and_back_when_reopened(
 ) -> None:
     seeded.sign_in("clinician")
     html = page(seeded)
-    version = re.search(r'data-version="([0-9a-f]+)"', html).group(1)
+    version_found = re.search(r'data-version="([0-9a-f]+)"', html)
+    assert version_found is not None, html
+    version = version_found.group(1)
     study = seeded.studies["effusion"]
     form = {"text": "Effusion, right.", "final": "1", "csrf_token": csrf_of_page(html)}
     assert seeded.client.post(f"/study/{study}/impression", data=form).status_code == 302

@@ -16,7 +16,7 @@ from appliance.phantoms import chest_dataset, make_chest, make_ultrasound, ultra
 from appliance.samples import make_dataset
 from appliance.store import open_store
 
-from conftest import RoleProcess, dcmtk, needs_dcmtk, poll, read_only
+from conftest import RoleProcess, dcmtk, needs_dcmtk, read_only, wait_for
 from runtime_models import write_package
 from worker_fixtures import (
     analysis_of,
@@ -43,7 +43,7 @@ def test_run_turns_a_dicom_push_into_findings(
 ) -> None:
     proc = role_process("run", ready="worker: ready")
     proc.start(timeout_s=120)
-    poll(lambda: any("receiver: listening" in line for line in proc.output), 60)
+    wait_for(lambda: any("receiver: listening" in line for line in proc.output), 60)
     effusion = {"pleural_effusion": True, "pneumothorax": False, "lung_nodule": False}
     chest = tmp_path / "chest.dcm"
     chest_dataset(make_chest(31, rows=1024, findings=effusion)).save_as(chest)
@@ -56,7 +56,7 @@ def test_run_turns_a_dicom_push_into_findings(
     subprocess.run([*command, str(chest), str(frame), str(hand)], check=True, timeout=60)
 
     conn = read_only(proc)
-    rows = poll(lambda: len(analysed(conn)) == 3 and analysed(conn))
+    rows = wait_for(lambda: len(analysed(conn)) == 3 and analysed(conn))
     by_state = {row["state"]: row for row in rows}
     assert set(by_state) == {"findings", "no_model"}
     assert by_state["no_model"]["reason"].startswith("CR HAND: no model for this body part")
@@ -67,7 +67,7 @@ def test_run_turns_a_dicom_push_into_findings(
     [mask] = by_model["demo-ultrasound-fluid"]["result"]["masks"]
     assert mask["area_mm2"] == pytest.approx(fluid.fluid_area_mm2, rel=0.10)
     results = proc.paths.results
-    poll(lambda: not conn.execute("SELECT 1 FROM jobs WHERE state != 'done'").fetchall())
+    wait_for(lambda: not conn.execute("SELECT 1 FROM jobs WHERE state != 'done'").fetchall())
     for finding in findings:
         overlays = [a for a in artifacts_of(conn, finding["id"]) if a["kind"] == "overlay"]
         assert overlays, f"{finding['model']} stored no overlay"
@@ -102,12 +102,12 @@ def test_a_worker_killed_mid_job_finishes_it_exactly_once(
         ).fetchone()
         return row
 
-    poll(lambda: job()["state"] == "running", 60)
+    wait_for(lambda: job()["state"] == "running", 60)
     proc.kill()
     assert job()["state"] == "running" and findings_of(conn, instance) == []
     proc.start(timeout_s=120)
     assert "1 interrupted job(s) taken back" in "".join(proc.output)
-    poll(lambda: job()["state"] == "done")
+    wait_for(lambda: job()["state"] == "done")
     assert job()["attempts"] == 2
     assert len(findings_of(conn, instance)) == 1
     assert analysis_of(conn, instance)["state"] == "findings"

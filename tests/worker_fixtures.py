@@ -63,7 +63,7 @@ def open_worker(store: Store, settings: Settings) -> Worker:
 
 def analysis_of(conn: sqlite3.Connection, instance_id: int) -> sqlite3.Row:
     row = conn.execute("SELECT * FROM analyses WHERE instance_ref = ?", (instance_id,)).fetchone()
-    assert row is not None, f"instance {instance_id} has no analysis"
+    assert isinstance(row, sqlite3.Row), f"instance {instance_id} has no analysis"
     return row
 
 
