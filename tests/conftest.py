@@ -33,6 +33,27 @@ REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
+class ClosingClient(FlaskClient):
+    """Flask's test client, remembering every response so that the test's end closes them: a
+    file a view sends stays open until its response is closed, and the suite treats an
+    unclosed file as an error."""
+
+    opened: list[Any] = []
+
+    def open(self, *args: Any, **kwargs: Any) -> Any:
+        response = super().open(*args, **kwargs)
+        ClosingClient.opened.append(response)
+        return response
+
+
+@pytest.fixture(autouse=True)
+def close_test_responses(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(Flask, "test_client_class", ClosingClient)
+    yield
+    while ClosingClient.opened:
+        ClosingClient.opened.pop().close()
+
+
 def has_dcmtk() -> bool:
     try:
         dcmtk("storescu")
@@ -102,7 +123,11 @@ def start_receiver(tmp_path: Path) -> Iterator[Callable[..., tuple[Receiver, Sto
         settings = make_settings(tmp_path, **sections)
         store = open_store(settings)
         receiver = Receiver(settings, store)
-        receiver.start()
+        try:
+            receiver.start()
+        except BaseException:
+            store.close()
+            raise
         started.append((receiver, store))
         return receiver, store
 
