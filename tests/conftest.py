@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import pytest
 import yaml
@@ -38,7 +38,7 @@ class ClosingClient(FlaskClient):
     file a view sends stays open until its response is closed, and the suite treats an
     unclosed file as an error."""
 
-    opened: list[Any] = []
+    opened: ClassVar[list[Any]] = []
 
     def open(self, *args: Any, **kwargs: Any) -> Any:
         response = super().open(*args, **kwargs)
@@ -52,6 +52,36 @@ def close_test_responses(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     while ClosingClient.opened:
         ClosingClient.opened.pop().close()
+
+
+CPU_FLAGS = {
+    "vnni": frozenset({"sse4_2", "avx2", "avx512_vnni"}),
+    "no-vnni": frozenset({"sse4_2", "avx2"}),
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--cpu",
+        choices=("machine", *CPU_FLAGS),
+        default="machine",
+        help="run as if this processor had (vnni) or lacked (no-vnni) 8-bit dot-product "
+        "instructions, which decide `models.precision: auto` (default: this machine's)",
+    )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def pretended_cpu(request: pytest.FixtureRequest) -> Iterator[None]:
+    """`--cpu=no-vnni` proves the suite holds on an AVX2-only machine, wherever it runs."""
+    chosen = request.config.getoption("--cpu")
+    if chosen == "machine":
+        yield
+        return
+    from appliance.runtime import precision
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(precision, "read_cpu_flags", lambda *_: CPU_FLAGS[chosen])
+        yield
 
 
 def has_dcmtk() -> bool:

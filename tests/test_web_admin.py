@@ -18,7 +18,7 @@ from flask.testing import FlaskClient
 from appliance.domain import Origin, Source
 from appliance.imaging.header import read_header
 from appliance.runtime import precision as precision_module
-from appliance.runtime.precision import choose_precision
+from appliance.runtime.precision import choose_precision, read_cpu_flags
 from appliance.samples import write_sample
 from appliance.store import Store, audit, jobs, open_store, status, users
 from appliance.worker.models import ModelSet
@@ -290,7 +290,9 @@ def test_the_worker_role_records_models_and_its_heartbeat(
     try:
         names = {m.name: m.state for m in status.installed_models(store.conn)}
         [worker] = [r for r in status.role_states(store.conn) if r.role == "worker"]
-        choice = choose_precision("auto", "cpu")  # the default, by this machine's processor
+        # The default, by this machine's processor: the child process reads the real one even
+        # under `pytest --cpu=...` (read_cpu_flags here is the unpatched function).
+        choice = choose_precision("auto", "cpu", read_cpu_flags())
         assert worker.running and worker.detail == {
             "backend": "cpu",
             "precision": choice.precision,
