@@ -206,6 +206,22 @@ def assert_rejected_audited(store: Store, status: StoreStatus, reason_part: str 
     assert reason_part in detail["reason"]
 
 
+def assert_refused_cleanly(
+    receiver: Receiver,
+    store: Store,
+    tmp_path: Path,
+    path: Path,
+    expected: StoreStatus,
+    reason_part: str = "",
+) -> None:
+    """Sending `path` gets `expected`, the refusal is audited, leaves nothing behind, and the
+    receiver goes on serving."""
+    assert store_file(receiver.address, path) == expected
+    assert_rejected_audited(store, expected, reason_part)
+    assert_refusal_left_no_trace(store, tmp_path)
+    assert_still_serving(receiver, store, tmp_path, seed=len(path.name) + 100)
+
+
 @pytest.fixture
 def inputs(tmp_path: Path) -> Path:
     folder = tmp_path / "in"
@@ -228,12 +244,7 @@ def test_a_request_whose_uids_differ_from_the_dataset_is_refused_with_a900(
         meta = file_meta(CR, str(ds.SOPInstanceUID))
     path = write_raw(inputs / "mismatch.dcm", meta, encode_body(ds))
 
-    status = store_file(receiver.address, path)
-
-    assert status == StoreStatus.SOP_MISMATCH
-    assert_rejected_audited(store, StoreStatus.SOP_MISMATCH)
-    assert_refusal_left_no_trace(store, tmp_path)
-    assert_still_serving(receiver, store, tmp_path, seed=100)
+    assert_refused_cleanly(receiver, store, tmp_path, path, StoreStatus.SOP_MISMATCH)
 
 
 def _truncated_in_header(ds: Dataset) -> bytes:
@@ -285,12 +296,7 @@ def test_a_dataset_that_cannot_be_parsed_is_refused_with_c000(
     meta = file_meta(CT, str(ds.SOPInstanceUID))
     path = write_raw(inputs / "broken.dcm", meta, make_body(ds))
 
-    status = store_file(receiver.address, path)
-
-    assert status == StoreStatus.CANNOT_UNDERSTAND
-    assert_rejected_audited(store, StoreStatus.CANNOT_UNDERSTAND)
-    assert_refusal_left_no_trace(store, tmp_path)
-    assert_still_serving(receiver, store, tmp_path, seed=101)
+    assert_refused_cleanly(receiver, store, tmp_path, path, StoreStatus.CANNOT_UNDERSTAND)
 
 
 def test_a_dataset_without_a_study_uid_is_refused_naming_it(
@@ -301,12 +307,9 @@ def test_a_dataset_without_a_study_uid_is_refused_naming_it(
     del ds.StudyInstanceUID
     path = write_raw(inputs / "no-study.dcm", ds.file_meta, encode_body(ds))
 
-    status = store_file(receiver.address, path)
-
-    assert status == StoreStatus.CANNOT_UNDERSTAND
-    assert_rejected_audited(store, StoreStatus.CANNOT_UNDERSTAND, "StudyInstanceUID")
-    assert_refusal_left_no_trace(store, tmp_path)
-    assert_still_serving(receiver, store, tmp_path, seed=102)
+    assert_refused_cleanly(
+        receiver, store, tmp_path, path, StoreStatus.CANNOT_UNDERSTAND, "StudyInstanceUID"
+    )
 
 
 @pytest.mark.usefixtures("passwd_stat")
