@@ -331,13 +331,15 @@ def test_each_file_routes_to_its_expected_model_only(
         assert applies == expected, item.path.name
 
 
+def routed_to(items: list[DemoItem], model: str) -> list[DemoItem]:
+    return [item for item in items if item.expected_model == model]
+
+
 def test_the_chest_model_sees_the_clear_findings(
     items: list[DemoItem], models: dict[str, Model]
 ) -> None:
     chest = models[demo.CHEST_MODEL]
-    for item in items:
-        if item.expected_model != demo.CHEST_MODEL:
-            continue
+    for item in routed_to(items, demo.CHEST_MODEL):
         scores = {f.label: f for f in chest.infer([decode(item.path)])[0].labels}
         for name in CLEAR:
             assert scores[name].positive == item.truth[name], (item.kind, name, scores[name])
@@ -347,9 +349,7 @@ def test_the_ultrasound_model_measures_the_fluid(
     items: list[DemoItem], models: dict[str, Model]
 ) -> None:
     model = models[demo.ULTRASOUND_MODEL]
-    for item in items:
-        if item.expected_model != demo.ULTRASOUND_MODEL:
-            continue
+    for item in routed_to(items, demo.ULTRASOUND_MODEL):
         (mask,) = model.infer([decode(item.path, index=0)])[0].masks
         truth = float(item.truth["fluid_area_mm2"])
         assert mask.positive == item.truth["fluid"], item.kind
