@@ -15,6 +15,8 @@ from appliance.imaging.header import read_header
 from appliance.samples import make_dataset, write_sample
 from appliance.store import Store, jobs, open_store
 from appliance.store.db import MIGRATIONS, connect, migrate
+from appliance.store.feedback import FeedbackError
+from appliance.store.refused import Refused
 
 ORIGIN = Origin(Source.DICOM, calling_aet="MODALITY", peer_address="127.0.0.1")
 
@@ -317,3 +319,10 @@ def test_a_truncated_image_is_refused_saying_so_once(tmp_path: Path) -> None:
     with pytest.raises(RejectedInput) as refused:
         read_header(source)
     assert str(refused.value).startswith("pixel data is truncated")  # not wrapped again
+
+
+def test_a_feedback_refusal_says_invalid_unless_it_names_its_reason() -> None:
+    unnamed, named = FeedbackError("no good"), FeedbackError("too long", "too_long")
+    assert isinstance(unnamed, Refused)
+    assert (unnamed.reason, unnamed.key, str(unnamed)) == ("invalid", "invalid", "no good")
+    assert (named.reason, named.key) == ("too_long", "too_long")

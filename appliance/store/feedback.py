@@ -25,6 +25,9 @@ class FeedbackError(Refused):
     """Feedback or an impression that cannot be accepted; the message says why, `reason` in
     one word for the UI's catalogue ("empty", "too_long", or "invalid")."""
 
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message, reason)
+
     @property
     def reason(self) -> str:
         return self.key
