@@ -42,8 +42,8 @@ def serve(
 ) -> int:
     """Load the models, take back jobs of a crashed worker, and work until asked to stop.
 
-    `openers` make capture source kinds the capture room does not (the demo's generated
-    screen); the entry layer hands them in."""
+    `openers` make the capture source kinds the capture room does not make itself (the
+    demo's generated screen); the entry layer hands them in."""
     started = time.monotonic()
     store = open_store(settings, paths)
     models = ModelSet.load(settings.models, paths.cache_dir)

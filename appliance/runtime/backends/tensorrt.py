@@ -174,7 +174,7 @@ def build_engine(
     serialised = builder.build_serialized_network(network, config)
     if serialised is None:
         raise BackendError(f"TensorRT could not build an engine for {io.label}; see its log above")
-    timing_cache.write_bytes(bytes(memoryview(cache.serialize())))
+    write_atomically(timing_cache, bytes(memoryview(cache.serialize())))
     elapsed = time.monotonic() - started
     print(f"TensorRT: engine built in {elapsed:.0f} s", file=sys.stderr, flush=True)
     return bytes(memoryview(serialised))

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from appliance.paths import write_atomically
 from appliance.runtime.backends import Precision
 from appliance.runtime.errors import InputError
 from appliance.runtime.package import ModelPackage, load_package
@@ -79,7 +80,7 @@ def validate(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         report["plots"] = [] if segmentation else write_plots(out, labels, runs, figures)
-        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_atomically(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
     return report
 
 
