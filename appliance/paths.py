@@ -73,18 +73,32 @@ def write_atomically(path: Path, data: bytes, *, durable: bool = False) -> None:
     """
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
     try:
-        with open(partial, "wb") as handle:
-            handle.write(data)
-            if durable:
-                handle.flush()
-                os.fsync(handle.fileno())
+        partial.write_bytes(data)
+        if durable:
+            fsync_file(partial)
         os.replace(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
     if durable:
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(path.parent)
+
+
+def move_durably(source: Path, target: Path) -> None:
+    """Rename a finished file into place so that it survives a power cut (same file system)."""
+    fsync_file(source)
+    os.replace(source, target)
+    fsync_dir(target.parent)
+
+
+def fsync_file(path: Path) -> None:
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

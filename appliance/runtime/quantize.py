@@ -11,7 +11,6 @@ quantization and the bundled INT8 files are made the same way.
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,7 +24,7 @@ import numpy.typing as npt
 import yaml
 
 from appliance.imaging import DecodeError, decode
-from appliance.paths import write_atomically
+from appliance.paths import move_durably, write_atomically
 from appliance.runtime.backends import BackendOptions, Outputs, open_backend
 from appliance.runtime.engine import model_io
 from appliance.runtime.errors import InputError, PackageError
@@ -361,7 +360,7 @@ def _install(
     notes["pixel_agreement"] = measured.pixels
     notes["max_score_difference"] = round(measured.max_difference, 6)
     with _restored_on_failure(package.folder, name):
-        os.replace(path, package.folder / name)
+        move_durably(path, package.folder / name)
         update_manifest(package.folder / MANIFEST_NAME, name, notes)
         return seal_package(package.folder)
 

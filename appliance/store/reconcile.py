@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.domain import InstanceHeader, Origin, Source
+from appliance.paths import fsync_file
 from appliance.store import audit
 from appliance.store.ingest import index_file
-from appliance.store.spool import CommittedFile, Spool, file_digest, fsync_file
+from appliance.store.spool import CommittedFile, Spool, file_digest
 
 log = logging.getLogger(__name__)
 

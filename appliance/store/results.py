@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from appliance.store.spool import fsync_dir
+from appliance.paths import fsync_dir
 
 
 class ResultFiles:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from appliance.errors import OutOfSpaceError
+from appliance.paths import fsync_dir, fsync_file
 
 _CHUNK = 1 << 20
 
@@ -121,16 +122,3 @@ def file_digest(path: Path) -> FileDigest:
             digest.update(chunk)
             size += len(chunk)
     return FileDigest(size, digest.hexdigest())
-
-
-def fsync_file(path: Path) -> None:
-    with path.open("rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
