@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -25,6 +26,7 @@ from pydantic import (
 from appliance.errors import ApplianceError, ConfigError
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}\Z")  # printable ASCII except backslash
+_UID = re.compile(r"^(?=.{1,64}\Z)(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\Z")
 
 
 def check_ae_title(value: str) -> str:
@@ -46,8 +48,19 @@ def check_network(value: str) -> str:
     return value
 
 
+def check_uid(value: str) -> str:
+    """Return `value` if it is a DICOM UID (dot-separated numbers, at most 64 characters)."""
+    if not _UID.match(value):
+        raise ValueError(
+            f"{value!r} is not a DICOM UID: numbers without leading zeros joined by dots, "
+            "at most 64 characters (e.g. 1.2.826.0.1.3680043.9.1234.1)"
+        )
+    return value
+
+
 AETitle = Annotated[str, AfterValidator(check_ae_title)]
 NetworkText = Annotated[str, AfterValidator(check_network)]
+UIDText = Annotated[str, AfterValidator(check_uid)]
 
 
 class _Section(BaseModel):
@@ -80,10 +93,18 @@ class ReceiverSettings(_Section):
     allowed_calling_aets: list[AETitle] = Field(default_factory=list)
     allowed_networks: list[NetworkText] = Field(default_factory=list)
     max_associations: int = Field(10, ge=1, le=200)
-    max_pdu_bytes: int = Field(0, ge=0, le=2**32 - 1)
+    # Largest P-DATA PDU we accept (advertised); a longer one aborts the association unread.
+    # 0 advertises no limit and bounds a PDU by max_dataset_mb instead.
+    max_pdu_bytes: int = Field(1_048_576, ge=0, le=2**32 - 1)
     acse_timeout_s: float = Field(30.0, gt=0, le=3600)
     dimse_timeout_s: float = Field(60.0, gt=0, le=3600)
     network_timeout_s: float = Field(60.0, gt=0, le=3600)
+    # Private SOP classes (UIDs) accepted beside every standard storage class.
+    extra_sop_classes: list[UIDText] = Field(default_factory=list)
+    # Largest dataset taken in (over DICOM or the import page), in MiB, also once inflated.
+    max_dataset_mb: int = Field(512, ge=1, le=65536)
+    # Largest image, as Rows x Columns x Number of Frames, in millions of pixels.
+    max_image_megapixels: int = Field(500, ge=1, le=100_000)
 
     @field_validator("ae_title")
     @classmethod
@@ -135,6 +156,62 @@ class ModelSettings(_Section):
     disabled: list[str] = Field(default_factory=list)
     # Heatmaps for the positive labels only (default), for every label, or none.
     explain: Literal["positive", "all", "none"] = "positive"
+
+
+_BODY_PART = re.compile(r"^[A-Z0-9 _]{1,16}\Z")  # a DICOM code string, as BodyPartExamined
+_KEYWORD = re.compile(r"^[A-Z0-9][A-Z0-9 _/-]{0,63}\Z")
+
+# Words radiographs carry instead of (or beside) BodyPartExamined, in the languages seen at
+# sites; accents are ignored when matching (TÓRAX is TORAX). The body part's own name counts.
+DEFAULT_BODY_PART_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "CHEST": ("THORAX", "TORAX", "PECHO", "CHEST PA", "CHEST AP", "CXR", "THORACIC", "LUNG"),
+    "ABDOMEN": ("ABDOMINAL", "ABDOMINAL CAVITY", "ABDOMEN SIMPLE"),
+    "PELVIS": ("PELVIC", "BASSIN"),
+    "SKULL": ("CRANEO", "CRANIO", "CRANE", "HEAD"),
+}
+
+
+def fold_text(value: str) -> str:
+    """Upper case without accents, spaces collapsed: how body-part words are compared."""
+    plain = unicodedata.normalize("NFKD", value)
+    plain = "".join(c for c in plain if not unicodedata.combining(c))
+    return " ".join(plain.upper().split())
+
+
+class RoutingSettings(_Section):
+    """How the worker finds an image's body part when routing it to models."""
+
+    # BodyPartExamined when present, else these words in StudyDescription, SeriesDescription
+    # and ProtocolName (case and accents ignored, whole words). A local word in
+    # BodyPartExamined (THORAX) is mapped the same way, to the name models list (CHEST).
+    body_part_keywords: dict[str, tuple[str, ...]] = Field(
+        default_factory=lambda: dict(DEFAULT_BODY_PART_KEYWORDS)
+    )
+
+    @field_validator("body_part_keywords")
+    @classmethod
+    def _keywords(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        folded: dict[str, tuple[str, ...]] = {}
+        owner: dict[str, str] = {}
+        for part, words in value.items():
+            name = fold_text(part)
+            if not _BODY_PART.match(name):
+                raise ValueError(
+                    f"body part {part!r} is not a DICOM code string (1-16 of A-Z, 0-9, space, _)"
+                )
+            cleaned = tuple(dict.fromkeys(fold_text(word) for word in words))
+            for word in (name, *cleaned):
+                if not _KEYWORD.match(word):
+                    raise ValueError(
+                        f"keyword {word!r} of {name}: use 1-64 letters, digits, spaces, / or -"
+                    )
+                if owner.setdefault(word, name) != name:
+                    raise ValueError(
+                        f"keyword {word!r} is listed under both {owner[word]} and {name}: "
+                        "keep it under one body part"
+                    )
+            folded[name] = cleaned
+        return folded
 
 
 class TriageOverride(_Section):
@@ -226,6 +303,7 @@ class Settings(_Section):
     storage: StorageSettings = Field(default_factory=lambda: StorageSettings())
     jobs: JobSettings = Field(default_factory=lambda: JobSettings())
     models: ModelSettings = Field(default_factory=lambda: ModelSettings())
+    routing: RoutingSettings = Field(default_factory=lambda: RoutingSettings())
     triage: TriageSettings = Field(default_factory=lambda: TriageSettings())
     ui: UISettings = Field(default_factory=lambda: UISettings())
     capture: CaptureSettings = Field(default_factory=lambda: CaptureSettings())

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -81,9 +82,12 @@ def _send_one(assoc: Association, path: Path, ds: pydicom.Dataset | None) -> Sen
         return SendResult(path, None, "not a readable DICOM file")
     if not assoc.is_established:
         return SendResult(path, None, "association lost before sending")
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class not in {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}:
+        return SendResult(path, None, not_accepted(sop_class))
     try:
         status = assoc.send_c_store(ds)
-    except ValueError as exc:  # e.g. no accepted presentation context for this file
+    except ValueError as exc:  # e.g. no context for this file's transfer syntax
         return SendResult(path, None, str(exc))
     code = _status_of(status)
     return SendResult(path, code, "" if code == 0 else f"status 0x{code:04X}")
@@ -132,10 +136,19 @@ def _associate(ae: AE, peer: Peer) -> Association:
     return assoc
 
 
+def not_accepted(sop_class: str) -> str:
+    """The reason a file is not sent: the peer refused the presentation context of its class."""
+    return f"the peer does not accept {UID(sop_class).name} ({sop_class})"
+
+
 def _why_not(assoc: Association, peer: Peer) -> str:
     """Rejected by the peer, or why there was no DICOM conversation at all."""
     if assoc.is_rejected:
         return "rejected (is the called AE title right, and is this machine allowed?)"
+    if assoc.rejected_contexts and not assoc.accepted_contexts:
+        # The peer answered but refused every context we proposed: pynetdicom then aborts.
+        refused = sorted({str(cx.abstract_syntax) for cx in assoc.rejected_contexts})
+        return "failed: " + "; ".join(not_accepted(uid) for uid in refused)
     try:
         with socket.create_connection((peer.host, peer.port), timeout=5.0):
             pass

@@ -5,6 +5,8 @@ fills meanwhile, its write raises inside the association's reactor thread, which
 answering: the modality waits for a timeout and the partial file stays on a full disk. Here the
 files live in the spool's tmp folder (same filesystem, so the final rename is atomic), a failed
 write is remembered and its partial bytes dropped at once, and the C-STORE handler answers 0xA700.
+The same happens to a dataset longer than `receiver.max_dataset_mb`: its bytes past the limit are
+never written, so a sender cannot fill the disk with one endless object.
 """
 
 from __future__ import annotations
@@ -27,9 +29,13 @@ class IncomingFile:
         self._raw = open(path, "wb", buffering=0)  # noqa: SIM115 - pynetdicom closes it
         self._failures = failures
         self._failed = False
+        self._size = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         view = memoryview(data)
+        self._size += len(view)
+        if self._size > self._failures.max_bytes and not self._failed:
+            self._fail(TooLargeError(f"more than {self._failures.max_bytes} bytes"))
         while view and not self._failed:
             try:
                 written = self._raw.write(view) or 0
@@ -45,29 +51,35 @@ class IncomingFile:
     def close(self) -> None:
         self._raw.close()
 
-    def _fail(self, exc: OSError) -> None:
+    def _fail(self, exc: Exception) -> None:
         self._failed = True
         self._failures.record(self.name, exc)
         os.ftruncate(self._raw.fileno(), 0)  # give the space back while the transfer goes on
 
 
-class IncomingFiles:
-    """Creates incoming files where `new_path` says and remembers which ones failed to write."""
+class TooLargeError(Exception):
+    """The incoming dataset is longer than `receiver.max_dataset_mb`."""
 
-    def __init__(self, new_path: Callable[[], Path]) -> None:
+
+class IncomingFiles:
+    """Creates incoming files where `new_path` says and remembers which ones failed to write
+    (or grew past `max_bytes`)."""
+
+    def __init__(self, new_path: Callable[[], Path], max_bytes: int) -> None:
         self._new_path = new_path
-        self._errors: dict[str, OSError] = {}
+        self.max_bytes = max_bytes
+        self._errors: dict[str, Exception] = {}
         self._lock = threading.Lock()
 
     def open(self, *args: Any, **kwargs: Any) -> IncomingFile:
         """Stands in for NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")."""
         return IncomingFile(self._new_path(), self)
 
-    def record(self, name: str, exc: OSError) -> None:
+    def record(self, name: str, exc: Exception) -> None:
         with self._lock:
             self._errors[name] = exc
 
-    def take_error(self, path: Path) -> OSError | None:
+    def take_error(self, path: Path) -> Exception | None:
         """The write error of this file, if any (forgotten once taken)."""
         with self._lock:
             return self._errors.pop(str(path), None)

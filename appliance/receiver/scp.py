@@ -1,8 +1,14 @@
 """The receiver role: a DICOM Storage SCP that answers success only for durably stored images.
 
 pynetdicom streams each incoming dataset to a file in the spool's tmp folder (so a 200 MB
-object is never held in memory; see incoming.py); the C-STORE handler then checks it, and
-`Store.ingest` makes it durable and indexed before the handler returns the status.
+object is never held in memory; see incoming.py); the C-STORE handler then checks it (header,
+sizes and pixel data: imaging/limits.py), and `Store.ingest` makes it durable and indexed before
+the handler returns the status.
+
+Every storage SOP class is accepted: each class pydicom's UID dictionary names "... Storage",
+retired ones included (older ultrasound scanners still send the retired Ultrasound Image
+Storage), pynetdicom's storage list, and the private classes in `receiver.extra_sop_classes`.
+A presentation context refused at negotiation is audited with the calling AE title.
 """
 
 from __future__ import annotations
@@ -13,15 +19,19 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pydicom._uid_dict import UID_dictionary
+from pydicom.uid import UID
+from pynetdicom import AE, AllStoragePresentationContexts, evt, register_uid
+from pynetdicom import sop_class as known_classes
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from appliance.config import Settings
 from appliance.domain import Origin, Source, StoreStatus, is_valid_uid
 from appliance.errors import ApplianceError, OutOfSpaceError, RejectedInput
-from appliance.imaging.header import read_header
-from appliance.receiver.incoming import IncomingFiles
+from appliance.imaging.limits import Limits, check_dataset
+from appliance.receiver.incoming import IncomingFiles, TooLargeError
 from appliance.receiver.net import ApplianceServer
 from appliance.store import Store
 
@@ -42,6 +52,34 @@ TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.4.91",  # JPEG 2000
     "1.2.840.10008.1.2.5",  # RLE Lossless
 ]
+_MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR: an index on media, never sent to a store
+# PS3.8 9.3.3.2 result/reason of a refused presentation context
+_CONTEXT_REFUSALS = {
+    1: "refused by the receiver",
+    2: "no reason given",
+    3: "the SOP class is not accepted",
+    4: "none of the proposed transfer syntaxes is accepted",
+}
+
+
+def storage_sop_classes(extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Every storage SOP class the receiver accepts, sorted: pydicom's dictionary (retired
+    classes too), pynetdicom's storage list, then the site's private `extra` classes."""
+    named = {
+        uid
+        for uid, (name, kind, *_) in UID_dictionary.items()
+        if kind == "SOP Class" and name.removesuffix(" (Retired)").endswith("Storage")
+    }
+    listed = {str(c.abstract_syntax) for c in AllStoragePresentationContexts if c.abstract_syntax}
+    return sorted((named | listed | set(extra)) - {_MEDIA_DIRECTORY})
+
+
+def register_storage_classes(classes: list[str]) -> None:
+    """Make pynetdicom serve C-STORE for classes it does not know as storage (retired and
+    private ones): without this it answers their C-STORE with no status at all."""
+    for uid in classes:
+        if known_classes.uid_to_service_class(uid) is not StorageServiceClass:
+            register_uid(uid, "Storage_" + uid.replace(".", "_"), StorageServiceClass)
 
 
 class Receiver:
@@ -50,8 +88,9 @@ class Receiver:
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings.receiver
         self.store = store
+        self.limits = Limits.from_settings(self.settings)
         self.ae = self._make_ae()
-        self.incoming = IncomingFiles(store.spool.new_tmp_path)
+        self.incoming = IncomingFiles(store.spool.new_tmp_path, self.limits.max_dataset_bytes)
         self._server: ApplianceServer | None = None
 
     @property
@@ -73,6 +112,8 @@ class Receiver:
                     ipaddress.ip_network(n, strict=False) for n in cfg.allowed_networks
                 ],
                 on_refused=self._audit_refused_ip,
+                max_p_data=cfg.max_pdu_bytes or self.limits.max_dataset_bytes,
+                on_pdu_refused=self._audit_pdu_refused,
             )
         except OSError as exc:
             raise ApplianceError(
@@ -92,9 +133,10 @@ class Receiver:
     def _make_ae(self) -> AE:
         cfg = self.settings
         ae = AE(ae_title=cfg.ae_title)
-        for context in AllStoragePresentationContexts:
-            if context.abstract_syntax is not None:
-                ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+        classes = storage_sop_classes(cfg.extra_sop_classes)
+        register_storage_classes(classes)
+        for sop_class in classes:
+            ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
         ae.maximum_pdu_size = cfg.max_pdu_bytes
         ae.maximum_associations = cfg.max_associations
@@ -110,6 +152,7 @@ class Receiver:
             (evt.EVT_C_ECHO, _handle_echo),
             (evt.EVT_C_STORE, _handle_store, [self]),
             (evt.EVT_REJECTED, _handle_rejected, [self]),
+            (evt.EVT_ACCEPTED, _handle_accepted, [self]),
             (evt.EVT_CONN_CLOSE, _handle_closed, [self]),
         ]
 
@@ -118,10 +161,15 @@ class Receiver:
         subject = f"instance:{sop_instance}" if is_valid_uid(sop_instance) else "instance:invalid"
         try:
             write_error = self.incoming.take_error(path)
+            if isinstance(write_error, TooLargeError):
+                raise OutOfSpaceError(
+                    f"the dataset is larger than receiver.max_dataset_mb "
+                    f"({self.settings.max_dataset_mb} MiB); raise it if such objects are expected"
+                )
             if write_error is not None:
                 raise OutOfSpaceError(f"could not write the incoming image: {write_error}")
             self.store.spool.check_space()  # the image itself is already on this disk
-            header = read_header(path)
+            header = check_dataset(path, self.limits)
             if (header.sop_class_uid, header.sop_instance_uid) != (sop_class, sop_instance):
                 return self._refuse(
                     path,
@@ -167,6 +215,9 @@ class Receiver:
             log.exception("could not audit a refused C-STORE")
         return int(status)
 
+    def _audit_pdu_refused(self, host: str, reason: str) -> None:
+        self.store.audit(f"ip:{host}", "association.aborted", "receiver", reason=reason)
+
     def _audit_refused_ip(self, host: str) -> None:
         self.store.audit(
             f"ip:{host}",
@@ -201,6 +252,31 @@ def _handle_rejected(event: evt.Event, receiver: Receiver) -> None:
         "receiver",
         reason=_rejection_reason(event.assoc),
     )
+
+
+def _handle_accepted(event: evt.Event, receiver: Receiver) -> None:
+    """Audit each presentation context refused at negotiation: a modality sending a class we
+    refuse would otherwise see only "no acceptable presentation context" on its side."""
+    requestor = event.assoc.requestor
+    for context in event.assoc.rejected_contexts:
+        sop_class = UID(str(context.abstract_syntax))
+        reason = _CONTEXT_REFUSALS.get(int(context.result or 0), "refused")
+        log.warning(
+            "refused a presentation context from %s: %s (%s): %s",
+            requestor.ae_title,
+            sop_class.name,
+            sop_class,
+            reason,
+        )
+        receiver.store.audit(
+            f"ae:{requestor.ae_title}@{requestor.address}",
+            "association.context_refused",
+            "receiver",
+            sop_class=str(sop_class),
+            sop_class_name=sop_class.name,
+            transfer_syntaxes=[str(ts) for ts in context.transfer_syntax],
+            reason=reason,
+        )
 
 
 def _rejection_reason(assoc: Any) -> str:

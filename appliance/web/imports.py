@@ -1,7 +1,7 @@
 """Import from a USB stick or a file: DICOM, PNG or JPEG, several files at once, for any
 signed-in user.
 
-DICOM takes the same path as a C-STORE (spool tmp file, `read_header`, `Store.ingest`), so an
+DICOM takes the same path as a C-STORE (spool tmp file, `check_dataset`, `Store.ingest`), so an
 imported image is stored, deduplicated, queued and audited exactly like a received one. PNG and
 JPEG carry no patient or study, so the user enters them and the picture is wrapped as a DICOM
 Secondary Capture first (`dicomout.secondary`). A file's kind comes from its first bytes, never
@@ -33,9 +33,9 @@ from appliance.dicomout.secondary import (
 )
 from appliance.domain import Origin, Source
 from appliance.errors import OutOfSpaceError, RejectedInput
-from appliance.imaging.header import read_header
+from appliance.imaging.limits import Limits, check_dataset
 from appliance.store import Store
-from appliance.web.db import get_store
+from appliance.web.db import get_settings, get_store
 from appliance.web.i18n import t
 from appliance.web.security import ViewResult
 
@@ -160,7 +160,7 @@ def _ingest(store: Store, path: Path, origin: Origin) -> str:
     """The C-STORE path: parse the header (RejectedInput says why not), then ingest."""
     if _is_dicomdir(path):
         raise RejectedInput(t("imports.dicomdir"))
-    header = read_header(path)
+    header = check_dataset(path, Limits.from_settings(get_settings().receiver))  # sizes too
     return store.ingest(path, header, origin).outcome.value
 
 
