@@ -19,7 +19,8 @@ import pytest
 from appliance.phantoms import chest_dataset, make_chest, make_ultrasound_clip, ultrasound_dataset
 from appliance.runtime.package import load_package
 from appliance.samples import make_dataset
-from appliance.store import Store, jobs, open_store
+from appliance.store import Store, held_back, jobs, open_store
+from appliance.store.refused import Refused
 from appliance.worker import role as worker_role
 from appliance.worker.role import Heartbeat
 
@@ -170,11 +171,76 @@ def test_an_almost_blank_chest_is_held_back_not_scored(opened: Any, tmp_path: Pa
     drain(worker)
     analysis = analysis_of(store.conn, instance)
     assert (analysis["state"], analysis["priority"]) == ("held_back", "review")
-    assert "blank" in analysis["reason"] and "retake" in analysis["reason"]
+    assert "blank" in analysis["reason"] and "check the image" in analysis["reason"]
+    assert "retake" not in analysis["reason"]  # a statistical miss never asks for an exposure
     [finding] = findings_of(store.conn, instance)
     assert finding["state"] == "held_back" and "labels" not in finding["result"]
     study = store.conn.execute("SELECT triage FROM studies").fetchone()
     assert study["triage"] == "review"
+
+
+def blank_chest(seed: int = 13) -> Any:
+    """A chest radiograph whose pixels are almost flat: the plausibility check holds it back."""
+    ds = effusion_chest(seed=seed, rows=512)
+    noise = np.random.default_rng(0).integers(0, 3, size=(ds.Rows, ds.Columns))
+    ds.PixelData = (np.full((ds.Rows, ds.Columns), 1800) + noise).astype(np.uint16).tobytes()
+    for keyword in ("WindowCenter", "WindowWidth", "VOILUTFunction"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    return ds
+
+
+def test_a_held_back_chest_analysed_anyway_gets_marked_findings_and_triage(
+    opened: Any, tmp_path: Path
+) -> None:
+    store, worker = opened()
+    instance = put_dataset(store, blank_chest(), tmp_path, "blank.dcm")
+    drain(worker)
+    [held] = findings_of(store.conn, instance)
+    assert held["state"] == "held_back"
+
+    asked = held_back.request_analysis_anyway(store.conn, instance, "ui:tech1", 3)
+    again = held_back.request_analysis_anyway(store.conn, instance, "ui:doc1", 3)
+    assert asked.queued and not again.queued and again.job_id == asked.job_id
+    [request] = audit_rows(store.conn, held_back.REQUESTED)
+    assert (request["actor"], request["subject"]) == ("ui:tech1", f"instance:{instance}")
+    assert request["at"].endswith("+00:00") and request["detail"]["job"] == asked.job_id
+    assert request["detail"]["held_back_by"] == [
+        {"model": held["model"], "version": held["version"], "model_sha256": held["model_sha256"]}
+    ]
+    assert "blank" in request["detail"]["reason"]
+
+    assert drain(worker) == 2  # the analysis, then its pictures: one job for both requests
+    analysis = analysis_of(store.conn, instance)
+    assert (analysis["state"], analysis["job_ref"]) == ("findings", asked.job_id)
+    old, new = findings_of(store.conn, instance)
+    assert old == held  # the held-back record stays as it was
+    assert new["state"] == "findings" and len(new["result"]["labels"]) == 5
+    assert new["result"]["outside_typical_input"] is True
+    assert "almost blank" in new["result"]["plausibility_reasons"][0]
+    study = store.conn.execute("SELECT triage, triage_reason FROM studies").fetchone()
+    assert (study["triage"], study["triage_reason"]) == (new["priority"], new["summary"])
+    inference = [row["detail"] for row in audit_rows(store.conn, "inference")]
+    assert [d.get("outside_typical_input", False) for d in inference] == [False, True]
+
+    with pytest.raises(Refused, match="not held back") as refused:
+        held_back.request_analysis_anyway(store.conn, instance, "ui:tech1", 3)
+    assert refused.value.key == "not_held_back"
+    assert len(list(audit_rows(store.conn, held_back.REQUESTED))) == 1
+
+
+def test_only_a_held_back_image_can_be_analysed_anyway(opened: Any, tmp_path: Path) -> None:
+    store, worker = opened()
+    normal = put_dataset(store, effusion_chest(seed=12, rows=512), tmp_path, "chest.dcm")
+    with pytest.raises(Refused, match="not analysed, not held back"):
+        held_back.request_analysis_anyway(store.conn, 999, "ui:tech1", 3)
+    assert not held_back.request_analysis_anyway(store.conn, normal, "ui:tech1", 3).queued
+    drain(worker)
+    with pytest.raises(Refused, match="is findings, not held back"):
+        held_back.request_analysis_anyway(store.conn, normal, "ui:tech1", 3)
+    [finding] = findings_of(store.conn, normal)
+    assert "outside_typical_input" not in finding["result"]
+    assert list(audit_rows(store.conn, held_back.REQUESTED)) == []
 
 
 def test_a_cine_loop_is_analysed_frame_by_frame_with_a_key_frame(
@@ -300,3 +366,32 @@ def test_the_job_loop_waits_out_a_store_that_cannot_be_written(
     stalled = _StalledStore(stop)
     worker_role._work(stalled, _Quiet(), stop)  # type: ignore[arg-type]
     assert (stalled.calls, stalled.taken_back) == (3, 2)  # no crash; jobs taken back each time
+
+
+@pytest.mark.parametrize(
+    ("body_part", "description", "routed"),
+    [
+        ("", "RX TÓRAX PA", True),  # no BodyPartExamined: the description's word
+        ("THORAX", "", True),  # a local word maps to the name the manifest lists
+        ("", "Routine", False),
+        ("HAND", "CHEST PA", False),  # BodyPartExamined wins over the description
+    ],
+)
+def test_body_part_keywords_route_radiographs_to_the_chest_model(
+    opened: Any, tmp_path: Path, body_part: str, description: str, routed: bool
+) -> None:
+    store, worker = opened()
+    ds = cr_of(body_part)
+    if not body_part:
+        del ds.BodyPartExamined
+    ds.SeriesDescription = description
+    instance = put_dataset(store, ds, tmp_path, "cr.dcm")
+    drain(worker)
+    analysis = analysis_of(store.conn, instance)
+    if routed:
+        assert analysis["state"] != "no_model", analysis["reason"]
+        assert {f["model"] for f in findings_of(store.conn, instance)} == {"demo-chest-xray"}
+    else:
+        assert analysis["state"] == "no_model"
+        assert analysis["reason"].startswith("CR"), analysis["reason"]
+        assert "no model for this body part" in analysis["reason"]

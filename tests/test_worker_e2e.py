@@ -107,7 +107,11 @@ def test_a_worker_killed_mid_job_finishes_it_exactly_once(
     assert job()["state"] == "running" and findings_of(conn, instance) == []
     proc.start(timeout_s=120)
     assert "1 interrupted job(s) taken back" in "".join(proc.output)
-    wait_for(lambda: job()["state"] == "done")
+    wait_for(
+        lambda: job()["state"] == "done",
+        what="the taken-back job to finish",
+        state=lambda: (dict(job()), proc.output[-3:]),
+    )
     assert job()["attempts"] == 2
     assert len(findings_of(conn, instance)) == 1
     assert analysis_of(conn, instance)["state"] == "findings"

@@ -125,7 +125,7 @@ def slow_manifest(body_part: str) -> dict[str, Any]:
             {
                 "name": "scores",
                 "kind": "scores",
-                "activation": "none",
+                "activation": "sigmoid",  # the graph's mean can be negative: not a probability
                 "labels": [
                     {"name": "slow", "display": "Slow", "threshold": 0.5, "priority": "routine"}
                 ],

@@ -13,12 +13,14 @@ from appliance.imaging.geometry import (
     ultrasound_regions,
 )
 from appliance.imaging.image import (
+    Colour,
     DecodedImage,
     DecodeError,
     Region,
     SpacingSource,
     VoiLut,
     Window,
+    colour_of,
 )
 from appliance.imaging.pixels import (
     decode,
@@ -28,6 +30,7 @@ from appliance.imaging.pixels import (
 )
 
 __all__ = [
+    "Colour",
     "DecodeError",
     "DecodedImage",
     "Region",
@@ -36,6 +39,7 @@ __all__ = [
     "Window",
     "apply_voi_lut",
     "apply_window",
+    "colour_of",
     "crop_to_region",
     "decode",
     "frame_count",

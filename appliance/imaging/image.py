@@ -17,11 +17,27 @@ import numpy.typing as npt
 from appliance.errors import ApplianceError
 
 Photometric = Literal["MONOCHROME", "RGB"]
+# What a model takes, by content: grey (modality values) or colour (RGB after conversion).
+Colour = Literal["grey", "colour"]
+GREY_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
 
 WINDOW_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 
 # Physical Units X/Y Direction (0018,6024/6026), PS3.3 C.8.5.5.1.15: 3 means centimetres.
 UNITS_CM = 3
+
+
+def colour_of(photometric: str) -> Colour | None:
+    """Grey or colour, from the header's Photometric Interpretation; None when it is empty.
+
+    Routing must compare what `decode` will hand the model, not the raw header value: every
+    photometric other than MONOCHROME1/2 (PALETTE COLOR, YBR_*, RGB) is decoded to RGB, so a
+    palette or JPEG 2000 ultrasound reaches the same models as its uncompressed RGB twin.
+    """
+    value = photometric.strip().upper()
+    if not value:
+        return None
+    return "grey" if value in GREY_PHOTOMETRICS else "colour"
 
 
 class DecodeError(ApplianceError):
@@ -168,6 +184,11 @@ class DecodedImage:
             )
         if self.photometric == "RGB" and self.pixels.shape[-1] != 3:
             raise ValueError(f"RGB pixels need 3 samples, got shape {self.pixels.shape}")
+
+    @property
+    def colour(self) -> Colour:
+        """What routing compared: the decoded kind, grey or colour."""
+        return "colour" if self.photometric == "RGB" else "grey"
 
     @property
     def inverted(self) -> bool:

@@ -341,12 +341,39 @@ def _rescale(ds: Dataset, index: int) -> tuple[float, float]:
 
 
 def _palette_to_rgb(ds: Dataset, frame: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
+    bits = _palette_entry_bits(ds)
     try:
         rgb = apply_color_lut(frame, ds)
     except (AttributeError, TypeError, ValueError, IndexError, struct.error) as exc:
         raise DecodeError(f"PALETTE COLOR image without a usable palette: {exc}") from exc
-    # 16-bit palette entries: the high byte is the 8-bit colour (PS3.3 C.7.6.3.1.5).
-    return np.asarray(rgb >> 8 if rgb.dtype.itemsize > 1 else rgb, dtype=np.uint8)
+    if bits == 16:  # the high byte is the 8-bit colour (PS3.3 C.7.6.3.1.5)
+        return np.asarray(rgb >> 8, dtype=np.uint8)
+    # 8-bit entries come packed two to a word or, from many scanners, one to a 16-bit word;
+    # pydicom returns the latter as uint16 holding 0..255, which must not be shifted.
+    largest = int(rgb.max()) if rgb.size else 0
+    if largest > 255:
+        raise DecodeError(
+            f"{tag_text('RedPaletteColorLookupTableDescriptor')} declares 8-bit palette "
+            f"entries, but the palette holds values up to {largest}: the file is inconsistent"
+        )
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _palette_entry_bits(ds: Dataset) -> int:
+    """Bits per palette entry: the third value of the Red LUT descriptor, 8 or 16."""
+    descriptor = ds.get("RedPaletteColorLookupTableDescriptor")
+    if descriptor is None:
+        raise DecodeError(
+            "PALETTE COLOR image without a usable palette: missing required attribute "
+            f"{tag_text('RedPaletteColorLookupTableDescriptor')}"
+        )
+    bits = descriptor[2] if descriptor is not None and len(descriptor) == 3 else None
+    if bits not in (8, 16):
+        raise DecodeError(
+            f"{tag_text('RedPaletteColorLookupTableDescriptor')} value {descriptor!r} is not "
+            "usable: its third value (bits per entry) must be 8 or 16"
+        )
+    return int(bits)
 
 
 def _rgb8(frame: npt.NDArray[Any], bits_stored: int) -> npt.NDArray[np.uint8]:

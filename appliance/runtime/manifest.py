@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from appliance.config import describe_errors, line_of, parse_yaml, read_text
 from appliance.domain import is_valid_uid
@@ -26,6 +33,7 @@ FORMAT = 1
 Task = Literal["classification", "segmentation", "detection"]
 Priority = Literal["urgent", "review", "routine"]
 Activation = Literal["none", "sigmoid", "softmax"]
+ColourRule = Literal["grey", "colour", "either"]
 OutputKind = Literal["scores", "mask", "cam"]
 Problem = tuple[tuple[str | int, ...], str]
 
@@ -37,16 +45,6 @@ _LABEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,122}\.onnx\Z")
 _FRAMES = re.compile(r"^(first|all|every:[1-9][0-9]{0,5})\Z")
 _CODE_STRING = re.compile(r"^[A-Z0-9 _]{1,16}\Z")  # DICOM CS: Modality, Body Part, View
-PHOTOMETRIC = (
-    "MONOCHROME1",
-    "MONOCHROME2",
-    "RGB",
-    "PALETTE COLOR",
-    "YBR_FULL",
-    "YBR_FULL_422",
-    "YBR_ICT",
-    "YBR_RCT",
-)
 
 
 def _text(value: str) -> str:
@@ -88,13 +86,6 @@ def _uid(value: str) -> str:
     return value.strip()
 
 
-def _photometric(value: str) -> str:
-    upper = value.strip().upper()
-    if upper not in PHOTOMETRIC:
-        raise ValueError(f"{value!r} is not one of {', '.join(PHOTOMETRIC)}")
-    return upper
-
-
 Text = Annotated[str, AfterValidator(_text)]
 ModelName = Annotated[str, AfterValidator(_model_name)]
 Version = Annotated[str, AfterValidator(_version)]
@@ -103,7 +94,6 @@ FileName = Annotated[str, AfterValidator(_file_name)]
 FrameRule = Annotated[str, AfterValidator(_frames)]
 CodeString = Annotated[str, AfterValidator(_code_string)]
 Uid = Annotated[str, AfterValidator(_uid)]
-PhotometricName = Annotated[str, AfterValidator(_photometric)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
@@ -131,7 +121,10 @@ class Label(_Strict):
     display: Text
     code: Code | None = None
     threshold: Fraction | None = None
-    priority: Priority
+    priority: Priority | None = None  # required, except on a negative label
+    # The class that means "nothing found" (e.g. `normal` of a two-logit softmax): never a
+    # finding, so it takes no threshold and no priority (see models/README.md).
+    negative: bool = False
 
 
 class AppliesTo(_Strict):
@@ -141,7 +134,20 @@ class AppliesTo(_Strict):
     body_parts: tuple[CodeString, ...] = ()
     views: tuple[CodeString, ...] = ()
     sop_classes: tuple[Uid, ...] = ()
-    photometric: tuple[PhotometricName, ...] = ()
+    # What the model takes, compared with the decoded image: every photometric but
+    # MONOCHROME1/2 (palette, YBR, RGB) is decoded to RGB, so routing never sees header values.
+    colour: ColourRule = "either"
+    # Format 1 once listed raw Photometric Interpretations here; refused with what to write.
+    photometric: None = Field(None, exclude=True, repr=False)
+
+    @field_validator("photometric", mode="before")
+    @classmethod
+    def _refuse_photometric(cls, value: Any) -> None:
+        raise ValueError(
+            f"'photometric' ({value!r}) is no longer read: routing compares the decoded image, "
+            "so write 'colour: grey' (MONOCHROME1/2), 'colour: colour' (RGB, YBR_*, PALETTE "
+            "COLOR, all decoded to RGB) or 'colour: either' in applies_to instead"
+        )
 
 
 class InputSpec(_Strict):
@@ -151,9 +157,10 @@ class InputSpec(_Strict):
     height: int = Field(ge=8, le=8192)
     width: int = Field(ge=8, le=8192)
     channels: Literal[1, 3]
-    layout: Literal["NCHW"] = "NCHW"
-    resize: Literal["letterbox", "stretch"]
-    window: Literal["file", "minmax"]
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    resize: Literal["letterbox", "stretch", "crop"]
+    interpolation: Literal["nearest", "linear", "area", "cubic"] = "area"
+    window: Literal["file", "minmax", "raw"]
     mean: tuple[float, ...]
     std: tuple[Annotated[float, Field(gt=0.0)], ...]
     frames: FrameRule = "first"
@@ -177,6 +184,11 @@ class OutputSpec(_Strict):
     labels: tuple[Label, ...] = ()
     threshold: Fraction | None = None
     for_: str | None = Field(None, alias="for")
+
+    @property
+    def finding_labels(self) -> tuple[tuple[int, Label], ...]:
+        """(position, label) of the labels that can be findings: all but a negative one."""
+        return tuple((i, label) for i, label in enumerate(self.labels) if not label.negative)
 
     def label_threshold(self, label: Label) -> float:
         """The label's own threshold, else the output's (mask outputs may share one)."""
@@ -365,16 +377,44 @@ def _check_scores(m: Manifest, index: int, output: OutputSpec) -> Iterator[Probl
             ("outputs", index, "threshold"),
             "only mask outputs take an output threshold; give each label its own",
         )
-    for number, label in enumerate(output.labels):
+    for number, label in output.finding_labels:
         if label.threshold is None:
             yield (
                 ("outputs", index, "labels", number),
                 f"label {label.name!r} needs a threshold (its operating point)",
             )
+    yield from _check_negative(index, output)
+
+
+def _check_negative(index: int, output: OutputSpec) -> Iterator[Problem]:
+    """A negative label is the "nothing found" class: one per output at most, beside at least
+    one label that can be a finding, and with nothing that only a finding uses."""
+    negatives = [n for n, label in enumerate(output.labels) if label.negative]
+    for number in negatives[1:]:
+        yield (
+            ("outputs", index, "labels", number, "negative"),
+            f"outputs.{index} already has a negative label ({output.labels[negatives[0]].name!r})",
+        )
+    if negatives and len(negatives) == len(output.labels):
+        yield ("outputs", index, "labels"), "every label is negative: nothing could be found"
+    for number in negatives:
+        label = output.labels[number]
+        for key in ("threshold", "priority"):
+            if getattr(label, key) is not None:
+                yield (
+                    ("outputs", index, "labels", number, key),
+                    f"label {label.name!r} is negative (never a finding): remove its {key}",
+                )
 
 
 def _check_mask(m: Manifest, index: int, output: OutputSpec) -> Iterator[Problem]:
     yield from _check_labelled(index, output)
+    for number, label in enumerate(output.labels):
+        if label.negative:
+            yield (
+                ("outputs", index, "labels", number, "negative"),
+                "only labels of scores outputs can be negative",
+            )
     if output.threshold is None:
         for number, label in enumerate(output.labels):
             if label.threshold is None:
@@ -394,6 +434,12 @@ def _check_labelled(index: int, output: OutputSpec) -> Iterator[Problem]:
         )
     if output.for_ is not None:
         yield ("outputs", index, "for"), f"only cam outputs take 'for', not {output.kind}"
+    for number, label in output.finding_labels:
+        if label.priority is None:
+            yield (
+                ("outputs", index, "labels", number),
+                f"label {label.name!r} needs a priority (urgent, review or routine)",
+            )
 
 
 def _check_cam(m: Manifest, index: int, output: OutputSpec) -> Iterator[Problem]:

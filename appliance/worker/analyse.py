@@ -18,13 +18,13 @@ from typing import Any
 
 from pydicom.uid import UID
 
-from appliance.config import Settings
+from appliance.config import DEFAULT_BODY_PART_KEYWORDS, Settings
 from appliance.domain import PRIORITY_RANK, Analysis, AnalysisState, ModelOutcome
 from appliance.imaging import DecodedImage, DecodeError, decode
 from appliance.runtime.engine import Model
 from appliance.runtime.findings import ModelResult
 from appliance.runtime.quality import QualityCheck, check_quality
-from appliance.runtime.routing import ImageTags, Route, route
+from appliance.runtime.routing import ImageTags, Keywords, Route, body_part_of, route
 from appliance.worker.triage import most_urgent, result_priority
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,22 @@ class Draft:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def analyse(path: Path, tags: ImageTags, models: Sequence[Model], settings: Settings) -> Draft:
-    """Analyse one stored image with every model whose rules match its tags."""
-    routes = [(model, route(model.manifest.applies_to, tags)) for model in models]
+def analyse(
+    path: Path,
+    tags: ImageTags,
+    models: Sequence[Model],
+    settings: Settings,
+    skip_plausibility: bool = False,
+) -> Draft:
+    """Analyse one stored image with every model whose rules match its tags.
+
+    `skip_plausibility`: a user looked at an image the check held back and asked for it to be
+    analysed anyway; its findings are then marked as outside the model's typical input."""
+    keywords = settings.routing.body_part_keywords
+    routes = [(model, route(model.manifest.applies_to, tags, keywords)) for model in models]
     applicable = [(model, matched) for model, matched in routes if matched.applies]
     if not applicable:
-        reason = no_model_reason(tags, routes)
+        reason = no_model_reason(tags, routes, keywords)
         analysis = Analysis(
             AnalysisState.NO_MODEL, reason, settings.triage.no_model, "no applicable model"
         )
@@ -60,13 +70,21 @@ def analyse(path: Path, tags: ImageTags, models: Sequence[Model], settings: Sett
         reason = f"the image cannot be decoded: {exc}"
         return Draft(Analysis(AnalysisState.FAILED, reason, settings.triage.failed, reason))
     decode_ms = _ms_since(started)
-    runs = [_run_model(model, matched, image, settings) for model, matched in applicable]
+    runs = [
+        _run_model(model, matched, image, settings, skip_plausibility)
+        for model, matched in applicable
+    ]
     return _combine(runs, settings, decode_ms)
 
 
-def no_model_reason(tags: ImageTags, routes: Sequence[tuple[Model, Route]]) -> str:
+def no_model_reason(
+    tags: ImageTags,
+    routes: Sequence[tuple[Model, Route]],
+    keywords: Keywords = DEFAULT_BODY_PART_KEYWORDS,
+) -> str:
     """E.g. "CR HAND: no model for this body part (demo-chest-xray: body part 'HAND' is ...)"."""
-    subject = " ".join(v for v in (tags.modality or "unknown modality", tags.body_part) if v)
+    body_part = body_part_of(tags, keywords).name
+    subject = " ".join(v for v in (tags.modality or "unknown modality", body_part) if v)
     if tags.modality in ("", "OT") and tags.sop_class:
         subject += f" ({_sop_name(tags.sop_class)})"
     if not routes:
@@ -94,15 +112,24 @@ class _Run:
     error: bool = False
 
 
-def _run_model(model: Model, matched: Route, image: DecodedImage, settings: Settings) -> _Run:
+def _run_model(
+    model: Model,
+    matched: Route,
+    image: DecodedImage,
+    settings: Settings,
+    skip_plausibility: bool = False,
+) -> _Run:
     started = time.perf_counter()
     try:
         results = model.infer([image])
         checks = [check_quality(model.manifest, r.prepared, r.position) for r in results]
         usable = [r for r, check in zip(results, checks, strict=True) if check.passed]
-        if not usable:
+        if usable:
+            return _findings(model, matched, usable, checks, settings, started)
+        if not skip_plausibility:
             return _Run(_held_back(model, checks, settings, _ms_since(started)))
-        return _findings(model, matched, usable, checks, settings, started)
+        run = _findings(model, matched, results, checks, settings, started)
+        return _outside_typical_input(run, checks)
     except Exception as exc:  # a model failing must not stop the others or the worker
         log.exception("model %s failed", model.manifest.identity)
         reason = f"{model.manifest.identity} failed: {type(exc).__name__}: {exc}"
@@ -128,6 +155,14 @@ def _findings(
     outcome = _outcome(model, AnalysisState.FINDINGS, "", priority, summary, key.frame)
     outcome = _with(outcome, result=result, duration_ms=_ms_since(started))
     return _Run(outcome, wants_pictures=needs_pictures(key, settings.models.explain))
+
+
+def _outside_typical_input(run: _Run, checks: list[QualityCheck]) -> _Run:
+    """Findings on an image the check held back, scored because a user asked: the result
+    says so (`outside_typical_input`), with what the check saw, for the page and the record."""
+    run.outcome.result["outside_typical_input"] = True
+    run.outcome.result["plausibility_reasons"] = _check_reasons(checks)
+    return run
 
 
 def needs_pictures(result: ModelResult, which: str) -> bool:
@@ -167,13 +202,17 @@ def _quality_notes(checks: list[QualityCheck]) -> list[str]:
 def _held_back(
     model: Model, checks: list[QualityCheck], settings: Settings, duration_ms: float
 ) -> ModelOutcome:
-    reasons = list(dict.fromkeys(reason for check in checks for reason in check.reasons))
-    reason = "; ".join(reasons) or "the image failed the plausibility check"
+    reason = "; ".join(_check_reasons(checks)) or "the image failed the plausibility check"
     outcome = _outcome(
         model, AnalysisState.HELD_BACK, reason, settings.triage.held_back, f"held back: {reason}"
     )
     result = {**model.provenance.to_dict(), "quality": [c.statistics for c in checks]}
     return _with(outcome, result=result, duration_ms=duration_ms)
+
+
+def _check_reasons(checks: list[QualityCheck]) -> list[str]:
+    """What the plausibility check saw, each reason once, in the order of the frames."""
+    return list(dict.fromkeys(reason for check in checks for reason in check.reasons))
 
 
 def _failed(model: Model, reason: str, settings: Settings, duration_ms: float) -> ModelOutcome:

@@ -16,6 +16,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -23,8 +24,9 @@ from appliance.capture.sources import SourceOpener
 from appliance.config import Settings
 from appliance.domain import Analysis, AnalysisState, ArtifactRecord
 from appliance.paths import Paths
+from appliance.runtime.errors import InputError
 from appliance.runtime.manifest import manifest_dict
-from appliance.runtime.routing import ImageTags
+from appliance.runtime.routing import ImageTags, descriptions
 from appliance.store import Store, jobs, open_store, status
 from appliance.store.doorbell import Doorbell, Listener
 from appliance.worker.analyse import Draft, analyse
@@ -172,7 +174,10 @@ class Worker:
             path, tags = self._input(job.instance_id)
             if path is None:
                 return self._failure("the image file is missing from the store", False)
-            return analyse(path, tags, self.models.models, self.settings)
+            models, settings = self.models.models, self.settings
+            return analyse(path, tags, models, settings, job.skip_plausibility)
+        except InputError as exc:  # the stored file's header cannot be read: retrying won't help
+            return self._failure(f"the image cannot be read: {exc}", False)
         except Exception as exc:  # unexpected (disk, database): retried like a failing model
             log.exception("job %d failed unexpectedly", job.id)
             return self._failure(f"{type(exc).__name__}: {exc}", True)
@@ -189,7 +194,10 @@ class Worker:
         )
         if row["state"] != "present":
             return None, tags
-        return self.store.spool.path_of(row["file_name"]), tags
+        path = self.store.spool.path_of(row["file_name"])
+        if not tags.body_part:  # found from the descriptions, which the store does not index
+            tags = replace(tags, **descriptions(path))
+        return path, tags
 
     def _failure(self, reason: str, retryable: bool) -> Draft:
         failed = self.settings.triage.failed

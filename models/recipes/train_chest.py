@@ -226,7 +226,7 @@ def manifest(
             "body_parts": ["CHEST"],
             "views": ["PA", "AP"],
             "sop_classes": [],
-            "photometric": ["MONOCHROME1", "MONOCHROME2"],
+            "colour": "grey",
         },
         crop_to_ultrasound_region=False,
         outputs=[

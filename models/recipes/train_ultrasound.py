@@ -176,7 +176,7 @@ def manifest(
             "body_parts": [],
             "views": [],
             "sop_classes": ["1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.3.1"],
-            "photometric": ["RGB", "YBR_FULL", "YBR_FULL_422", "MONOCHROME2"],
+            "colour": "either",
         },
         crop_to_ultrasound_region=True,
         outputs=[
