@@ -207,3 +207,103 @@ def dicom_file(
     cr = "1.2.840.10008.5.1.4.1.1.1"
     ds = image_dataset(pixels, photometric, 12, sop_class=cr, **{**defaults, **attributes})
     return save(ds, folder, name)
+
+
+def nhwc_classifier_onnx(path: Path, size: int = 64, dynamic: bool = True) -> Path:
+    """`classifier_onnx` taking N x H x W x 1: a Transpose to NCHW, then the same nodes, so
+    its scores and CAM for an image equal the NCHW classifier's."""
+    nchw = classifier_onnx(path.with_suffix(".nchw.onnx"), size=size, dynamic=dynamic)
+    model = onnx.load(str(nchw))
+    nchw.unlink()
+    graph = model.graph
+    for node in graph.node:
+        node.input[:] = ["image_nchw" if name == "image" else name for name in node.input]
+    graph.node.insert(
+        0, helper.make_node("Transpose", ["image"], ["image_nchw"], perm=[0, 3, 1, 2])
+    )
+    batch: str | int = "N" if dynamic else 1
+    del graph.input[:]
+    graph.input.append(
+        helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, size, size, 1])
+    )
+    return _save(graph, path)
+
+
+def third_party_onnx(path: Path, size: int = 150, dynamic: bool = True, seed: int = 3) -> Path:
+    """A small Keras-shaped binary classifier: N x size x size x 3 in, two logits out
+    (Transpose, two 3x3 stride-2 Conv + Relu, global average pool, Gemm), fixed random
+    weights from `seed`."""
+    rng = np.random.default_rng(seed)
+    batch: str | int = "N" if dynamic else 1
+
+    def weight(name: str, *shape: int, scale: float = 0.5) -> onnx.TensorProto:
+        values = rng.normal(0.0, scale, size=shape).astype(np.float32)
+        return helper.make_tensor(name, TensorProto.FLOAT, list(shape), values.ravel().tolist())
+
+    initializers = [
+        weight("w1", 4, 3, 3, 3),
+        weight("b1", 4),
+        weight("w2", 4, 4, 3, 3),
+        weight("b2", 4),
+        weight("w3", 4, 2, scale=4.0),  # large: the logits follow the picture closely
+        weight("b3", 2),
+    ]
+    conv: dict[str, Any] = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}
+    nodes = [
+        helper.make_node("Transpose", ["image"], ["x0"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["x0", "w1", "b1"], ["c1"], **conv),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], **conv),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "w3", "b3"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "third_party",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, size, size, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 2])],
+        initializer=initializers,
+    )
+    return _save(graph, path)
+
+
+def third_party_manifest(size: int = 150, **changes: Any) -> dict[str, Any]:
+    """The manifest a site writes for `third_party_onnx`: NHWC RGB, stretch with nearest
+    neighbour, raw window, pixel / 255 (mean 0, std 1), two-logit softmax whose first class
+    (normal) is the negative one."""
+    manifest = classifier_manifest(size)
+    manifest.update(
+        name="third-party-pneumonia",
+        title="Pneumonia (third-party, test)",
+        outputs=[
+            {
+                "name": "logits",
+                "kind": "scores",
+                "activation": "softmax",
+                "labels": [
+                    {"name": "normal", "display": "Normal", "negative": True},
+                    {
+                        "name": "pneumonia",
+                        "display": "Pneumonia",
+                        "threshold": 0.5,
+                        "priority": "urgent",
+                    },
+                ],
+            }
+        ],
+        explanation={"method": "occlusion", "patch": 30, "stride": 30},
+    )
+    manifest["input"] = {
+        **manifest["input"],
+        "channels": 3,
+        "layout": "NHWC",
+        "resize": "stretch",
+        "interpolation": "nearest",
+        "window": "raw",
+        "mean": [0.0, 0.0, 0.0],
+        "std": [1.0, 1.0, 1.0],
+    }
+    manifest.update(changes)
+    return manifest

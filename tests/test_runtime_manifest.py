@@ -62,7 +62,7 @@ def test_the_readme_example_is_a_valid_manifest(tmp_path: Path) -> None:
         ("task: classification", "task: triage", "task", "'triage'"),
         ("height: 256", "height: -3", "input.height", "-3"),
         ("channels: 1", "channels: 2", "input.channels", "(got 2)"),
-        ("resize: letterbox", "resize: crop", "input.resize", "'crop'"),
+        ("resize: letterbox", "resize: fit", "input.resize", "'fit'"),
         ("frames: first", "frames: every:0", "input.frames", "'every:0'"),
         ("batch: dynamic", "batch: 4", "input.batch", "(got 4)"),
         ("threshold: 0.5", "threshold: 1.5", "outputs.0.labels.0.threshold", "1.5"),
@@ -85,8 +85,8 @@ def test_a_bad_value_names_the_field_its_line_and_the_value(
 
 
 def test_an_unknown_key_is_named_where_it_is_written() -> None:
-    text = changed("  layout: NCHW\n", "  layout: NCHW\n  colour: rgb\n")
-    assert f"m.yaml:{line_of(text, 'colour')}: input.colour: unknown key" in error_of(text)
+    text = changed("  width: 256\n", "  width: 256\n  order: rgb\n")
+    assert f"m.yaml:{line_of(text, 'order')}: input.order: unknown key" in error_of(text)
 
 
 def test_a_missing_field_is_named() -> None:

@@ -27,8 +27,15 @@ def register(sub: Subcommands) -> None:
         "--model", type=Path, action="append", metavar="PKG", help="package folder (repeatable)"
     )
     add_models_dir(parser)
-    parser.add_argument("--backend", choices=BACKENDS, default="cpu")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, help="default: models.backend of the configuration"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", *PRECISIONS),
+        help="default: models.precision of the configuration (auto: as the worker chooses "
+        "on this machine); the precision run is printed on stderr",
+    )
     parser.add_argument("--threads", type=int, default=0, help="0: one per core")
     parser.add_argument("--cache-dir", type=Path, help="TensorRT engine cache")
     parser.add_argument("--out", type=Path, metavar="DIR", help="write overlay PNGs here")

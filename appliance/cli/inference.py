@@ -13,6 +13,7 @@ never by anything read from the file.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.cli.common import models_dirs
-from appliance.config import load_settings
+from appliance.config import Settings, load_settings
 from appliance.errors import ApplianceError
 from appliance.explain import explain, mask_overlay_png, overlay_png
 from appliance.imaging import DecodedImage, DecodeError, decode
@@ -31,6 +32,7 @@ from appliance.runtime.engine import Model
 from appliance.runtime.errors import InputError
 from appliance.runtime.findings import ModelResult
 from appliance.runtime.package import ModelPackage, find_packages, load_package
+from appliance.runtime.precision import choose_precision
 from appliance.runtime.preprocess import ImageInput, read_picture
 from appliance.runtime.quality import check_quality
 from appliance.runtime.routing import ImageTags, Route, dicom_tags, route
@@ -45,12 +47,18 @@ class _Models:
 
     packages: list[ModelPackage]
     options: BackendOptions
+    auto: bool = False  # the precision was chosen by `auto`, not named
     loaded: dict[str, Model] = field(default_factory=dict)
 
     def get(self, package: ModelPackage) -> Model:
         key = package.manifest.identity
         if key not in self.loaded:
-            self.loaded[key] = Model.open(package, self.options)
+            options = self.options
+            if self.auto and options.precision == "int8" and "int8" not in package.precisions:
+                # as the worker does; a named int8 makes Model.open refuse the package instead
+                print(f"appliance: {key} has no INT8 file: it runs FP32", file=sys.stderr)
+                options = dataclasses.replace(options, precision="fp32")
+            self.loaded[key] = Model.open(package, options)
         return self.loaded[key]
 
     def close(self) -> None:
@@ -60,7 +68,9 @@ class _Models:
 
 def run_infer(args: argparse.Namespace) -> int:
     """Run `appliance infer` (arguments: see `cli.infer.register`)."""
-    models = _Models(_packages(args), _options(args))
+    settings = load_settings(args.config)
+    wanted = args.precision or settings.models.precision
+    models = _Models(_packages(args), _options(args, settings), auto=wanted == "auto")
     if args.out is not None:
         try:
             args.out.mkdir(parents=True, exist_ok=True)
@@ -97,12 +107,19 @@ def _packages(args: argparse.Namespace) -> list[ModelPackage]:
     return packages
 
 
-def _options(args: argparse.Namespace) -> BackendOptions:
+def _options(args: argparse.Namespace, settings: Settings) -> BackendOptions:
+    """The backend and precision the worker would use (the configuration's `models.*`, with
+    `auto` resolved for this machine) unless the arguments say otherwise; printed on stderr,
+    since scores differ between precisions."""
+    backend = args.backend or settings.models.backend
+    choice = choose_precision(args.precision or settings.models.precision, backend)
+    reason = "set by --precision" if args.precision not in (None, "auto") else choice.reason
+    print(f"appliance: {backend} backend, precision {choice.precision} ({reason})", file=sys.stderr)
     cache = args.cache_dir
-    if cache is None and args.backend.startswith("tensorrt"):
-        cache = resolve_paths(load_settings(args.config)).cache_dir / "engines"
+    if cache is None and backend.startswith("tensorrt"):
+        cache = resolve_paths(settings).cache_dir / "engines"
     return BackendOptions(
-        backend=args.backend, precision=args.precision, threads=args.threads, cache_dir=cache
+        backend=backend, precision=choice.precision, threads=args.threads, cache_dir=cache
     )
 
 

@@ -27,7 +27,9 @@ def register(sub: Subcommands) -> None:
     add_models_dir(listing)
     listing.set_defaults(func=cmd_model_list)
     verify = commands.add_parser(
-        "verify", help="check checksums, manifest and ONNX graphs of packages"
+        "verify",
+        help="check checksums, manifest and ONNX graphs of packages, and that their scores "
+        "are probabilities on synthetic pictures",
     )
     verify.add_argument("packages", nargs="+", type=Path, metavar="PKG")
     verify.set_defaults(func=cmd_model_verify)
@@ -39,6 +41,18 @@ def register(sub: Subcommands) -> None:
     importing.add_argument("--out", type=Path, required=True, metavar="DIR")
     importing.add_argument("--int8", type=Path, metavar="MODEL.int8.onnx", help="INT8 graph")
     importing.set_defaults(func=cmd_model_import)
+    init = commands.add_parser(
+        "init",
+        help="write a commented manifest skeleton for an ONNX file (input, outputs, layout)",
+        description="Inspect MODEL.onnx and write DIR/manifest.yaml: the input's name, shape, "
+        "likely layout (NCHW or NHWC, from where the 1- or 3-channel axis is) and batch, the "
+        "outputs with their shapes (scores or mask guessed from the rank), and TODO wherever "
+        "the graph cannot tell (labels, thresholds, windowing, normalisation). Fill in every "
+        "TODO, then run `appliance model import`.",
+    )
+    init.add_argument("onnx", type=Path, metavar="MODEL.onnx")
+    init.add_argument("--out", type=Path, default=Path("."), metavar="DIR", help="default: .")
+    init.set_defaults(func=cmd_model_init)
     _add_quantize_command(commands)
     _add_validate_command(commands)
     _add_profile_command(commands)
@@ -78,6 +92,12 @@ def _add_validate_command(commands: Subcommands) -> None:
         "--sensitivity", type=float, default=0.9, help="target sensitivity (default 0.9)"
     )
     validate.add_argument("--out", type=Path, metavar="DIR", help="report folder")
+    validate.add_argument(
+        "--write",
+        action="store_true",
+        help="record the measured figures in the manifest's validation section (comments "
+        "kept) and re-seal the package",
+    )
     _add_threads(validate)
     validate.set_defaults(func=cmd_model_validate)
 
@@ -159,6 +179,7 @@ def _describe(package: ModelPackage) -> str:
 
 def cmd_model_verify(args: argparse.Namespace) -> int:
     from appliance.runtime.graph import check_graph
+    from appliance.runtime.scorecheck import check_score_ranges
 
     failed = 0
     for folder in args.packages:
@@ -166,6 +187,7 @@ def cmd_model_verify(args: argparse.Namespace) -> int:
             package = load_package(folder)
             for precision in package.precisions:
                 check_graph(package.model_file(precision), package.manifest)
+                check_score_ranges(package, precision)
         except PackageError as exc:
             print(f"REFUSED {folder}:\n{exc}", file=sys.stderr)
             failed += 1
@@ -232,6 +254,24 @@ def cmd_model_validate(args: argparse.Namespace) -> int:
         f"wrote {out / 'report.json'}"
         + (f" and {len(report['plots'])} ROC plot(s)" if report["plots"] else "")
     )
+    if args.write:
+        from appliance.runtime.validation.record import write_figures
+
+        package = write_figures(args.package, report)
+        print(
+            f"wrote the validation section of {package.folder / 'manifest.yaml'}; "
+            f"{package.manifest.identity} re-sealed"
+        )
+    return 0
+
+
+def cmd_model_init(args: argparse.Namespace) -> int:
+    from appliance.runtime.skeleton import inspect_graph, write_skeleton
+
+    target = write_skeleton(args.onnx, args.out)
+    guess = inspect_graph(args.onnx)
+    layout = guess.layout or "unknown (TODO)"
+    print(f"wrote {target}: input {guess.input_name!r}, layout {layout}; fill in every TODO")
     return 0
 
 

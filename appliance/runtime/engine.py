@@ -25,11 +25,18 @@ from appliance.runtime.findings import (
     Timing,
     activate,
     mask_findings,
+    out_of_range,
     score_findings,
 )
 from appliance.runtime.manifest import Manifest, OutputSpec
 from appliance.runtime.package import FilePrecision, ModelPackage, load_package
-from appliance.runtime.preprocess import ImageInput, Prepared, prepare
+from appliance.runtime.preprocess import (
+    ImageInput,
+    Prepared,
+    graph_sample_shape,
+    prepare,
+    to_layout,
+)
 
 
 class Model:
@@ -70,8 +77,9 @@ class Model:
         return prepare(image, self.manifest.input)
 
     def run(self, batch: npt.NDArray[np.float32]) -> Outputs:
-        """Raw outputs for a batch of prepared tensors (N x C x H x W)."""
-        return self.backend.run(batch)
+        """Raw outputs for a batch of prepared tensors (N x C x H x W), fed to the graph in
+        its own layout (an NHWC graph gets N x H x W x C)."""
+        return self.backend.run(to_layout(batch, self.manifest.input.layout))
 
     def infer(self, images: Sequence[ImageInput]) -> list[ModelResult]:
         """One result per selected frame of each image, in order."""
@@ -105,12 +113,17 @@ class Model:
         started = time.perf_counter()
         labels: list[LabelFinding] = []
         masks: list[MaskFinding] = []
-        for output in self.manifest.outputs:
+        for index, output in enumerate(self.manifest.outputs):
             value = self._checked(output, sample[output.name])
+            if output.kind == "cam":
+                continue
+            probabilities = activate(value[None], output.activation)[0]
+            problem = out_of_range(index, output, probabilities)
+            if problem is not None:  # never compared with a threshold
+                raise InferenceError(f"{self.manifest.identity}: {problem}")
             if output.kind == "scores":
-                labels += score_findings(output, activate(value[None], output.activation)[0])
-            elif output.kind == "mask":
-                probabilities = activate(value[None], output.activation)[0]
+                labels += score_findings(output, probabilities)
+            else:
                 masks += mask_findings(output, probabilities, prepared)
         return ModelResult(
             provenance=self.provenance,
@@ -158,11 +171,15 @@ class Model:
 def model_io(package: ModelPackage, precision: FilePrecision) -> ModelIO:
     """What the backend needs from the manifest."""
     spec = package.manifest.input
+    # The backend feeds and checks (N, *sample_shape) with sample_shape = (channels, height,
+    # width); for an NHWC graph these three carry the graph's own order (height, width,
+    # channels), since the tensor reaches the backend already transposed (`Model.run`).
+    first, second, third = graph_sample_shape(spec)
     return ModelIO(
         input_name=spec.name,
-        channels=spec.channels,
-        height=spec.height,
-        width=spec.width,
+        channels=first,
+        height=second,
+        width=third,
         dynamic_batch=spec.batch == "dynamic",
         output_names=tuple(o.name for o in package.manifest.outputs),
         model_hash=package.model_hash(precision),

@@ -17,7 +17,8 @@ import numpy as np
 import numpy.typing as npt
 
 from appliance.imaging import SpacingSource
-from appliance.runtime.manifest import Code, OutputSpec, Priority
+from appliance.runtime.errors import ManifestError
+from appliance.runtime.manifest import Code, Label, OutputSpec, Priority
 from appliance.runtime.preprocess import Prepared
 
 FloatArray = npt.NDArray[np.float32]
@@ -190,11 +191,39 @@ def activate(values: FloatArray, activation: str, axis: int = 1) -> FloatArray:
     return x
 
 
+def out_of_range(index: int, output: OutputSpec, values: FloatArray) -> str | None:
+    """Why activated `values` of outputs.`index` cannot be compared with a threshold, or None.
+
+    A threshold in [0, 1] means something only for a probability: a logits output declared
+    `activation: none` gives scores such as 7.05 or -2.85, and comparing those with 0.5 would
+    turn every image positive or negative without saying so.
+    """
+    array = np.asarray(values, dtype=np.float32)
+    if array.size == 0:
+        return None
+    bad = array[~((array >= 0.0) & (array <= 1.0))]  # NaN included
+    if bad.size == 0:
+        return None
+    worst = float(bad[np.argmax(np.abs(np.nan_to_num(bad - 0.5, nan=np.inf)))])
+    what = "scores" if output.kind == "scores" else "values"
+    fix = "sigmoid or softmax" if output.kind == "scores" else "sigmoid"
+    return (
+        f"outputs.{index} gives {what} outside [0, 1] ({worst:.3g}) after activation "
+        f"{output.activation!r}: set activation: {fix}"
+    )
+
+
 def score_findings(output: OutputSpec, scores: FloatArray) -> tuple[LabelFinding, ...]:
-    """Findings for one sample's activated scores (one value per label)."""
+    """Findings for one sample's activated scores (one value per label).
+
+    A negative label (the "nothing found" class of a softmax) is never a finding: only the
+    other labels' probabilities are scored against their thresholds.
+    """
     findings = []
-    for label, score in zip(output.labels, scores.tolist(), strict=True):
+    values = scores.tolist()
+    for position, label in output.finding_labels:
         threshold = output.label_threshold(label)
+        score = values[position]
         findings.append(
             LabelFinding(
                 label=label.name,
@@ -203,7 +232,7 @@ def score_findings(output: OutputSpec, scores: FloatArray) -> tuple[LabelFinding
                 score=float(score),
                 threshold=threshold,
                 positive=float(score) >= threshold,
-                priority=label.priority,
+                priority=label_priority(label),
             )
         )
     return tuple(findings)
@@ -225,7 +254,7 @@ def mask_findings(
                 display=label.display,
                 code=label.code,
                 threshold=threshold,
-                priority=label.priority,
+                priority=label_priority(label),
                 mask=mask,
                 area_px=int(np.count_nonzero(mask)),
                 area_mm2=area_mm2,
@@ -234,6 +263,15 @@ def mask_findings(
             )
         )
     return tuple(findings)
+
+
+def label_priority(label: Label) -> Priority:
+    """The priority of a label that can be a finding (the manifest's checks require one)."""
+    if label.priority is None:
+        raise ManifestError(
+            f"label {label.name!r} has no priority: give it urgent, review or routine"
+        )
+    return label.priority
 
 
 def _area_mm2(pixels: int, prepared: Prepared) -> tuple[float | None, tuple[str, ...]]:

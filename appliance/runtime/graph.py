@@ -15,15 +15,16 @@ from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from appliance.runtime.errors import PackageError
 from appliance.runtime.manifest import Manifest, OutputSpec
+from appliance.runtime.preprocess import graph_sample_shape
 
 Dims = tuple[int | None, ...]  # None: symbolic or unknown
 
 
 def check_graph(path: Path, manifest: Manifest) -> None:
     """Raise PackageError naming the file and manifest field when the graph does not fit."""
-    graph = _load(path)
-    inputs = _value_dims(graph.input, exclude=frozenset(i.name for i in graph.initializer))
-    outputs = _value_dims(graph.output)
+    graph = load_graph(path)
+    inputs = value_dims(graph.input, exclude=frozenset(i.name for i in graph.initializer))
+    outputs = value_dims(graph.output)
     problems = _input_problems(inputs, manifest) + _output_problems(outputs, manifest)
     if problems:
         raise PackageError("\n".join(f"{path}: {problem}" for problem in problems))
@@ -51,7 +52,7 @@ def plain_text(exc: Exception) -> str:
     return " ".join(text.split())[:400]
 
 
-def _load(path: Path) -> onnx.GraphProto:
+def load_graph(path: Path) -> onnx.GraphProto:
     try:
         onnx.checker.check_model(str(path))
         model = onnx.load(str(path), load_external_data=False)
@@ -62,7 +63,7 @@ def _load(path: Path) -> onnx.GraphProto:
     return model.graph
 
 
-def _value_dims(
+def value_dims(
     values: Iterable[onnx.ValueInfoProto], exclude: frozenset[str] = frozenset()
 ) -> dict[str, tuple[int, Dims]]:
     """name -> (element type, dims) of graph inputs or outputs."""
@@ -89,8 +90,13 @@ def _input_problems(inputs: dict[str, tuple[int, Dims]], m: Manifest) -> list[st
     if elem_type != onnx.TensorProto.FLOAT:
         name = onnx.TensorProto.DataType.Name(elem_type)
         problems.append(f"input.name: {spec.name!r} is {name}, the runtime feeds FLOAT")
-    expected: Dims = (None, spec.channels, spec.height, spec.width)
-    problems += _dims_problems("input", dims, expected)
+    expected: Dims = (None, *graph_sample_shape(spec))
+    shape_problems = _dims_problems("input", dims, expected)
+    other = "NHWC" if spec.layout == "NCHW" else "NCHW"
+    swapped = spec.model_copy(update={"layout": other})
+    if shape_problems and not _dims_problems("input", dims, (None, *graph_sample_shape(swapped))):
+        shape_problems.append(f"input.layout: {spec.layout!r} but the graph takes {other}")
+    problems += shape_problems
     if dims and spec.batch == "dynamic" and dims[0] is not None:
         problems.append(f"input.batch: 'dynamic' but the graph's batch size is fixed at {dims[0]}")
     if dims and spec.batch == 1 and dims[0] not in (None, 1):

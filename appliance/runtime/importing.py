@@ -1,7 +1,8 @@
 """`appliance model import`: make a package from an ONNX file and a manifest a site was given.
 
 The graph is checked against the manifest before anything is written, the package is assembled
-in a hidden sibling folder and renamed into place, so a failed import leaves nothing behind that
+in a hidden sibling folder, run on synthetic pictures (scores outside [0, 1] are refused: see
+`scorecheck`) and renamed into place, so a failed import leaves nothing behind that
 `find_packages` could pick up.
 """
 
@@ -15,6 +16,7 @@ from appliance.runtime.errors import PackageError
 from appliance.runtime.graph import check_graph
 from appliance.runtime.manifest import MANIFEST_NAME, Manifest, load_manifest
 from appliance.runtime.package import ModelPackage, load_package, write_sums
+from appliance.runtime.scorecheck import check_score_ranges
 
 
 def import_model(
@@ -36,6 +38,9 @@ def import_model(
         for name, source in sources.items():
             shutil.copyfile(source, stage / name)
         write_sums(stage, [MANIFEST_NAME, *sources])
+        staged = load_package(stage)
+        for precision in staged.precisions:  # logits declared as probabilities are refused
+            check_score_ranges(staged, precision)
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(stage, out)

@@ -2,9 +2,14 @@
 
 Order of work, as `appliance.phantoms.preprocess` (the demo models' training reference) and
 chosen for speed on large radiographs: frame, optional ultrasound crop, VOI window (via
-`imaging.to_display`) at full resolution in float32, then one `cv2.resize` with INTER_AREA to
-model size, and only then channel conversion, padding and mean/std on the small image.
-Nothing is done in float64.
+`imaging.to_display`, or the stored values scaled by bit depth for `window: raw`) at full
+resolution in float32, then one resize to model size (`input.interpolation`; `area` by default,
+as the demo models were trained), and only then channel conversion, padding and mean/std on the
+small image. Nothing is done in float64.
+
+`Prepared.tensor` is always frames x C x H x W, whatever the graph's layout: the quality check,
+occlusion and calibration read it that way, and `to_layout` gives an NHWC graph its own order
+at the last moment.
 
 Coordinates: continuous pixel coordinates in which pixel i covers [i, i+1). A point at image
 pixel centre (x, y) lands at model pixel centre `Geometry.to_model(x, y)`; heatmaps and masks
@@ -174,9 +179,9 @@ def _prepare_decoded(image: DecodedImage, spec: InputSpec) -> Prepared:
     for position in positions:
         frame = single_frame(image, position, spec.window)
         if region is None:
-            shown, crop = _display(frame), (0, 0, image.columns, image.rows)
+            shown, crop = _display(frame, spec.window), (0, 0, image.columns, image.rows)
         else:  # cropped before windowing: a min-max window then sees the scan area only
-            shown = _display(_crop(frame, region))
+            shown = _display(_crop(frame, region), spec.window)
             crop = (region.x0, region.y0, region.columns, region.rows)
         tensor, geometry = to_tensor(shown, crop, (image.rows, image.columns), spec)
         tensors.append(tensor)
@@ -216,9 +221,42 @@ def single_frame(image: DecodedImage, position: int, window: str) -> DecodedImag
     return frame
 
 
-def _display(frame: DecodedImage) -> FloatArray:
+def _display(frame: DecodedImage, window: str = "file") -> FloatArray:
+    if window == "raw":
+        return raw_display(frame)
     shown: FloatArray = to_display(frame)[0]
     return shown
+
+
+def raw_display(frame: DecodedImage) -> FloatArray:
+    """The frame's values scaled by bit depth: value / (2**BitsStored - 1), signed values
+    shifted by 2**(BitsStored - 1) first; 8-bit RGB / 255.
+
+    Many third-party models were trained on PNG exports of the raw pixels, without any VOI
+    window. MONOCHROME1 is inverted (1 - value), as every display does, so that dense tissue
+    stays bright. The decoder gives modality values; they equal the stored values unless the
+    file has a Modality LUT (rescale), and a value outside the bit depth's range is refused.
+    """
+    pixels = frame.pixels[0]
+    if frame.photometric == "RGB":
+        rgb: FloatArray = np.multiply(pixels, np.float32(1.0 / 255.0), dtype=np.float32)
+        return rgb
+    bits = frame.bits_stored
+    low = -(2.0 ** (bits - 1)) if frame.signed else 0.0
+    top = 2.0**bits - 1.0
+    shifted = np.subtract(pixels, np.float32(low), dtype=np.float32)
+    least, most = float(np.min(shifted)), float(np.max(shifted))
+    if least < 0.0 or most > top:
+        value = least + low if least < 0.0 else most + low
+        raise InputError(
+            f"window raw: value {value:g} is outside the range of {bits}-bit "
+            f"{'signed' if frame.signed else 'unsigned'} stored values (the file's Modality "
+            "LUT changed them): use window: file or minmax for such images"
+        )
+    scaled: FloatArray = np.multiply(shifted, np.float32(1.0 / top), dtype=np.float32)
+    if frame.source_photometric == "MONOCHROME1":
+        scaled = np.subtract(np.float32(1.0), scaled, dtype=np.float32)
+    return scaled
 
 
 def array_display(array: npt.NDArray[Any], window: str = "file") -> FloatArray:
@@ -264,16 +302,12 @@ def to_tensor(
 ) -> tuple[FloatArray, Geometry]:
     """(C, H, W) float32 input from display values `part`, which came from the `crop` box of an
     image of `image_shape` (rows, columns); and the geometry to map results back."""
+    if spec.resize == "crop":
+        part, crop = centre_crop(part, crop, spec)
     width, height = crop[2], crop[3]
     content = _fit(width, height, spec)
     left, top, new_w, new_h = content
-    shrink = new_w <= width and new_h <= height
-    if shrink:
-        resized = shrink_area(part, new_w, new_h)
-    else:
-        resized = np.asarray(
-            cv2.resize(part, (new_w, new_h), interpolation=cv2.INTER_LINEAR), dtype=np.float32
-        )
+    resized = resize(part, new_w, new_h, spec.interpolation)
     planes = _channels(resized, spec.channels)
     tensor = np.empty((spec.channels, spec.height, spec.width), dtype=np.float32)
     for channel, plane in enumerate(planes):
@@ -287,6 +321,64 @@ def to_tensor(
         model_shape=(spec.height, spec.width),
     )
     return tensor, geometry
+
+
+# OpenCV flags of `input.interpolation`; `area` is handled by `resize` (area when shrinking).
+_INTERPOLATION = {
+    "nearest": cv2.INTER_NEAREST,
+    "linear": cv2.INTER_LINEAR,
+    "cubic": cv2.INTER_CUBIC,
+}
+
+
+def resize(part: FloatArray, width: int, height: int, interpolation: str = "area") -> FloatArray:
+    """`part` resized to width x height as `input.interpolation` says (see models/README.md).
+
+    `nearest` is OpenCV's INTER_NEAREST: model pixel x takes source pixel
+    min(floor(x * scale), source_width - 1) with scale = 1 / (width / source_width) in double
+    precision (so where x * source_width / width is a whole number it can take the pixel
+    before: 850 -> 150 takes source pixel 50 for x = 9), and the same for rows; `area`
+    averages the source pixels each model pixel covers when shrinking both ways (bilinear
+    otherwise, as before the choice existed); `linear` and `cubic` are OpenCV's bilinear and
+    bicubic with half-pixel centres (cubic may overshoot [0, 1] slightly at sharp edges).
+    """
+    rows, columns = part.shape[:2]
+    if (rows, columns) == (height, width):
+        return np.asarray(part, dtype=np.float32)
+    if interpolation == "area":
+        if width <= columns and height <= rows:
+            return shrink_area(part, width, height)
+        flag = cv2.INTER_LINEAR
+    else:
+        flag = _INTERPOLATION[interpolation]
+    return np.asarray(cv2.resize(part, (width, height), interpolation=flag), dtype=np.float32)
+
+
+def centre_crop(part: FloatArray, crop: Box, spec: InputSpec) -> tuple[FloatArray, Box]:
+    """The largest centred part of `part` with the model input's aspect, and its box in the
+    image: `resize: crop` then stretches it to the model size (the same as resizing the
+    shorter side to the model's and cutting the longer one in the middle)."""
+    height, width = part.shape[:2]
+    scale = max(spec.width / width, spec.height / height)
+    keep_w = min(width, max(1, round(spec.width / scale)))
+    keep_h = min(height, max(1, round(spec.height / scale)))
+    dx, dy = (width - keep_w) // 2, (height - keep_h) // 2
+    box = (crop[0] + dx, crop[1] + dy, keep_w, keep_h)
+    return part[dy : dy + keep_h, dx : dx + keep_w], box
+
+
+def to_layout(batch: FloatArray, layout: str) -> FloatArray:
+    """A batch of N x C x H x W tensors in the graph's `input.layout` (NHWC: N x H x W x C)."""
+    if layout == "NHWC":
+        return np.ascontiguousarray(batch.transpose(0, 2, 3, 1))
+    return batch
+
+
+def graph_sample_shape(spec: InputSpec) -> tuple[int, int, int]:
+    """One sample's shape as the graph takes it: (C, H, W) for NCHW, (H, W, C) for NHWC."""
+    if spec.layout == "NHWC":
+        return spec.height, spec.width, spec.channels
+    return spec.channels, spec.height, spec.width
 
 
 def shrink_area(part: FloatArray, width: int, height: int) -> FloatArray:
@@ -311,7 +403,7 @@ def shrink_area(part: FloatArray, width: int, height: int) -> FloatArray:
 
 def _fit(width: int, height: int, spec: InputSpec) -> Box:
     """Where a width x height picture goes in the model input: (left, top, width, height)."""
-    if spec.resize == "stretch":
+    if spec.resize in ("stretch", "crop"):  # crop: `centre_crop` already gave the aspect
         return 0, 0, spec.width, spec.height
     scale = min(spec.width / width, spec.height / height)
     new_w = min(spec.width, max(1, round(width * scale)))

@@ -34,11 +34,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import numpy.typing as npt
-import yaml
 
 from appliance.imaging import DecodeError
-from appliance.paths import write_atomically
-from appliance.runtime.errors import InputError, PackageError
+from appliance.runtime.errors import InputError
 from appliance.runtime.manifest import (
     MANIFEST_NAME,
     QUALITY_METHOD,
@@ -47,8 +45,8 @@ from appliance.runtime.manifest import (
     InputSpec,
     Manifest,
     Quality,
-    parse_manifest,
 )
+from appliance.runtime.manifest_edit import edit_manifest, flow_rows, plain, set_last
 from appliance.runtime.package import ModelPackage, load_package, seal_package
 from appliance.runtime.preprocess import Prepared, prepare
 from appliance.runtime.quantize import list_images, progress, progress_done, read_image
@@ -162,7 +160,7 @@ def check_quality(manifest: Manifest, prepared: Prepared, position: int = 0) -> 
 def _blank_reason(contrast: float, floor: float) -> str:
     return (
         f"the image is almost blank (contrast {_percent(contrast)} of the display range, "
-        f"below {_percent(floor)}): check the exposure and the detector, and retake"
+        f"below {_percent(floor)}): check the image, the exposure settings and the detector"
     )
 
 
@@ -176,7 +174,7 @@ def _profile_reasons(
     if upright is None or best is None:  # a constant image let through by min_contrast 0
         return (
             "the image is uniform and cannot be compared with this model's typical input: "
-            "check the exposure and retake",
+            "check the image and the exposure settings",
         )
     turned, turn = best
     gap = upright - turned
@@ -189,14 +187,14 @@ def _profile_reasons(
         return (
             f"the image appears to be {turn.looks} (turned back it matches this model's typical "
             f"input better: correlation {turned:.2f} against {upright:.2f} as received): check "
-            "the orientation and send it again the right way up, or retake",
+            "the orientation and send it again the right way up",
         )
     if upright < profile.min_correlation:
         return (
             "the image does not look like a typical input of this model (correlation "
             f"{upright:.2f} with its reference image, below {profile.min_correlation:g}): "
             "check that it is the right kind of image for this model (modality, body part, "
-            "view) and the right way up, and retake",
+            "view) and the right way up",
         )
     return ()
 
@@ -323,27 +321,14 @@ def profile_package(
 
 
 def write_quality(path: Path, quality: Quality) -> None:
-    """Set the manifest's `quality` section, keeping every other field and its order; the
-    section goes last, its reference one flow-style row per line. Validated, then written
-    atomically: a failure leaves the manifest as it was."""
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise PackageError(f"{path}: the manifest must be a mapping of fields")
-    data.pop("quality", None)
-    # The same settings as the recipes and `model quantize`, so the rest stays byte for byte.
-    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
-    text += quality_yaml(quality)
-    parse_manifest(text, str(path))
-    write_atomically(path, text.encode("utf-8"), durable=True)
-
-
-def quality_yaml(quality: Quality) -> str:
-    """The `quality:` section as YAML text, rows of the reference in flow style."""
+    """Set the manifest's `quality` section, keeping every other field, its order and the
+    admin's comments; the section goes last, its reference one flow-style row per line.
+    Validated, then written atomically: a failure leaves the manifest as it was."""
     fields = quality.model_dump(mode="json")
-    rows = fields.pop("reference")
-    head = yaml.safe_dump({"quality": fields}, sort_keys=False)
-    lines = [f"  - [{', '.join(repr(round(value, 3)) for value in row)}]" for row in rows]
-    return head + "  reference:\n" + "\n".join(lines) + "\n"
+    rows = [[round(value, 3) for value in row] for row in fields.pop("reference")]
+    node = plain(fields)
+    node["reference"] = flow_rows(rows)
+    edit_manifest(path, lambda data: set_last(data, "quality", node))
 
 
 # --- the report ----------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-import yaml
+from ruamel.yaml.comments import CommentedMap
 
 from appliance.imaging import DecodeError, decode
 from appliance.paths import move_durably, write_atomically
@@ -30,8 +30,9 @@ from appliance.runtime.engine import model_io
 from appliance.runtime.errors import InputError, PackageError
 from appliance.runtime.findings import activate
 from appliance.runtime.manifest import MANIFEST_NAME, Manifest
+from appliance.runtime.manifest_edit import edit_manifest, plain
 from appliance.runtime.package import SUMS_NAME, ModelPackage, load_package, seal_package
-from appliance.runtime.preprocess import ImageInput, prepare, read_picture
+from appliance.runtime.preprocess import ImageInput, prepare, read_picture, to_layout
 
 FloatArray = npt.NDArray[np.float32]
 Activation = Literal["QUInt8", "QInt8"]
@@ -213,7 +214,7 @@ def calibration_inputs(
     batch = np.concatenate(tensors)
     if max_images is not None:
         batch = batch[:max_images]
-    return batch, warnings
+    return to_layout(batch, manifest.input.layout), warnings  # as the graph takes it
 
 
 # --- agreement -----------------------------------------------------------------------------
@@ -249,10 +250,13 @@ def agreement(manifest: Manifest, fp32: Outputs, int8: Outputs) -> Agreement:
             continue
         a = activate(fp32[output.name], output.activation)
         b = activate(int8[output.name], output.activation)
+        positions = [position for position, _ in output.finding_labels]
+        a, b = a[:, positions], b[:, positions]  # a negative label is never decided on
         difference = max(difference, float(np.max(np.abs(a - b))) if a.size else 0.0)
         shape = (1, -1) + (1,) * (a.ndim - 2)
         thresholds = np.array(
-            [output.label_threshold(label) for label in output.labels], dtype=np.float32
+            [output.label_threshold(label) for _, label in output.finding_labels],
+            dtype=np.float32,
         ).reshape(shape)
         same = ((a >= thresholds) == (b >= thresholds)).astype(np.float32).ravel()
         (decided if output.kind == "scores" else pixels).append(same)
@@ -396,23 +400,25 @@ STALE_NOTE = "INT8 figures of the previous INT8 file removed: run `appliance mod
 
 def update_manifest(path: Path, int8_name: str, int8_notes: Mapping[str, Any]) -> None:
     """Set files.int8 and (when the manifest has a validation section) validation.int8,
-    keeping every other field and its order; written atomically.
+    keeping every other field, its order and the admin's comments; written atomically.
 
     Figures measured on the previous INT8 file (per-label `*_int8` and `int8_agreement`, the
     INT8 latency) are removed rather than left to describe a file that is gone.
     """
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
-        raise PackageError(f"{path}: no files mapping to name the INT8 graph in")
-    data["files"]["int8"] = int8_name
-    validation = data.get("validation")
-    if isinstance(validation, dict):
-        notes = {k: v for k, v in int8_notes.items() if v is not None}
-        if drop_int8_figures(validation):
-            notes["note"] = STALE_NOTE
-        validation["int8"] = notes
-    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
-    write_atomically(path, text.encode("utf-8"), durable=True)
+
+    def change(data: CommentedMap) -> None:
+        files = data.get("files")
+        if not isinstance(files, dict):
+            raise PackageError(f"{path}: no files mapping to name the INT8 graph in")
+        files["int8"] = int8_name
+        validation = data.get("validation")
+        if isinstance(validation, dict):
+            notes = {k: v for k, v in int8_notes.items() if v is not None}
+            if drop_int8_figures(validation):
+                notes["note"] = STALE_NOTE
+            validation["int8"] = plain(notes)
+
+    edit_manifest(path, change)
 
 
 def drop_int8_figures(validation: dict[str, Any]) -> bool:

@@ -30,12 +30,13 @@ class LabelSet:
 
 
 def score_labels(manifest: Manifest) -> dict[str, float]:
-    """Label name -> manifest threshold, for every label of the scores outputs."""
+    """Label name -> manifest threshold, for every label of the scores outputs that can be a
+    finding (a negative label never is, so it has no threshold to measure)."""
     return {
         label.name: output.label_threshold(label)
         for output in manifest.outputs
         if output.kind == "scores"
-        for label in output.labels
+        for _, label in output.finding_labels
     }
 
 
