@@ -17,7 +17,8 @@ import cv2
 import numpy as np
 import pytest
 
-from appliance.store import feedback
+from appliance.store import feedback, held_back, open_store
+from appliance.store.audit import recent
 
 from test_web_worklist import (
     EXPECTED_ORDER,
@@ -28,6 +29,7 @@ from test_web_worklist import (
     open_seeded,
     page,
 )
+from worker_fixtures import drain, open_worker
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +203,7 @@ def test_an_ultrasound_clip_shows_its_outline_area_and_frames(seeded: Seeded) ->
 @pytest.mark.parametrize(
     ("name", "shown"),
     [
-        ("blank", ["held back", "retake"]),
+        ("blank", ["held back", "typical input", "Check the image", "Analyse anyway"]),
         ("failed", ["failed", "test-broken"]),
         ("hand", ["no applicable model", "no model for this body part"]),
     ],
@@ -578,3 +580,109 @@ def test_the_rendering_cache_is_trimmed_oldest_first(tmp_path: Path) -> None:
     assert trim_cache(folder, max_bytes=250) == 1
     assert sorted(p.name for p in folder.iterdir()) == ["middle.png", "new.png"]
     assert trim_cache(folder, max_bytes=250) == 0
+
+
+# --- held back: check the image, or analyse it anyway ----------------------------------------
+
+
+def analyse_anyway_url(seeded: Seeded, name: str) -> str:
+    return f"{study_url(seeded, name)}/image/{seeded.instances[name]}/analyse-anyway"
+
+
+def post_anyway(seeded: Seeded, name: str, token: str | None) -> Any:
+    data = {"csrf_token": token} if token else {}
+    return seeded.client.post(analyse_anyway_url(seeded, name), data=data)
+
+
+def anyway_jobs(seeded: Seeded, name: str) -> list[tuple[str, int]]:
+    rows = seeded.store.conn.execute(
+        "SELECT state, skip_plausibility FROM jobs WHERE instance_ref = ? AND kind = 'analyse'"
+        " AND skip_plausibility = 1 ORDER BY id",
+        (seeded.instances[name],),
+    )
+    return [(row[0], row[1]) for row in rows]
+
+
+def run_the_worker(seeded: Seeded) -> None:
+    """The real worker, on its own handle on the same store, as its own role would be."""
+    worker = open_worker(open_store(seeded.settings), seeded.settings)
+    try:
+        drain(worker)
+    finally:
+        worker.close()
+
+
+def image_state_of(html: str) -> str:
+    text = html_lib.unescape(html)
+    state = text[text.index('<div class="image-state') :]
+    return state[: state.index("</div>")]
+
+
+def test_a_held_back_xray_asks_to_check_the_image_never_to_retake(seeded: Seeded) -> None:
+    seeded.sign_in("clinician")
+    state = image_state_of(page(seeded, study_url(seeded, "blank")))
+    assert "held back" in state and "check the image" in state.lower()
+    assert "retake" not in state.lower() and "exposure again" not in state.lower()
+    assert f'action="{analyse_anyway_url(seeded, "blank")}"' in state
+    assert "analyse-anyway" not in page(seeded, study_url(seeded, "effusion"))
+
+
+def test_analyse_anyway_by_a_technologist_is_audited_and_marks_the_findings(
+    seeded: Seeded,
+) -> None:
+    user = seeded.sign_in("technologist")
+    token = token_of(page(seeded, study_url(seeded, "blank")))
+    response = post_anyway(seeded, "blank", token)
+    assert response.status_code == 302
+    assert response.headers["Location"].endswith(
+        f"{study_url(seeded, 'blank')}?image={seeded.instances['blank']}"
+    )
+    queued = html_lib.unescape(page(seeded, response.headers["Location"]))
+    assert "will be analysed anyway" in queued
+    assert 'data-state="received"' in queued and "analyse-anyway" not in queued
+    again = post_anyway(seeded, "blank", token)  # a second tap while it waits: harmless
+    assert again.status_code == 302
+    assert "being analysed already" in html_lib.unescape(page(seeded, study_url(seeded, "blank")))
+    assert anyway_jobs(seeded, "blank") == [("queued", 1)]
+    [request] = recent(seeded.store.conn, held_back.REQUESTED)
+    assert (request["actor"], request["subject"]) == (
+        f"ui:{user}",
+        f"instance:{seeded.instances['blank']}",
+    )
+    assert [m["model"] for m in request["detail"]["held_back_by"]] == ["demo-chest-xray"]
+
+    run_the_worker(seeded)
+    assert anyway_jobs(seeded, "blank") == [("done", 1)]
+    html = page(seeded, study_url(seeded, "blank"))
+    text = html_lib.unescape(html)
+    assert "Analysed on request: this image is unlike the images the model knows." in text
+    assert "What the check saw: the image does not look like a typical input" in text
+    assert len(findings_in(html)) == 5 and "analyse-anyway" not in html
+    [finding] = seeded.store.conn.execute(
+        "SELECT f.result FROM findings f JOIN analyses a ON a.job_ref = f.job_ref"
+        " WHERE a.instance_ref = ? AND a.state = 'findings'",
+        (seeded.instances["blank"],),
+    ).fetchall()
+    assert json.loads(finding[0])["outside_typical_input"] is True
+    assert 'data-state="findings"' in page(seeded)  # the worklist's triage uses the findings
+
+
+def test_analyse_anyway_needs_a_csrf_token(seeded: Seeded) -> None:
+    seeded.sign_in("clinician")
+    page(seeded, study_url(seeded, "blank"))
+    assert post_anyway(seeded, "blank", None).status_code == 400
+    assert post_anyway(seeded, "blank", "forged").status_code == 400
+    assert anyway_jobs(seeded, "blank") == []
+    assert recent(seeded.store.conn, held_back.REQUESTED) == []
+
+
+def test_analyse_anyway_only_for_a_held_back_image_of_that_study(seeded: Seeded) -> None:
+    seeded.sign_in("admin")
+    token = token_of(page(seeded, study_url(seeded, "effusion")))
+    assert post_anyway(seeded, "effusion", token).status_code == 302
+    text = html_lib.unescape(page(seeded, study_url(seeded, "effusion")))
+    assert "no longer held back" in text
+    other = f"{study_url(seeded, 'effusion')}/image/{seeded.instances['blank']}/analyse-anyway"
+    assert seeded.client.post(other, data={"csrf_token": token}).status_code == 404
+    assert anyway_jobs(seeded, "effusion") == anyway_jobs(seeded, "blank") == []
+    assert recent(seeded.store.conn, held_back.REQUESTED) == []

@@ -140,7 +140,9 @@ def pending_pictures(conn: sqlite3.Connection, instance_id: int) -> list[sqlite3
 def _audit_outcome(
     conn: sqlite3.Connection, actor: str, job_id: int, instance_id: int, o: ModelOutcome
 ) -> None:
-    """One audit row per inference: input, model identity, backend, precision, time, outcome."""
+    """One audit row per inference: input, model identity, backend, precision, time, outcome;
+    findings a user asked for on a held-back image ("analyse anyway") say so."""
+    marks = {"outside_typical_input": True} if o.result.get("outside_typical_input") else {}
     audit.append(
         conn,
         actor,
@@ -156,6 +158,7 @@ def _audit_outcome(
         outcome=o.state.value,
         reason=o.reason,
         summary=o.summary,
+        **marks,
     )
 
 

@@ -255,6 +255,13 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX ui_sessions_started ON ui_sessions(started_at);
     """,
+    # 6: "analyse anyway": an analysis job a user asked for on the study page for an image
+    # the plausibility check held back. The worker skips the check for such a job and marks
+    # the findings as outside the model's typical input.
+    """
+    ALTER TABLE jobs ADD COLUMN skip_plausibility INTEGER NOT NULL DEFAULT 0
+        CHECK (skip_plausibility IN (0, 1));
+    """,
 ]
 
 

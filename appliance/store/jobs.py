@@ -33,17 +33,22 @@ class Job:
     kind: str
     attempts: int
     max_attempts: int
+    skip_plausibility: bool = False  # "analyse anyway", asked for by a user (held_back.py)
 
 
 def enqueue(
-    conn: sqlite3.Connection, instance_id: int, max_attempts: int, kind: str = ANALYSE
+    conn: sqlite3.Connection,
+    instance_id: int,
+    max_attempts: int,
+    kind: str = ANALYSE,
+    skip_plausibility: bool = False,
 ) -> int:
     """Queue a job for an instance inside the caller's transaction; return its id."""
     now = utc_now()
     cur = conn.execute(
-        "INSERT INTO jobs (instance_ref, kind, state, max_attempts, created_at, updated_at)"
-        " VALUES (?, ?, 'queued', ?, ?, ?)",
-        (instance_id, kind, max_attempts, now, now),
+        "INSERT INTO jobs (instance_ref, kind, state, max_attempts, created_at, updated_at,"
+        " skip_plausibility) VALUES (?, ?, 'queued', ?, ?, ?, ?)",
+        (instance_id, kind, max_attempts, now, now, int(skip_plausibility)),
     )
     return int(cur.lastrowid or 0)
 
@@ -56,7 +61,7 @@ _ANY_DUE = (
     " AND (kind != 'pictures' OR :quiet OR created_at <= :overdue) LIMIT 1"
 )
 _NEXT_DUE = (
-    "SELECT id, instance_ref, kind, attempts, max_attempts FROM jobs"
+    "SELECT id, instance_ref, kind, attempts, max_attempts, skip_plausibility FROM jobs"
     " WHERE state = 'queued' AND run_after <= :now"
     " AND (kind != 'pictures' OR :quiet OR created_at <= :overdue)"
     " ORDER BY kind = 'pictures', id LIMIT 1"
@@ -85,7 +90,12 @@ def claim(conn: sqlite3.Connection, owner: str, lease_s: float, quiet_s: float =
         rollback(conn)
         raise
     return Job(
-        row["id"], row["instance_ref"], row["kind"], row["attempts"] + 1, row["max_attempts"]
+        row["id"],
+        row["instance_ref"],
+        row["kind"],
+        row["attempts"] + 1,
+        row["max_attempts"],
+        bool(row["skip_plausibility"]),
     )
 
 

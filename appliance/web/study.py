@@ -33,18 +33,23 @@ from flask import (
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from appliance.imaging import DecodeError, Window
-from appliance.store import audit, feedback
+from appliance.store import audit, feedback, held_back
 from appliance.store import worklist as stored
+from appliance.store.refused import Refused
 from appliance.store.worklist import ArtifactRow, FindingRow, ImageRow, StudyHeader
 from appliance.web.db import get_conn, get_settings, get_store
-from appliance.web.i18n import t
+from appliance.web.i18n import error_text, t
 from appliance.web.params import whole_number
 from appliance.web.pictures import cached_render, render_frame
+from appliance.web.security import roles_required
 from appliance.web.worklist import patient_name, utc_text
 
 log = logging.getLogger(__name__)
 bp = Blueprint("study", __name__)
 FINALIZERS = ("clinician", "admin")  # who may mark an impression final
+# Who may have a held-back image analysed anyway: the technologist at the machine who can
+# look at the image, and those who read it.
+ANYWAY_ROLES = ("technologist", "clinician", "admin")
 _MAX_WINDOW_VALUE = 1e7  # beyond any stored pixel value (32-bit floats scaled by slope)
 
 
@@ -104,6 +109,8 @@ class FindingView:
     labels: list[LabelView]
     notes: list[str]
     outlines: list[str] = field(default_factory=list)  # SVG polygon points, key frame
+    outside_typical: bool = False  # analysed on request although the check held it back
+    check_reasons: list[str] = field(default_factory=list)  # what the check saw then
 
 
 @bp.route("/study/<int:study_id>")
@@ -135,6 +142,7 @@ def view(study_id: int) -> str:
         outlined=next((view for view in views if view.outlines), None),
         impressions=feedback.impressions_for(conn, study_id),
         may_finalize=g.user.role in FINALIZERS,
+        may_analyse_anyway=g.user.role in ANYWAY_ROLES,
         utc_text=utc_text,
     )
 
@@ -206,6 +214,8 @@ def _finding_view(
         labels=sorted(labels, key=_label_order),
         notes=[str(note) for note in result.get("notes", [])],
         outlines=_outlines(result),
+        outside_typical=bool(result.get("outside_typical_input")),
+        check_reasons=[str(reason) for reason in result.get("plausibility_reasons", [])],
     )
 
 
@@ -475,3 +485,29 @@ def add_impression(study_id: int) -> WerkzeugResponse | tuple[WerkzeugResponse, 
         return jsonify(impression={**saved, "at": entry.at})
     image = request.args.get("image", type=int)
     return redirect(url_for("study.view", study_id=study_id, image=image) + "#impression")
+
+
+# --- analyse anyway ---------------------------------------------------------------------------
+
+
+@bp.route("/study/<int:study_id>/image/<int:instance_id>/analyse-anyway", methods=["POST"])
+@roles_required(*ANYWAY_ROLES)
+def analyse_anyway(study_id: int, instance_id: int) -> WerkzeugResponse:
+    """Ask the worker to analyse a held-back image without the plausibility check: a user who
+    looked at the image judged it fine. The store audits the request; the page says what
+    happens next."""
+    conn = get_conn()
+    _header_or_404(conn, study_id)
+    if not any(image.instance_id == instance_id for image in stored.study_images(conn, study_id)):
+        abort(404)
+    actor = f"ui:{g.user.username}"
+    max_attempts = get_settings().jobs.max_attempts
+    try:
+        asked = held_back.request_analysis_anyway(conn, instance_id, actor, max_attempts)
+    except Refused as exc:
+        flash(error_text(exc, "study.anyway_"))
+    else:
+        if asked.queued:
+            get_store().doorbell.ring()
+        flash(t("study.anyway_queued" if asked.queued else "study.anyway_pending"))
+    return redirect(url_for("study.view", study_id=study_id, image=instance_id))

@@ -241,7 +241,7 @@ class Seeder:
     def _other(self, instance_id: int, job_id: int, at: float, state: str) -> tuple[str, int, str]:
         reasons = {
             "no_model": ("routine", "no model for this kind of image"),
-            "held_back": ("review", "held back: the image is almost blank; retake it"),
+            "held_back": ("review", "held back: the image is almost blank; check the image"),
             "failed": ("review", "failed: the image could not be decoded"),
         }
         priority, reason = reasons[state]
