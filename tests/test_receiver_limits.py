@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+from pydicom.uid import (
+    MPEG4HP41,
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+)
+from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from test_receiver_faults import (
     assert_refusal_left_no_trace,
@@ -130,6 +136,29 @@ def test_a_refused_context_is_audited_and_send_says_why(
     assert row["actor"].startswith("ae:MODALITY7@")
     assert row["detail"]["sop_class"] == PRIVATE_CLASS
     assert row["detail"]["reason"] == "the SOP class is not accepted"
+
+
+def test_a_context_refused_beside_an_accepted_one_of_its_class_is_not_reported(
+    receiver: tuple[Receiver, Store],
+) -> None:
+    # Ultrasound scanners propose a class once per transfer syntax (video, JPEG, uncompressed):
+    # the refused video context refuses nothing, as the images arrive over the other one.
+    rx, store = receiver
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(US_RETIRED, [MPEG4HP41])
+    ae.add_requested_context(US_RETIRED, [ExplicitVRLittleEndian])
+    ae.add_requested_context(PRIVATE_CLASS, [ExplicitVRLittleEndian])
+    host, port = rx.address
+    assoc = ae.associate(host, port, ae_title="APPLIANCE")
+    assert assoc.is_established
+    status = assoc.send_c_store(dataset_as(US_RETIRED, seed=11))
+    assoc.release()
+    assert status.Status == 0
+    wait_for(lambda: audit_rows(store, "association.context_refused"), what="the audit row")
+    refused = [
+        row["detail"]["sop_class"] for row in audit_rows(store, "association.context_refused")
+    ]
+    assert refused == [PRIVATE_CLASS]
 
 
 def test_send_names_the_refused_class_beside_accepted_ones(

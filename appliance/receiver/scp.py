@@ -258,8 +258,13 @@ def _handle_accepted(event: evt.Event, receiver: Receiver) -> None:
     """Audit each presentation context refused at negotiation: a modality sending a class we
     refuse would otherwise see only "no acceptable presentation context" on its side."""
     requestor = event.assoc.requestor
+    # A modality may propose one class in several contexts, one per transfer syntax: a context
+    # refused beside an accepted one of the same class refuses nothing, so it is not reported.
+    accepted = {str(context.abstract_syntax) for context in event.assoc.accepted_contexts}
     for context in event.assoc.rejected_contexts:
         sop_class = UID(str(context.abstract_syntax))
+        if sop_class in accepted:
+            continue
         reason = _CONTEXT_REFUSALS.get(int(context.result or 0), "refused")
         log.warning(
             "refused a presentation context from %s: %s (%s): %s",
