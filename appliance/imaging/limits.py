@@ -9,7 +9,9 @@ Three kinds of hostile or broken input are refused here, for the receiver and th
   past the end), or, for native (uncompressed) transfer syntaxes, shorter than Rows x Columns x
   Frames x Samples x Bits Allocated / 8 bytes; for encapsulated ones, no fragment at all.
   Longer native Pixel Data is taken: some modalities pad it, and decoders (pydicom, DCMTK) read
-  the declared frames and ignore the rest. Its length is bounded by `receiver.max_dataset_mb`.
+  the declared frames and ignore the rest. Its length is bounded by `receiver.max_dataset_mb`;
+- a JPEG, JPEG-LS or JPEG 2000 first fragment whose codestream declares more rows, columns or
+  components than the header (a decoder allocates what the codestream says; see `codestream`).
 
 Which objects are images: SOP classes named "... Image Storage" in the DICOM dictionary, and
 classes the dictionary does not know (private ones) whose dataset has Rows and Columns. Other
@@ -39,6 +41,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEnd
 from appliance.config import ReceiverSettings
 from appliance.domain import InstanceHeader
 from appliance.errors import RejectedInput
+from appliance.imaging.codestream import check_frame_size
 from appliance.imaging.header import read_header
 
 MIB = 2**20
@@ -47,6 +50,8 @@ _PROBE = 4 * MIB  # inflated bytes kept in memory to read the declared image siz
 _MARGIN = MIB  # room after the pixel data (trailing padding, signatures)
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float
 _UNDEFINED = 0xFFFFFFFF
+# 4:2:2 photometrics store two values a pixel (Y, then Cb or Cr); the second is retired.
+_HALF_CHROMA = frozenset({"YBR_FULL_422", "YBR_PARTIAL_422"})
 _NATIVE = {
     "1.2.840.10008.1.2",
     "1.2.840.10008.1.2.1",
@@ -71,6 +76,9 @@ class Limits:
         return cls(receiver.max_dataset_mb * MIB, receiver.max_image_megapixels * 1_000_000)
 
 
+DEFAULT_LIMITS = Limits.from_settings(ReceiverSettings())  # for callers without settings
+
+
 @dataclass(frozen=True)
 class ImageShape:
     """What a dataset declares about its pixels, read before them."""
@@ -89,7 +97,7 @@ class ImageShape:
     @property
     def native_bytes(self) -> int:
         """The exact length of native Pixel Data (before the pad to an even length)."""
-        samples = 2 if self.photometric == "YBR_FULL_422" else self.samples  # 4:2:2 halves CbCr
+        samples = 2 if self.photometric in _HALF_CHROMA else self.samples  # 4:2:2 halves CbCr
         bits = self.pixels * samples * self.bits_allocated
         return (bits + 7) // 8
 
@@ -210,7 +218,9 @@ def _check_pixel_element(
     elif length != _UNDEFINED:
         raise RejectedInput("compressed Pixel Data must be encapsulated (undefined length)")
     else:
-        _check_has_fragment(handle, value_at, size)
+        _check_first_fragment(
+            handle, transfer_syntax, shape, *_first_fragment(handle, value_at, size)
+        )
 
 
 def _check_native_length(length: int, shape: ImageShape) -> None:
@@ -223,16 +233,29 @@ def _check_native_length(length: int, shape: ImageShape) -> None:
         )
 
 
-def _check_has_fragment(handle: BinaryIO, position: int, size: int) -> None:
-    """Encapsulated Pixel Data: the offset table item, then at least one non-empty fragment."""
-    handle.seek(position)
+def _check_first_fragment(
+    handle: BinaryIO, transfer_syntax: str, shape: ImageShape, start: int, length: int
+) -> None:
+    """The codestream's declared size against the header's, from the first fragment's first
+    bytes. A frame may be split over fragments, so a header not found there is left to
+    `decode`, which reads the whole frame."""
+    handle.seek(start)
+    data = handle.read(min(length, _PROBE))
+    rows, columns, samples = shape.rows, shape.columns, shape.samples
+    check_frame_size(transfer_syntax, data, rows, columns, samples, whole=False)
+
+
+def _first_fragment(handle: BinaryIO, position: int, size: int) -> tuple[int, int]:
+    """Encapsulated Pixel Data: the offset table item, then at least one non-empty fragment,
+    whose (start, length) is returned."""
     items = list(_items(handle, position, size, limit=2))
-    if len(items) < 2 or items[1] == 0:
+    if len(items) < 2 or items[1][1] == 0:
         raise RejectedInput("the encapsulated Pixel Data holds no image fragment")
+    return items[1]
 
 
-def _items(handle: BinaryIO, position: int, size: int, limit: int) -> Iterator[int]:
-    """The lengths of the first `limit` items of a fragment sequence."""
+def _items(handle: BinaryIO, position: int, size: int, limit: int) -> Iterator[tuple[int, int]]:
+    """The (value start, length) of the first `limit` items of a fragment sequence."""
     for _ in range(limit):
         handle.seek(position)
         item = handle.read(8)
@@ -241,7 +264,7 @@ def _items(handle: BinaryIO, position: int, size: int, limit: int) -> Iterator[i
         group, element, length = struct.unpack("<HHI", item)
         if (group, element) != (0xFFFE, 0xE000) or length == _UNDEFINED:
             return
-        yield length
+        yield position + 8, length
         position += 8 + length
         if position > size:
             return

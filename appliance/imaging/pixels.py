@@ -6,6 +6,12 @@ steps (`appliance.imaging.display.to_display`), because models choose their own 
 Colour frames become uint8 RGB: YBR_* and PALETTE COLOR are converted here. Compressed pixel
 data is decoded by pydicom's pixel decoders (pylibjpeg plugins, pyjpegls); a file that cannot
 be decoded raises `DecodeError` saying why.
+
+Nothing is decoded before the sizes are checked, because a file can reach the spool without
+the receiver's checks (start-up reconcile indexes files found there; older versions took
+anything): the declared image against `receiver.max_image_megapixels` (`limits.check_shape`),
+and each compressed frame's own header against Rows, Columns and Samples per Pixel
+(`codestream`), since decoders allocate what the codestream declares.
 """
 
 from __future__ import annotations
@@ -22,18 +28,15 @@ from pydicom.encaps import get_frame
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels.decoders.base import Decoder, get_decoder
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut
-from pydicom.uid import (
-    UID,
-    AllTransferSyntaxes,
-    JPEG2000TransferSyntaxes,
-    JPEGLSTransferSyntaxes,
-    JPEGTransferSyntaxes,
-)
+from pydicom.uid import UID, AllTransferSyntaxes
 
+from appliance.errors import RejectedInput
 from appliance.imaging._attributes import as_floats, lookup, plain_error, tag_text
+from appliance.imaging.codestream import COMPRESSED_SYNTAXES, check_frame_size
 from appliance.imaging.display import Voi, voi_from_dataset
 from appliance.imaging.geometry import describe_geometry
 from appliance.imaging.image import DecodedImage, DecodeError, Photometric
+from appliance.imaging.limits import DEFAULT_LIMITS, Limits, check_shape, image_shape
 
 __all__ = ["DecodeError", "decode", "frame_count", "select_frames", "supported_transfer_syntaxes"]
 
@@ -62,8 +65,6 @@ _SAMPLES = {
 # JPEG, JPEG-LS and JPEG 2000 streams all end with the marker FF D9 (EOI / EOC). Libjpeg
 # decodes a truncated stream without complaint, so its absence is checked before decoding.
 _END_MARKER = b"\xff\xd9"
-_END_MARKER_SYNTAXES = frozenset(JPEGTransferSyntaxes + JPEGLSTransferSyntaxes)
-_END_MARKER_SYNTAXES |= frozenset(JPEG2000TransferSyntaxes)
 _TAIL = 16  # padding after the marker seen in the wild: 0x00 or 0xFF to an even length
 # What pydicom and its plugins raise for pixel data they cannot make sense of.
 _DECODE_FAILURES = (
@@ -92,15 +93,19 @@ def supported_transfer_syntaxes() -> frozenset[UID]:
     return frozenset(supported)
 
 
-def decode(source: Source, *, index: int | None = None, every: int = 1) -> DecodedImage:
+def decode(
+    source: Source, *, index: int | None = None, every: int = 1, limits: Limits = DEFAULT_LIMITS
+) -> DecodedImage:
     """Decode the selected frames of a DICOM image (see `select_frames`): all by default.
 
-    Raises DecodeError naming the cause: the transfer syntax, a missing attribute, or a
-    corrupt/truncated pixel stream. Metadata that only describes the image (spacing, region,
-    window) is left out with a note in `notes` when unusable, rather than refusing the image.
+    Raises DecodeError naming the cause: the transfer syntax, a missing attribute, a size past
+    `limits` (the receiver's defaults unless the caller passes its settings) or a codestream
+    larger than its header, or a corrupt/truncated pixel stream. Metadata that only describes
+    the image (spacing, region, window) is left out with a note in `notes` when unusable,
+    rather than refusing the image.
     """
     try:
-        return _decode(source, index, every)
+        return _decode(source, index, every, limits)
     except (DecodeError, MemoryError, OSError):
         raise  # out of memory or a disk error may pass (retried); a broken file will not
     except Exception as exc:
@@ -110,14 +115,15 @@ def decode(source: Source, *, index: int | None = None, every: int = 1) -> Decod
         raise DecodeError(f"the image cannot be decoded: {plain_error(exc)}") from exc
 
 
-def _decode(source: Source, index: int | None, every: int) -> DecodedImage:
+def _decode(source: Source, index: int | None, every: int, limits: Limits) -> DecodedImage:
     ds = _read(source)
     syntax = _transfer_syntax(ds)
     decoder = _decoder(syntax)
     photometric = _check_image_pixel(ds)
+    _check_declared_size(ds, limits)
     indices = select_frames(frame_count(ds), index=index, every=every)
-    if syntax in _END_MARKER_SYNTAXES:
-        _check_end_markers(ds, syntax, indices)
+    if syntax in COMPRESSED_SYNTAXES:
+        _check_compressed_frames(ds, syntax, indices)
     pixels = _decode_frames(ds, decoder, indices)
     kind: Photometric = "RGB" if pixels.ndim == 4 else "MONOCHROME"
     geometry = describe_geometry(ds, int(ds.Rows), int(ds.Columns), indices[0])
@@ -234,7 +240,16 @@ def _check_image_pixel(ds: Dataset) -> str:
     return photometric
 
 
-def _check_end_markers(ds: Dataset, syntax: UID, indices: tuple[int, ...]) -> None:
+def _check_declared_size(ds: Dataset, limits: Limits) -> None:
+    """The receiver's bound on Rows x Columns x Frames, before anything is allocated."""
+    try:
+        check_shape(image_shape(ds), limits)
+    except RejectedInput as exc:
+        raise DecodeError(f"the image is not decoded: {exc}") from exc
+
+
+def _check_compressed_frames(ds: Dataset, syntax: UID, indices: tuple[int, ...]) -> None:
+    """Each selected frame ends with its end marker and declares no more than the header."""
     offsets = None
     if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
         offsets = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
@@ -252,6 +267,11 @@ def _check_end_markers(ds: Dataset, syntax: UID, indices: tuple[int, ...]) -> No
                 f"pixel data of frame {index} is truncated: the {syntax.name} stream has no "
                 "end marker (FF D9)"
             )
+        try:
+            rows, columns, samples = int(ds.Rows), int(ds.Columns), int(ds.SamplesPerPixel)
+            check_frame_size(syntax, frame, rows, columns, samples, whole=True)
+        except RejectedInput as exc:
+            raise DecodeError(f"frame {index} is not decoded: {exc}") from exc
 
 
 def _decode_frames(ds: Dataset, decoder: Decoder, indices: tuple[int, ...]) -> npt.NDArray[Any]:

@@ -21,6 +21,7 @@ from pydicom.uid import UID
 from appliance.config import DEFAULT_BODY_PART_KEYWORDS, Settings
 from appliance.domain import PRIORITY_RANK, Analysis, AnalysisState, ModelOutcome
 from appliance.imaging import DecodedImage, DecodeError, decode
+from appliance.imaging.limits import Limits
 from appliance.runtime.engine import Model
 from appliance.runtime.findings import ModelResult
 from appliance.runtime.quality import QualityCheck, check_quality
@@ -65,7 +66,8 @@ def analyse(
         return Draft(analysis)
     started = time.perf_counter()
     try:
-        image = decode_for(path, [model for model, _ in applicable])
+        limits = Limits.from_settings(settings.receiver)
+        image = decode_for(path, [model for model, _ in applicable], limits)
     except DecodeError as exc:
         reason = f"the image cannot be decoded: {exc}"
         return Draft(Analysis(AnalysisState.FAILED, reason, settings.triage.failed, reason))
@@ -99,10 +101,11 @@ def _sop_name(uid: str) -> str:
     return name if name != uid else f"SOP class {uid}"
 
 
-def decode_for(path: Path, models: Sequence[Model]) -> DecodedImage:
-    """Only the first frame of a cine loop when that is all the models look at."""
+def decode_for(path: Path, models: Sequence[Model], limits: Limits) -> DecodedImage:
+    """Only the first frame of a cine loop when that is all the models look at; images past
+    the receiver's size limits (the site's, so receiver and worker agree) are refused."""
     first_only = all(model.manifest.input.frames == "first" for model in models)
-    return decode(path, index=0 if first_only else None)
+    return decode(path, index=0 if first_only else None, limits=limits)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from appliance.explain import Which, encode_png, explain, mask_overlay_png, overlay_png
+from appliance.imaging.limits import Limits
 from appliance.runtime.engine import Model
 from appliance.runtime.findings import MaskFinding, ModelResult
 from appliance.worker.analyse import decode_for
@@ -53,7 +54,7 @@ class Pending:
 
 
 def draw(
-    path: Path, pending: Sequence[Pending], models: Sequence[Model], which: str
+    path: Path, pending: Sequence[Pending], models: Sequence[Model], which: str, limits: Limits
 ) -> tuple[dict[int, list[Picture]], list[str]]:
     """Pictures per finding id, and a note for each finding that cannot be drawn now."""
     by_name = {model.package.name: model for model in models}
@@ -66,7 +67,7 @@ def draw(
             runnable.append((item, model))
     if not runnable:
         return {}, notes
-    image = decode_for(path, [model for _, model in runnable])
+    image = decode_for(path, [model for _, model in runnable], limits)
     drawn = {}
     for item, model in runnable:
         results = model.infer([image])

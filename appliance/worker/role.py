@@ -23,6 +23,7 @@ from types import FrameType
 from appliance.capture.sources import SourceOpener
 from appliance.config import Settings
 from appliance.domain import Analysis, AnalysisState, ArtifactRecord
+from appliance.imaging.limits import Limits
 from appliance.paths import Paths
 from appliance.runtime.errors import InputError
 from appliance.runtime.manifest import manifest_dict
@@ -263,7 +264,8 @@ class Worker:
             Pending(row["id"], row["model"], row["model_sha256"], row["key_frame"])
             for row in self.store.pending_pictures(instance_id)
         ]
-        return draw(path, pending, self.models.models, self.settings.models.explain)
+        limits = Limits.from_settings(self.settings.receiver)
+        return draw(path, pending, self.models.models, self.settings.models.explain, limits)
 
     def _give_up_or_retry(self, job: jobs.Job, reason: str) -> None:
         if job.attempts < job.max_attempts:
