@@ -84,6 +84,34 @@ def pretended_cpu(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
 
 
+# storescu proposes uncompressed transfer syntaxes only unless told which compressed one to offer.
+STORESCU_PROPOSES = {
+    "1.2.840.10008.1.2.5": "-xr",  # RLE
+    "1.2.840.10008.1.2.4.50": "-xy",  # JPEG baseline
+    "1.2.840.10008.1.2.4.51": "-xx",  # JPEG extended
+    "1.2.840.10008.1.2.4.70": "-xs",  # JPEG lossless SV1
+    "1.2.840.10008.1.2.4.90": "-xv",  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.91": "-xw",  # JPEG 2000
+    "1.2.840.10008.1.2.4.80": "-xt",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81": "-xu",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.1.99": "-xd",  # deflated
+    "1.2.840.10008.1.2.2": "-xb",  # big endian
+}
+
+
+def storescu_proposes(path: Path) -> list[str]:
+    """The storescu option that offers `path`'s own transfer syntax (none for the default)."""
+    import warnings
+
+    import pydicom
+
+    with warnings.catch_warnings():  # odd files (pydicom's own test set) warn as they are read
+        warnings.simplefilter("ignore")
+        meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+    syntax = str(meta.TransferSyntaxUID)
+    return [STORESCU_PROPOSES[syntax]] if syntax in STORESCU_PROPOSES else []
+
+
 def has_dcmtk() -> bool:
     try:
         dcmtk("storescu")

@@ -19,7 +19,7 @@ from appliance.bench.peers import free_port
 from appliance.receiver import Receiver
 from appliance.store import Store
 
-from conftest import dcmtk, needs_dcmtk, wait_for
+from conftest import dcmtk, needs_dcmtk, storescu_proposes, wait_for
 
 
 def bundled_images() -> list[Path]:
@@ -73,9 +73,12 @@ def _echo(address: tuple[str, int]) -> bool:
 
 
 def push(address: tuple[str, int], path: Path) -> bool:
-    """storescu one file, proposing the contexts it needs (-R); True if it was acknowledged."""
+    """storescu one file, proposing the contexts it needs (-R) in the file's own transfer
+    syntax (storescu does not convert); True if it was acknowledged."""
+    host, port = address
+    offer = storescu_proposes(path)
     done = subprocess.run(
-        [dcmtk("storescu"), "-R", "-aec", "APPLIANCE", address[0], str(address[1]), str(path)],
+        [dcmtk("storescu"), "-R", *offer, "-aec", "APPLIANCE", host, str(port), str(path)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -111,10 +114,14 @@ def test_what_storescp_accepts_of_pydicoms_images_we_accept_too(
         for subject, reason in sorted(refusals.items()):
             print(f"  {subject}: {reason}")
     assert ours <= theirs
-    # The only difference: header-only images (pydicom's DICOMDIR test set, pixels stripped),
-    # which our receiver refuses by rule: an image without Pixel Data is never acknowledged.
-    assert theirs - ours == {path for path in theirs if not has_pixel_data(path)}
-    assert all("has no" in reason for reason in refusals.values()), refusals
+    # What storescp takes and we refuse, each by a rule of ours with its reason audited:
+    # header-only images (pydicom's DICOMDIR test set, pixels stripped: never acknowledged
+    # without Pixel Data), files without a Study Instance UID (nothing to file them under) and
+    # a codestream declaring billions of pixels inside a small header (a decompression bomb).
+    assert {path for path in theirs if not has_pixel_data(path)} <= theirs - ours
+    assert len(refusals) == len(theirs - ours)
+    rules = ("has no", "StudyInstanceUID is missing", "a decompression bomb")
+    assert all(any(rule in reason for rule in rules) for reason in refusals.values()), refusals
 
 
 def has_pixel_data(path: Path) -> bool:

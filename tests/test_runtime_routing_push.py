@@ -10,23 +10,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import (
-    JPEG2000,
-    ExplicitVRBigEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
 
 from appliance.imaging import decode
 from appliance.phantoms import make_ultrasound, ultrasound_dataset
 from appliance.receiver import Receiver
 from appliance.store import Store
 
-from conftest import dcmtk, needs_dcmtk
+from conftest import dcmtk, needs_dcmtk, storescu_proposes
 from imaging_fixtures import tinted, write_colour_variants
 from worker_fixtures import analysis_of, drain, findings_of, open_worker
 
@@ -48,7 +38,7 @@ def test_every_colour_format_pushed_with_storescu_is_routed_to_the_ultrasound_mo
         pushed = subprocess.run(
             [
                 storescu,
-                *_propose(variant.path),
+                *storescu_proposes(variant.path),
                 "-aec",
                 "APPLIANCE",
                 host,
@@ -71,24 +61,6 @@ def test_every_colour_format_pushed_with_storescu_is_routed_to_the_ultrasound_mo
         stored = _stored_path(store, instance)
         error = np.abs(decode(stored).pixels[0].astype(int) - reference)
         assert error.max() <= variant.max_error and error.mean() <= variant.mean_error, name
-
-
-# storescu proposes uncompressed transfer syntaxes unless told which compressed one to offer.
-PROPOSE = {
-    RLELossless: "-xr",
-    JPEGBaseline8Bit: "-xy",
-    JPEGLosslessSV1: "-xs",
-    JPEG2000Lossless: "-xv",
-    JPEG2000: "-xw",
-    JPEGLSLossless: "-xt",
-    JPEGLSNearLossless: "-xu",
-    ExplicitVRBigEndian: "-xb",
-}
-
-
-def _propose(path: Path) -> list[str]:
-    syntax = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
-    return [PROPOSE[syntax]] if syntax in PROPOSE else []
 
 
 def _instance_of(store: Store, path: Path) -> int:
