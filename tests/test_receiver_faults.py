@@ -28,6 +28,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from appliance.dicomout.scu import Peer, echo, send
 from appliance.domain import StoreStatus
 from appliance.receiver import Receiver
+from appliance.receiver.scp import error_comment
 from appliance.samples import CR, CT, make_dataset, sample_uid, write_sample
 from appliance.store import Store
 from appliance.store.audit import recent
@@ -310,6 +311,24 @@ def test_a_dataset_without_a_study_uid_is_refused_naming_it(
     assert_refused_cleanly(
         receiver, store, tmp_path, path, StoreStatus.CANNOT_UNDERSTAND, "StudyInstanceUID"
     )
+
+
+def test_a_refusal_tells_the_sender_why_in_its_error_comment(
+    start_receiver: StartReceiver, inputs: Path
+) -> None:
+    receiver, _ = start_receiver()
+    ds = small_ct(seed=5)
+    del ds.StudyInstanceUID
+    ds.save_as(inputs / "no-study.dcm", enforce_file_format=True)
+    [result] = list(send([inputs / "no-study.dcm"], Peer(*receiver.address)))
+    assert result.status == StoreStatus.CANNOT_UNDERSTAND
+    assert result.message == "status 0xC000: StudyInstanceUID is missing"
+
+
+def test_an_error_comment_is_short_plain_ascii() -> None:
+    comment = error_comment("the file\\name \u00e9t\u00e9\n" + "x" * 80)
+    assert len(comment) == 64 and comment.isascii() and "\\" not in comment
+    assert comment.startswith("the file/name ?t? ") and comment.endswith("...")
 
 
 @pytest.mark.usefixtures("passwd_stat")

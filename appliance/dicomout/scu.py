@@ -90,7 +90,7 @@ def _send_one(assoc: Association, path: Path, ds: pydicom.Dataset | None) -> Sen
     except ValueError as exc:  # e.g. no context for this file's transfer syntax
         return SendResult(path, None, str(exc))
     code = _status_of(status)
-    return SendResult(path, code, "" if code == 0 else f"status 0x{code:04X}")
+    return SendResult(path, code, "" if code == 0 else _failure_text(code, status))
 
 
 def _read(path: Path, header_only: bool = False) -> pydicom.Dataset | None:
@@ -157,6 +157,12 @@ def _why_not(assoc: Association, peer: Peer) -> str:
     except OSError as exc:
         return f"failed: {exc.strerror or exc}"
     return "aborted by the peer"
+
+
+def _failure_text(code: int, status: pydicom.Dataset) -> str:
+    """The status and, where the peer gave one, its Error Comment (why it refused)."""
+    comment = str(status.get("ErrorComment", "") or "").strip()
+    return f"status 0x{code:04X}" + (f": {comment}" if comment else "")
 
 
 def _status_of(status: pydicom.Dataset) -> int:

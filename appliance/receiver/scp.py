@@ -16,10 +16,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydicom._uid_dict import UID_dictionary
+from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, AllStoragePresentationContexts, evt, register_uid
 from pynetdicom import sop_class as known_classes
@@ -80,6 +82,30 @@ def register_storage_classes(classes: list[str]) -> None:
     for uid in classes:
         if known_classes.uid_to_service_class(uid) is not StorageServiceClass:
             register_uid(uid, "Storage_" + uid.replace(".", "_"), StorageServiceClass)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A C-STORE status and, for a refusal, why: sent as the response's Error Comment so that
+    the modality's operator (or `appliance send`) reads the reason, not only a number."""
+
+    status: int
+    reason: str = ""
+
+    def dataset(self) -> Dataset:
+        answer = Dataset()
+        answer.Status = int(self.status)
+        if self.reason:
+            answer.ErrorComment = error_comment(self.reason)
+        return answer
+
+
+def error_comment(reason: str) -> str:
+    """An Error Comment is LO in a command set: at most 64 ASCII characters, no backslash or
+    control characters."""
+    text = reason.encode("ascii", "replace").decode("ascii").replace("\\", "/")
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return text if len(text) <= 64 else text[:61] + "..."
 
 
 class Receiver:
@@ -156,8 +182,8 @@ class Receiver:
             (evt.EVT_CONN_CLOSE, _handle_closed, [self]),
         ]
 
-    def accept(self, path: Path, sop_class: str, sop_instance: str, origin: Origin) -> int:
-        """Check and store one received file; return the C-STORE status for it."""
+    def accept(self, path: Path, sop_class: str, sop_instance: str, origin: Origin) -> Answer:
+        """Check and store one received file; return the C-STORE answer for it."""
         subject = f"instance:{sop_instance}" if is_valid_uid(sop_instance) else "instance:invalid"
         try:
             write_error = self.incoming.take_error(path)
@@ -200,11 +226,11 @@ class Receiver:
             return self._refuse(
                 path, StoreStatus.PROCESSING_FAILURE, origin, subject, f"internal error: {exc}"
             )
-        return StoreStatus.SUCCESS
+        return Answer(StoreStatus.SUCCESS)
 
     def _refuse(
         self, path: Path, status: StoreStatus, origin: Origin, subject: str, reason: str
-    ) -> int:
+    ) -> Answer:
         path.unlink(missing_ok=True)
         log.warning("refused a C-STORE from %s: 0x%04X %s", origin.calling_aet, status, reason)
         try:
@@ -213,7 +239,7 @@ class Receiver:
             )
         except Exception:
             log.exception("could not audit a refused C-STORE")
-        return int(status)
+        return Answer(status, reason)
 
     def _audit_pdu_refused(self, host: str, reason: str) -> None:
         self.store.audit(f"ip:{host}", "association.aborted", "receiver", reason=reason)
@@ -231,17 +257,18 @@ def _handle_echo(event: evt.Event) -> int:
     return int(StoreStatus.SUCCESS)
 
 
-def _handle_store(event: evt.Event, receiver: Receiver) -> int:
+def _handle_store(event: evt.Event, receiver: Receiver) -> Dataset:
     request = event.request
     assert isinstance(request, C_STORE)
     requestor = event.assoc.requestor
     origin = Origin(Source.DICOM, calling_aet=requestor.ae_title, peer_address=requestor.address)
-    return receiver.accept(
+    answer = receiver.accept(
         Path(event.dataset_path),
         str(request.AffectedSOPClassUID),
         str(request.AffectedSOPInstanceUID),
         origin,
     )
+    return answer.dataset()
 
 
 def _handle_rejected(event: evt.Event, receiver: Receiver) -> None:
