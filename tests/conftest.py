@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -110,6 +110,29 @@ def storescu_proposes(path: Path) -> list[str]:
         meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
     syntax = str(meta.TransferSyntaxUID)
     return [STORESCU_PROPOSES[syntax]] if syntax in STORESCU_PROPOSES else []
+
+
+def storescu(
+    address: tuple[str, int], *files: Path, options: Sequence[str] = ()
+) -> subprocess.CompletedProcess[str]:
+    """DCMTK's storescu sending `files` to our receiver (called AE APPLIANCE) at `address`."""
+    host, port = address
+    command = [dcmtk("storescu"), *options, "-aec", "APPLIANCE", host, str(port)]
+    return subprocess.run(
+        [*command, *(str(f) for f in files)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> Path:
+    """A folder for the files a test makes and sends (beside the data folder)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    return folder
 
 
 def has_dcmtk() -> bool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import struct
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from appliance.receiver import Receiver
 from appliance.samples import make_dataset
 from appliance.store import Store
 
-from conftest import dcmtk, needs_dcmtk
+from conftest import needs_dcmtk, storescu
 
 StartReceiver = Callable[..., tuple[Receiver, Store]]
 HUGE = 60000
@@ -109,13 +108,6 @@ def first_frame(ds: Dataset) -> bytes:
 def jpeg2000_bomb(seed: int = 44) -> Dataset:
     ds = jpeg2000_image(seed)
     return with_frame(ds, patched_siz(first_frame(ds), HUGE, HUGE))
-
-
-@pytest.fixture
-def inputs(tmp_path: Path) -> Path:
-    folder = tmp_path / "in"
-    folder.mkdir()
-    return folder
 
 
 # -- what codestreams declare --------------------------------------------------------------
@@ -205,14 +197,7 @@ def test_the_receiver_refuses_a_jpeg2000_bomb_pushed_with_storescu(
 ) -> None:
     receiver, store = start_receiver()
     path = saved(jpeg2000_bomb(), inputs / "j2k-bomb.dcm")
-    host, port = receiver.address
-    done = subprocess.run(
-        [dcmtk("storescu"), "-v", "-xv", "-aec", "APPLIANCE", host, str(port), str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = storescu(receiver.address, path, options=["-v", "-xv"])
     # DCMTK's name for 0xC000; the audit row below carries the number itself.
     assert "Store Response (Error: CannotUnderstand)" in done.stderr, done.stdout + done.stderr
     assert_rejected_audited(store, StoreStatus.CANNOT_UNDERSTAND, "a decompression bomb")

@@ -19,7 +19,7 @@ from appliance.bench.peers import free_port
 from appliance.receiver import Receiver
 from appliance.store import Store
 
-from conftest import dcmtk, needs_dcmtk, storescu_proposes, wait_for
+from conftest import dcmtk, needs_dcmtk, storescu, storescu_proposes, wait_for
 
 
 def bundled_images() -> list[Path]:
@@ -75,16 +75,7 @@ def _echo(address: tuple[str, int]) -> bool:
 def push(address: tuple[str, int], path: Path) -> bool:
     """storescu one file, proposing the contexts it needs (-R) in the file's own transfer
     syntax (storescu does not convert); True if it was acknowledged."""
-    host, port = address
-    offer = storescu_proposes(path)
-    done = subprocess.run(
-        [dcmtk("storescu"), "-R", *offer, "-aec", "APPLIANCE", host, str(port), str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    return done.returncode == 0
+    return storescu(address, path, options=["-R", *storescu_proposes(path)]).returncode == 0
 
 
 def our_refusals(store: Store) -> dict[str, str]:

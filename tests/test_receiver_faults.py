@@ -33,7 +33,7 @@ from appliance.samples import CR, CT, make_dataset, sample_uid, write_sample
 from appliance.store import Store
 from appliance.store.audit import recent
 
-from conftest import dcmtk, needs_dcmtk, wait_for
+from conftest import needs_dcmtk, storescu, wait_for
 
 StartReceiver = Callable[..., tuple[Receiver, Store]]
 Address = tuple[str, int]
@@ -221,13 +221,6 @@ def assert_refused_cleanly(
     assert_rejected_audited(store, expected, reason_part)
     assert_refusal_left_no_trace(store, tmp_path)
     assert_still_serving(receiver, store, tmp_path, seed=len(path.name) + 100)
-
-
-@pytest.fixture
-def inputs(tmp_path: Path) -> Path:
-    folder = tmp_path / "in"
-    folder.mkdir()
-    return folder
 
 
 # -- hostile datasets ----------------------------------------------------------------------
@@ -445,15 +438,8 @@ def test_an_unknown_sop_class_makes_storescu_fail(
 ) -> None:
     receiver, store = start_receiver()
     path = _unknown_class_file(inputs)
-    host, port = receiver.address
 
-    result = subprocess.run(
-        [dcmtk("storescu"), "-aec", "APPLIANCE", "-aet", "DCMTK-SCU", host, str(port), str(path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = storescu(receiver.address, path, options=["-aet", "DCMTK-SCU"])
 
     assert result.returncode != 0
     assert "No presentation context" in result.stdout + result.stderr

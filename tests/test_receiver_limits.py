@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import subprocess
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +41,7 @@ from appliance.receiver.scp import storage_sop_classes
 from appliance.samples import make_dataset
 from appliance.store import Store
 
-from conftest import RoleProcess, dcmtk, needs_dcmtk, wait_for
+from conftest import RoleProcess, needs_dcmtk, storescu, wait_for
 
 StartReceiver = Callable[..., tuple[Receiver, Store]]
 US_RETIRED = "1.2.840.10008.5.1.4.1.1.6"
@@ -65,13 +64,6 @@ def saved(ds: Dataset, path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def inputs(tmp_path: Path) -> Path:
-    folder = tmp_path / "in"
-    folder.mkdir()
-    return folder
-
-
 # -- every storage class -------------------------------------------------------------------
 
 
@@ -91,16 +83,8 @@ def test_retired_ultrasound_classes_pushed_with_storescu_are_stored(
         saved(dataset_as(US_RETIRED, seed=1), inputs / "us.dcm"),
         saved(dataset_as(US_MULTIFRAME_RETIRED, seed=2, frames=3), inputs / "us-mf.dcm"),
     ]
-    host, port = rx.address
     # -R: propose the contexts the files need (storescu's default list lacks retired classes).
-    result = subprocess.run(
-        [dcmtk("storescu"), "-R", "-aet", "OLDSCANNER", "-aec", "APPLIANCE", host, str(port)]
-        + [str(f) for f in files],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = storescu(rx.address, *files, options=["-R", "-aet", "OLDSCANNER"])
     assert result.returncode == 0, result.stdout + result.stderr
     classes = {r[0] for r in store.conn.execute("SELECT sop_class_uid FROM instances")}
     assert classes == {US_RETIRED, US_MULTIFRAME_RETIRED}
