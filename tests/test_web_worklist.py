@@ -14,7 +14,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -29,7 +28,15 @@ from appliance.web.worklist import patient_name, start_of_today
 
 from conftest import make_settings, sign_in
 from runtime_models import classifier_onnx, write_package
-from worker_fixtures import DEMO_MODELS, broken_manifest, cr_of, drain, open_worker, put_dataset
+from worker_fixtures import (
+    DEMO_MODELS,
+    broken_manifest,
+    cr_of,
+    drain,
+    flattened,
+    open_worker,
+    put_dataset,
+)
 
 EFFUSION = {
     "pleural_effusion": True,
@@ -74,12 +81,7 @@ def chest(seed: int, findings: dict[str, bool], name: str, study_key: str = "") 
 def blank_chest() -> Dataset:
     """A chest whose pixels are almost flat: the plausibility check holds it back."""
     ds = chest(13, EFFUSION, "blank")
-    noise = np.random.default_rng(0).integers(0, 3, size=(ds.Rows, ds.Columns))
-    ds.PixelData = (np.full((ds.Rows, ds.Columns), 1800) + noise).astype(np.uint16).tobytes()
-    for keyword in ("WindowCenter", "WindowWidth", "VOILUTFunction"):
-        if keyword in ds:
-            delattr(ds, keyword)
-    return ds
+    return flattened(ds)
 
 
 def other_body_part(body_part: str, name: str) -> Dataset:

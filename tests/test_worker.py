@@ -36,6 +36,7 @@ from worker_fixtures import (
     cr_of,
     drain,
     findings_of,
+    flattened,
     open_worker,
     positive_labels,
     put_dataset,
@@ -182,12 +183,7 @@ def test_an_almost_blank_chest_is_held_back_not_scored(opened: Any, tmp_path: Pa
 def blank_chest(seed: int = 13) -> Any:
     """A chest radiograph whose pixels are almost flat: the plausibility check holds it back."""
     ds = effusion_chest(seed=seed, rows=512)
-    noise = np.random.default_rng(0).integers(0, 3, size=(ds.Rows, ds.Columns))
-    ds.PixelData = (np.full((ds.Rows, ds.Columns), 1800) + noise).astype(np.uint16).tobytes()
-    for keyword in ("WindowCenter", "WindowWidth", "VOILUTFunction"):
-        if keyword in ds:
-            delattr(ds, keyword)
-    return ds
+    return flattened(ds)
 
 
 def test_a_held_back_chest_analysed_anyway_gets_marked_findings_and_triage(
