@@ -173,6 +173,22 @@ def test_init_on_a_segmenter_and_a_softmax_output(
     assert inspect_graph(square).layout is None
 
 
+def test_init_on_a_segmenter_guesses_a_segmentation_task_that_imports_once_filled_in(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _init(tmp_path, segmenter_onnx(tmp_path / "seg.onnx", size=64), capsys)
+    assert (data["task"], data["explanation"]["method"]) == ("segmentation", "none")
+    filled = {"name": "third-party-seg", "version": "1.0.0", "title": "Seg", "caution": "Test"}
+    data.update(filled, intended_use="Test")
+    data["input"].update(
+        resize="stretch", interpolation="nearest", window="minmax", mean=[0.0], std=[1.0]
+    )
+    (mask,) = data["outputs"]
+    mask.update(activation="none", threshold=0.5)
+    mask["labels"] = [{"name": "region", "display": "Region", "priority": "review"}]
+    parse_manifest(yaml.safe_dump(data))  # no other guess to correct
+
+
 def test_init_never_writes_over_a_manifest(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

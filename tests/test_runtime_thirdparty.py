@@ -231,6 +231,7 @@ def test_import_refuses_logits_declared_as_probabilities(tmp_path: Path) -> None
         import_model(onnx_file, manifest_file, tmp_path / "out")
     assert "outputs.0 gives scores outside [0, 1] (" in str(error.value)
     assert "set activation: sigmoid or softmax" in str(error.value)
+    assert str(error.value).startswith(f"{manifest_file} (fp32, ")  # not the hidden stage
     assert not (tmp_path / "out").exists() and list(tmp_path.glob(".out*")) == []
 
 

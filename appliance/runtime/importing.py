@@ -40,7 +40,10 @@ def import_model(
         write_sums(stage, [MANIFEST_NAME, *sources])
         staged = load_package(stage)
         for precision in staged.precisions:  # logits declared as probabilities are refused
-            check_score_ranges(staged, precision)
+            try:
+                check_score_ranges(staged, precision)
+            except PackageError as exc:  # named by the admin's manifest, not the hidden stage
+                raise PackageError(str(exc).replace(str(stage), str(manifest_file), 1)) from exc
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(stage, out)

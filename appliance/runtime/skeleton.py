@@ -120,6 +120,11 @@ def skeleton_text(guess: GraphGuess, onnx_name: str) -> str:
         if guess.layout
         else "TODO: the graph does not tell (no single 1- or 3-channel axis): NCHW or NHWC"
     )
+    # Only masks (no scores output): a segmenter, which occlusion has no score to measure on.
+    scores = any(output.kind == "scores" for output in guess.outputs)
+    masks_only = not scores and any(output.kind == "mask" for output in guess.outputs)
+    task = "segmentation  " if masks_only else "classification"
+    method = "occlusion" if scores else "none     "
     lines = [
         f"# Skeleton written by `appliance model init` from {onnx_name}.",
         "# Replace every TODO, check every guess, then:",
@@ -127,7 +132,7 @@ def skeleton_text(guess: GraphGuess, onnx_name: str) -> str:
         "format: 1",
         "name: TODO                       # [a-z0-9-]{2,64}",
         "version: TODO                    # semantic version, e.g. 1.0.0",
-        "task: classification             # guessed; classification | segmentation",
+        f"task: {task}             # guessed; classification | segmentation",
         "title: TODO",
         "intended_use: TODO               # what the maker validated it for",
         "not_for_clinical_use: true       # set false only for a model cleared for clinical use",
@@ -159,7 +164,7 @@ def skeleton_text(guess: GraphGuess, onnx_name: str) -> str:
     lines += [
         "",
         "explanation:",
-        "  method: occlusion              # cam needs a cam output; none turns heatmaps off",
+        f"  method: {method}              # cam needs a cam output; none turns heatmaps off",
         "  patch: 32",
         "  stride: 16",
         "",
