@@ -137,11 +137,14 @@ def test_init_on_an_nchw_grey_classifier(
     assert data["input"]["batch"] == "dynamic"
     assert [(o["name"], o["kind"]) for o in data["outputs"]] == [
         ("logits", "scores"),
-        ("cam", "mask"),
+        ("cam", "cam"),
     ]
     logits = data["outputs"][0]
     assert logits["activation"] == "TODO"  # the graph ends in Flatten: logits, not probabilities
     assert len(logits["labels"]) == 2 and logits["labels"][0]["negative"] is True
+    # A rank-4 output with as many classes as the scores: their activation maps.
+    assert data["outputs"][1] == {"name": "cam", "kind": "cam", "for": "logits"}
+    assert data["explanation"]["method"] == "cam"
 
 
 def test_init_on_an_nhwc_rgb_classifier(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

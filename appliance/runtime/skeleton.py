@@ -11,7 +11,7 @@ refuses, so a skeleton cannot be imported before the admin has filled it in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from appliance.paths import write_atomically
@@ -28,8 +28,9 @@ _PROBABILITY_OPS = {"Sigmoid": "sigmoid", "Softmax": "softmax"}
 class OutputGuess:
     name: str
     dims: Dims
-    kind: str  # scores | mask | unknown
+    kind: str  # scores | mask | cam | unknown
     ends_in: str | None  # "sigmoid"/"softmax" when the graph already applies it
+    for_: str = ""  # a cam output: the scores output it explains
 
 
 @dataclass(frozen=True)
@@ -85,14 +86,16 @@ def inspect_graph(path: Path) -> GraphGuess:
             "batch (NCHW or NHWC)"
         )
     producers = {out: node.op_type for node in graph.node for out in node.output}
-    outputs = tuple(
-        OutputGuess(
-            name=out_name,
-            dims=out_dims,
-            kind={2: "scores", 4: "mask"}.get(len(out_dims), "unknown"),
-            ends_in=_PROBABILITY_OPS.get(producers.get(out_name, "")),
+    outputs = _with_cams(
+        tuple(
+            OutputGuess(
+                name=out_name,
+                dims=out_dims,
+                kind={2: "scores", 4: "mask"}.get(len(out_dims), "unknown"),
+                ends_in=_PROBABILITY_OPS.get(producers.get(out_name, "")),
+            )
+            for out_name, (_, out_dims) in value_dims(graph.output).items()
         )
-        for out_name, (_, out_dims) in value_dims(graph.output).items()
     )
     return GraphGuess(
         input_name=name,
@@ -124,7 +127,8 @@ def skeleton_text(guess: GraphGuess, onnx_name: str) -> str:
     scores = any(output.kind == "scores" for output in guess.outputs)
     masks_only = not scores and any(output.kind == "mask" for output in guess.outputs)
     task = "segmentation  " if masks_only else "classification"
-    method = "occlusion" if scores else "none     "
+    cams = any(output.kind == "cam" for output in guess.outputs)
+    method = "cam      " if cams else "occlusion" if scores else "none     "
     lines = [
         f"# Skeleton written by `appliance model init` from {onnx_name}.",
         "# Replace every TODO, check every guess, then:",
@@ -175,7 +179,25 @@ def skeleton_text(guess: GraphGuess, onnx_name: str) -> str:
     return "\n".join(lines)
 
 
+def _with_cams(outputs: tuple[OutputGuess, ...]) -> tuple[OutputGuess, ...]:
+    """A rank-4 output beside a scores output with as many classes is most likely its class
+    activation maps (one map per label), not a segmentation mask."""
+    scores = {o.dims[1]: o.name for o in outputs if o.kind == "scores" and o.dims[1] is not None}
+    return tuple(
+        replace(output, kind="cam", for_=scores[output.dims[1]])
+        if output.kind == "mask" and output.dims[1] in scores
+        else output
+        for output in outputs
+    )
+
+
 def _output_lines(output: OutputGuess) -> list[str]:
+    if output.kind == "cam":
+        return [
+            f"- name: {output.name}       # from the graph, shape {_shape(output.dims)}",
+            "  kind: cam                     # guessed: one map per class of the output below",
+            f"  for: {output.for_}",
+        ]
     activation = (
         f"none                 # the graph already ends in {output.ends_in.capitalize()}"
         if output.ends_in
