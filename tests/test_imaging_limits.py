@@ -261,3 +261,29 @@ def test_the_worker_decodes_within_the_sites_limits(inputs: Path) -> None:
     assert decode_for(path, [], DEFAULT_LIMITS).pixels.shape == (1, 32, 32)
     with pytest.raises(DecodeError, match=r"32 x 32 pixels x 1 frames"):
         decode_for(path, [], Limits(max_dataset_bytes=2**20, max_pixels=1000))
+
+
+def test_the_checks_at_the_door_parse_the_header_once(
+    inputs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`check_dataset` reads the header and checks the pixels from one parse of the file (it
+    runs in the C-STORE handler, once per image), and the pixel checks still refuse."""
+    import pydicom
+
+    from appliance.imaging import limits
+
+    parses: list[object] = []
+    real = pydicom.dcmread
+
+    def counted(*args: object, **kwargs: object) -> object:
+        parses.append(args[0])
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pydicom, "dcmread", counted)
+    monkeypatch.setattr(limits, "read_dataset", None)  # a second parse would fail here
+    path = saved(make_dataset("ct", seed=53, rows=32, columns=32), inputs / "once.dcm")
+    assert check_dataset(path, DEFAULT_LIMITS).rows == 32
+    assert len(parses) == 1
+    with pytest.raises(RejectedInput, match=r"32 x 32 pixels x 1 frames"):
+        check_dataset(path, Limits(max_dataset_bytes=2**20, max_pixels=1000))
+    assert len(parses) == 2

@@ -6,10 +6,12 @@ Parsing stops at the pixel data, whose completeness is checked without reading i
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from appliance.domain import InstanceHeader, is_valid_uid
@@ -42,13 +44,18 @@ _TAGS = [
 ]
 _UNDEFINED = 0xFFFFFFFF
 _REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+# Called with the parsed dataset, the file positioned on its pixel element, the transfer syntax.
+Inspect = Callable[[Dataset, BinaryIO, str], None]
 
 
-def read_header(path: Path) -> InstanceHeader:
+def read_header(path: Path, inspect: Inspect | None = None) -> InstanceHeader:
     """Parse the header of the DICOM file at `path`, or raise RejectedInput saying why.
 
     Also checks that the pixel data is all there: a dataset cut off inside it parses fine
-    but could never be shown or analysed.
+    but could never be shown or analysed. `inspect`, if given, is called once the header
+    holds, with the parsed dataset, the open file (positioned on the pixel element; a deflated
+    file is inflated first, by the caller) and the transfer syntax, so that further checks
+    need not open and parse the file again.
     """
     try:
         with path.open("rb") as handle:
@@ -56,7 +63,12 @@ def read_header(path: Path) -> InstanceHeader:
             values = {name: _text(ds.get(name)) for name in _TAGS}
             transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
             if transfer_syntax != DeflatedExplicitVRLittleEndian:  # inflated elsewhere
+                at_pixels = handle.tell()
                 _check_pixel_data(handle, transfer_syntax, path.stat().st_size)
+                handle.seek(at_pixels)
+            _check_uids(values)
+            if inspect is not None:
+                inspect(ds, handle, transfer_syntax)
     except (RejectedInput, MemoryError):
         raise  # already says why; out of memory is ours, not the sender's
     except RecursionError as exc:
@@ -66,11 +78,14 @@ def read_header(path: Path) -> InstanceHeader:
         # struct.error, zlib.error, BytesLengthException, ...): all mean the sender's dataset
         # cannot be read, and must be refused with a reason rather than crash the handler.
         raise RejectedInput(f"cannot parse the dataset: {plain_error(exc)}") from exc
+    return _to_header(values, transfer_syntax)
+
+
+def _check_uids(values: dict[str, str]) -> None:
     for name in _REQUIRED_UIDS:
         if not is_valid_uid(values[name]):
             problem = "missing" if not values[name] else f"not a valid UID: {values[name]!r}"
             raise RejectedInput(f"{name} is {problem}")
-    return _to_header(values, transfer_syntax)
 
 
 def _check_pixel_data(handle: BinaryIO, transfer_syntax: str, size: int) -> None:

@@ -42,7 +42,7 @@ from appliance.config import ReceiverSettings
 from appliance.domain import InstanceHeader
 from appliance.errors import RejectedInput
 from appliance.imaging.codestream import check_frame_size
-from appliance.imaging.header import read_header
+from appliance.imaging.header import Inspect, read_header
 
 MIB = 2**20
 _CHUNK = 256 * 1024  # bytes read from the deflated stream, and the most inflated per step
@@ -107,36 +107,40 @@ def check_dataset(path: Path, limits: Limits) -> InstanceHeader:
     (TooLarge for a configured limit) saying why it is refused."""
     size = path.stat().st_size
     if size > limits.max_dataset_bytes:
-        raise TooLarge(_over_dataset_limit(limits))
+        raise TooLarge(over_dataset_limit(limits))
     if _transfer_syntax(path) != DeflatedExplicitVRLittleEndian:
-        header = read_header(path)
-        check_pixels(path, header.transfer_syntax_uid, limits)
-        return header
+        return read_header(path, inspect=_pixel_checks(path, limits))
     inflated = path.with_name(path.name + ".inflated")
     try:
         inflate_bounded(path, inflated, limits)
-        header = read_header(inflated)
-        check_pixels(inflated, ExplicitVRLittleEndian, limits)
+        header = read_header(inflated, inspect=_pixel_checks(inflated, limits))
     finally:
         inflated.unlink(missing_ok=True)
     return dataclasses.replace(header, transfer_syntax_uid=DeflatedExplicitVRLittleEndian)
 
 
-def check_pixels(path: Path, transfer_syntax: str, limits: Limits) -> None:
+def _pixel_checks(path: Path, limits: Limits) -> Inspect:
+    """`check_pixels` on the dataset `read_header` has just parsed from `path` (one parse)."""
+
+    def inspect(ds: Dataset, handle: BinaryIO, transfer_syntax: str) -> None:
+        check_pixels(ds, handle, transfer_syntax, limits, path.stat().st_size)
+
+    return inspect
+
+
+def check_pixels(
+    ds: Dataset, handle: BinaryIO, transfer_syntax: str, limits: Limits, size: int
+) -> None:
     """Refuse an image whose declared size is past the limit or whose Pixel Data is unusable.
 
-    `path` holds a non-deflated dataset (a deflated one is checked once inflated).
+    `ds` is the dataset up to its pixels, read from `handle` (a non-deflated file of `size`
+    bytes; a deflated one is checked once inflated), which is positioned on the pixel element.
     """
-    with path.open("rb") as handle:
-        read_preamble(handle, False)
-        _read_file_meta_info(handle)
-        implicit = transfer_syntax == "1.2.840.10008.1.2"
-        ds = _parse(handle, implicit, little=transfer_syntax != "1.2.840.10008.1.2.2")
-        if not is_image(ds):
-            return
-        shape = image_shape(ds)
-        check_shape(shape, limits)
-        _check_pixel_element(handle, transfer_syntax, shape, path.stat().st_size)
+    if not is_image(ds):
+        return
+    shape = image_shape(ds)
+    check_shape(shape, limits)
+    _check_pixel_element(handle, transfer_syntax, shape, size)
 
 
 def is_image(ds: Dataset) -> bool:
@@ -335,7 +339,7 @@ def _check_written(written: int, limit: int, limits: Limits) -> None:
     if written <= limit:
         return
     if limit >= limits.max_dataset_bytes:
-        raise TooLarge(_over_dataset_limit(limits) + " once inflated")
+        raise TooLarge(over_dataset_limit(limits) + " once inflated")
     raise RejectedInput(
         f"the deflated dataset inflates past the {limit} bytes its image declares "
         "(a decompression bomb or a corrupt stream)"
@@ -362,7 +366,7 @@ def _transfer_syntax(path: Path) -> str:
     return str(meta.get("TransferSyntaxUID", ""))
 
 
-def _over_dataset_limit(limits: Limits) -> str:
+def over_dataset_limit(limits: Limits) -> str:
     return (
         f"the dataset is larger than receiver.max_dataset_mb ({limits.max_dataset_bytes // MIB} "
         "MiB); raise it if such objects are expected"

@@ -32,7 +32,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from appliance.config import Settings
 from appliance.domain import Origin, Source, StoreStatus, is_valid_uid
 from appliance.errors import ApplianceError, OutOfSpaceError, RejectedInput
-from appliance.imaging.limits import Limits, check_dataset
+from appliance.imaging.limits import Limits, check_dataset, over_dataset_limit
 from appliance.receiver.incoming import IncomingFiles, TooLargeError
 from appliance.receiver.net import ApplianceServer
 from appliance.store import Store
@@ -188,10 +188,7 @@ class Receiver:
         try:
             write_error = self.incoming.take_error(path)
             if isinstance(write_error, TooLargeError):
-                raise OutOfSpaceError(
-                    f"the dataset is larger than receiver.max_dataset_mb "
-                    f"({self.settings.max_dataset_mb} MiB); raise it if such objects are expected"
-                )
+                raise OutOfSpaceError(over_dataset_limit(self.limits))
             if write_error is not None:
                 raise OutOfSpaceError(f"could not write the incoming image: {write_error}")
             self.store.spool.check_space()  # the image itself is already on this disk
