@@ -23,10 +23,10 @@ from pydantic import (
     model_validator,
 )
 
+from appliance.domain import is_valid_uid
 from appliance.errors import ApplianceError, ConfigError
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}\Z")  # printable ASCII except backslash
-_UID = re.compile(r"^(?=.{1,64}\Z)(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\Z")
 
 
 def check_ae_title(value: str) -> str:
@@ -50,7 +50,7 @@ def check_network(value: str) -> str:
 
 def check_uid(value: str) -> str:
     """Return `value` if it is a DICOM UID (dot-separated numbers, at most 64 characters)."""
-    if not _UID.match(value):
+    if not is_valid_uid(value):
         raise ValueError(
             f"{value!r} is not a DICOM UID: numbers without leading zeros joined by dots, "
             "at most 64 characters (e.g. 1.2.826.0.1.3680043.9.1234.1)"

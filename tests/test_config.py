@@ -76,6 +76,40 @@ def test_impossible_values_name_the_key(text: str, expected: str) -> None:
     assert expected in error_of(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "receiver:\n  extra_sop_classes: [1.2.03.4]\n",
+            "site.yaml:2: receiver.extra_sop_classes.0: '1.2.03.4' is not a DICOM UID",
+        ),
+        ("receiver:\n  extra_sop_classes: ['" + "1." * 32 + "1']\n", "is not a DICOM UID"),
+        ("receiver:\n  max_dataset_mb: 0\n", "site.yaml:2: receiver.max_dataset_mb:"),
+        ("receiver:\n  max_image_megapixels: 0\n", "site.yaml:2: receiver.max_image_megapixels:"),
+        (
+            "routing:\n  body_part_keywords:\n    CHEST: [THORAX]\n    SPINE: [Thorax]\n",
+            "keyword 'THORAX' is listed under both CHEST and SPINE",
+        ),
+        (
+            "routing:\n  body_part_keywords:\n    'CHEST!': [THORAX]\n",
+            "body part 'CHEST!' is not a DICOM code string",
+        ),
+    ],
+)
+def test_receiver_limits_and_routing_keywords_name_the_key(text: str, expected: str) -> None:
+    assert expected in error_of(text)
+
+
+def test_routing_keywords_are_folded_and_a_private_class_is_taken() -> None:
+    settings = parse_settings(
+        "receiver:\n  extra_sop_classes: [1.2.826.0.1.3680043.9.1234.1]\n"
+        "routing:\n  body_part_keywords:\n    chest: [tórax,  chest  pa, TORAX]\n",
+        "site.yaml",
+    )
+    assert settings.receiver.extra_sop_classes == ["1.2.826.0.1.3680043.9.1234.1"]
+    assert settings.routing.body_part_keywords == {"CHEST": ("TORAX", "CHEST PA")}
+
+
 def test_several_errors_are_reported_together() -> None:
     message = error_of("receiver:\n  port: -1\njobs:\n  lease_s: 1\n")
     assert "receiver.port" in message and "jobs.lease_s" in message

@@ -269,12 +269,3 @@ def study_for_capture(conn: sqlite3.Connection, study_id: int) -> StudyForCaptur
 
 def _float_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
-
-
-def study_of_instance(conn: sqlite3.Connection, instance_id: int) -> int | None:
-    """The study a stored instance belongs to (a saved capture's result names it for the UI)."""
-    row = conn.execute(
-        "SELECT s.study_ref FROM instances i JOIN series s ON s.id = i.series_ref WHERE i.id = ?",
-        (instance_id,),
-    ).fetchone()
-    return None if row is None else int(row[0])

@@ -196,7 +196,7 @@ class Worker:
         if row["state"] != "present":
             return None, tags
         path = self.store.spool.path_of(row["file_name"])
-        if not tags.body_part:  # found from the descriptions, which the store does not index
+        if not tags.body_part:  # found from the descriptions: ProtocolName is not indexed
             tags = replace(tags, **descriptions(path))
         return path, tags
 

@@ -11,7 +11,7 @@ from appliance.capture.sources import CaptureError
 from appliance.dicomout.ultrasound import build_ultrasound
 from appliance.domain import Origin, Source
 from appliance.imaging.header import read_header
-from appliance.store import Store
+from appliance.store import Store, analyses
 from appliance.store import capture as capture_store
 from appliance.worker.capture.area import AreaResolver, Shot
 from appliance.worker.capture.publish import Publisher
@@ -62,7 +62,7 @@ class Saver:
         return {
             "instance_id": result.instance_id,
             "sop_instance_uid": header.sop_instance_uid,
-            "study_id": capture_store.study_of_instance(self.store.conn, result.instance_id),
+            "study_id": analyses.study_of(self.store.conn, result.instance_id),
             "outcome": result.outcome.value,
             "frames": len(shots),
             "frame_index": shots[0].index,  # the source's counter of the (first) frame
