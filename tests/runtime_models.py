@@ -11,9 +11,11 @@ The models compute things a test can work out by hand:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import onnx
 import yaml
@@ -182,6 +184,22 @@ def write_package(folder: Path, manifest: dict[str, Any], build: Any = classifie
 def write_sums(folder: Path, names: list[str]) -> None:
     lines = "".join(f"{sha256(folder / name)}  {name}\n" for name in names)
     (folder / "SHA256SUMS").write_text(lines)
+
+
+def stripes_dataset(folder: Path, rows: Sequence[int], labels: Sequence[int] | None = None) -> Path:
+    """`folder` with one 64 x 64 PNG per entry of `rows`, bright in that many top rows, and a
+    labels.csv giving each its `bright` label (by default 1 when over half the rows are
+    bright). The classifier's `bright` score ranks them by rows."""
+    folder.mkdir()
+    marks = [int(count > 32) for count in rows] if labels is None else list(labels)
+    lines = ["file,bright"]
+    for number, (count, label) in enumerate(zip(rows, marks, strict=True)):
+        picture = np.zeros((64, 64), dtype=np.uint8)
+        picture[:count] = 255
+        cv2.imwrite(str(folder / f"p{number}.png"), picture)
+        lines.append(f"p{number}.png,{label}")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    return folder
 
 
 def blob_image(

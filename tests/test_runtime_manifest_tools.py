@@ -16,6 +16,7 @@ import yaml
 from onnx import TensorProto, helper
 
 from appliance.cli import main
+from appliance.runtime import precision
 from appliance.runtime.errors import ManifestError
 from appliance.runtime.manifest import parse_manifest
 from appliance.runtime.package import load_package
@@ -27,6 +28,7 @@ from runtime_models import (
     classifier_onnx,
     nhwc_classifier_onnx,
     segmenter_onnx,
+    stripes_dataset,
     third_party_onnx,
     write_package,
     write_sums,
@@ -50,16 +52,7 @@ def commented_package(folder: Path) -> Path:
 
 def stripes(folder: Path, count: int = 12) -> Path:
     """PNGs with a bright band of growing height, labelled `bright` when over half the rows."""
-    folder.mkdir()
-    lines = ["file,bright"]
-    for number in range(count):
-        rows = 6 + number * 52 // count
-        picture = np.zeros((64, 64), dtype=np.uint8)
-        picture[:rows] = 255
-        cv2.imwrite(str(folder / f"p{number}.png"), picture)
-        lines.append(f"p{number}.png,{int(rows > 32)}")
-    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
-    return folder
+    return stripes_dataset(folder, [6 + number * 52 // count for number in range(count)])
 
 
 def keys_in_order(text: str) -> list[str]:
@@ -219,49 +212,37 @@ def test_verify_refuses_logits_declared_as_probabilities(
     assert main(["model", "verify", str(good)]) == 0
 
 
+def _infer(
+    capsys: pytest.CaptureFixture[str], picture: Path, package: Path, *options: str
+) -> tuple[int, str, str]:
+    """`appliance [options] infer PICTURE --model PACKAGE --modality CR`: status, out, err."""
+    code = main([*options, "infer", str(picture), "--model", str(package), "--modality", "CR"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def test_infer_runs_the_precision_the_worker_would_and_says_so(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     package = write_package(tmp_path / "p", classifier_manifest())
     picture = tmp_path / "a.png"
     cv2.imwrite(str(picture), np.full((64, 64), 200, dtype=np.uint8))
     config = tmp_path / "appliance.yaml"
     config.write_text("models:\n  precision: fp32\n")
-    assert (
-        main(
-            [
-                "--config",
-                str(config),
-                "infer",
-                str(picture),
-                "--model",
-                str(package),
-                "--modality",
-                "CR",
-            ]
-        )
-        == 0
-    )
-    out, err = capsys.readouterr()
+    code, out, err = _infer(capsys, picture, package, "--config", str(config))
+    assert code == 0, err
     assert "precision fp32 (set in models.precision)" in err
     assert json.loads(out)["images"][0]["results"][0]["precision"] == "fp32"
-    assert (
-        main(
-            [
-                "infer",
-                str(picture),
-                "--model",
-                str(package),
-                "--modality",
-                "CR",
-                "--explain",
-                "none",
-            ]
-        )
-        == 0
-    )
-    out, err = capsys.readouterr()
+    code, out, err = _infer(capsys, picture, package)
+    assert code == 0, err
     auto = choose_precision("auto", "cpu")
     assert f"precision {auto.precision} ({auto.reason})" in err
     if auto.precision == "int8":  # this package has no INT8 file: FP32, as in the worker
         assert "has no INT8 file: it runs FP32" in err
+    # On a processor with 8-bit dot products (whatever this one has), auto picks INT8 and a
+    # package without an INT8 file still runs FP32, as in the worker.
+    monkeypatch.setattr(precision, "read_cpu_flags", lambda *_: frozenset({"avx512_vnni"}))
+    code, out, err = _infer(capsys, picture, package)
+    assert code == 0, err
+    assert "precision int8 (auto: " in err and "has no INT8 file: it runs FP32" in err
+    assert json.loads(out)["images"][0]["results"][0]["precision"] == "fp32"

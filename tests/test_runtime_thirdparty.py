@@ -16,6 +16,7 @@ from appliance.imaging import decode
 from appliance.runtime.backends import BackendOptions
 from appliance.runtime.engine import Model
 from appliance.runtime.errors import InferenceError, InputError, ManifestError, PackageError
+from appliance.runtime.findings import out_of_range
 from appliance.runtime.importing import import_model
 from appliance.runtime.manifest import InputSpec, parse_manifest
 from appliance.runtime.package import load_package
@@ -245,3 +246,13 @@ def test_at_run_time_such_a_result_fails_with_the_reason(tmp_path: Path) -> None
         pytest.raises(InferenceError, match=expected),
     ):
         model.infer([blob_image(64, 64, (32, 32), 8)])
+
+
+def test_out_of_range_names_the_worst_value_and_catches_nan() -> None:
+    spec = parse_manifest(yaml.safe_dump(classifier_manifest())).outputs[0]
+    assert out_of_range(0, spec, np.array([0.0, 0.5, 1.0], dtype=np.float32)) is None
+    assert out_of_range(0, spec, np.zeros(0, dtype=np.float32)) is None
+    problem = out_of_range(3, spec, np.array([0.2, 1.5, -7.0], dtype=np.float32))
+    assert problem is not None and problem.startswith("outputs.3 gives scores outside [0, 1] (-7)")
+    nan = out_of_range(0, spec, np.array([0.2, np.nan], dtype=np.float32))
+    assert nan is not None and "(nan)" in nan

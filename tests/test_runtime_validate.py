@@ -15,7 +15,13 @@ import appliance.phantoms as phantoms
 from appliance.cli import main
 from appliance.runtime.validation import ROC_SIZE, auc_delong, validate, wilson
 
-from runtime_models import classifier_manifest, segmenter_manifest, segmenter_onnx, write_package
+from runtime_models import (
+    classifier_manifest,
+    segmenter_manifest,
+    segmenter_onnx,
+    stripes_dataset,
+    write_package,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,21 +32,14 @@ ROWS = [6, 13, 19, 26, 29, 35, 38, 45, 51, 58]
 BRIGHT = [0, 0, 1, 0, 0, 1, 0, 1, 1, 1]
 
 
-def stripes_dataset(folder: Path) -> Path:
-    folder.mkdir()
-    lines = ["file,bright"]
-    for number, (rows, label) in enumerate(zip(ROWS, BRIGHT, strict=True)):
-        picture = np.zeros((64, 64), dtype=np.uint8)
-        picture[:rows] = 255
-        cv2.imwrite(str(folder / f"p{number}.png"), picture)
-        lines.append(f"p{number}.png,{label}")
-    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
-    return folder
+def hand_counted_dataset(folder: Path) -> Path:
+    """The images of ROWS with the labels of BRIGHT."""
+    return stripes_dataset(folder, ROWS, BRIGHT)
 
 
 def test_figures_match_hand_counts(tmp_path: Path) -> None:
     package = write_package(tmp_path / "classifier", classifier_manifest())
-    dataset = stripes_dataset(tmp_path / "data")
+    dataset = hand_counted_dataset(tmp_path / "data")
 
     report = validate(package, dataset, out=tmp_path / "out", target=0.9)
 
@@ -128,7 +127,7 @@ def test_csv_errors_name_the_fault(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], csv: str, message: str
 ) -> None:
     package = write_package(tmp_path / "classifier", classifier_manifest())
-    dataset = stripes_dataset(tmp_path / "data")
+    dataset = hand_counted_dataset(tmp_path / "data")
     (dataset / "labels.csv").write_text(csv)
     code = main(["model", "validate", str(package), "--dataset", str(dataset)])
     assert code == 2
@@ -139,7 +138,7 @@ def test_segmentation_needs_an_area_column(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     package = write_package(tmp_path / "segmenter", segmenter_manifest(), segmenter_onnx)
-    dataset = stripes_dataset(tmp_path / "data")  # its CSV has `bright`, not `area_mm2`
+    dataset = hand_counted_dataset(tmp_path / "data")  # its CSV has `bright`, not `area_mm2`
     code = main(["model", "validate", str(package), "--dataset", str(dataset)])
     assert code == 2
     assert "needs an 'area_mm2' column" in capsys.readouterr().err

@@ -266,10 +266,9 @@ def cmd_model_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_model_init(args: argparse.Namespace) -> int:
-    from appliance.runtime.skeleton import inspect_graph, write_skeleton
+    from appliance.runtime.skeleton import write_skeleton
 
-    target = write_skeleton(args.onnx, args.out)
-    guess = inspect_graph(args.onnx)
+    target, guess = write_skeleton(args.onnx, args.out)
     layout = guess.layout or "unknown (TODO)"
     print(f"wrote {target}: input {guess.input_name!r}, layout {layout}; fill in every TODO")
     return 0

@@ -229,8 +229,9 @@ def _output_lines(output: OutputGuess) -> list[str]:
     return lines
 
 
-def write_skeleton(onnx_file: Path, out: Path) -> Path:
-    """Write `out`/manifest.yaml for `onnx_file`; never over an existing manifest."""
+def write_skeleton(onnx_file: Path, out: Path) -> tuple[Path, GraphGuess]:
+    """Write `out`/manifest.yaml for `onnx_file`, never over an existing manifest; the file
+    written and what the graph said (read once)."""
     guess = inspect_graph(onnx_file)
     target = out / MANIFEST_NAME
     if target.exists():
@@ -238,4 +239,4 @@ def write_skeleton(onnx_file: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     name = ascii(onnx_file.name)  # only ever text in a comment, one line
     write_atomically(target, skeleton_text(guess, name).encode("utf-8"), durable=True)
-    return target
+    return target, guess

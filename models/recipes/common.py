@@ -27,6 +27,7 @@ import yaml
 
 import appliance.phantoms as phantoms
 import appliance.runtime.quantize as runtime_quantize
+from appliance.runtime.precision import read_cpu_flags
 
 REPO = Path(__file__).resolve().parents[2]
 OPSET = 17
@@ -225,19 +226,12 @@ def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                flags = _cpu_flags()
+                flags = read_cpu_flags()
                 vnni = "VNNI" if "avx512_vnni" in flags or "avx_vnni" in flags else "no VNNI"
                 return f"{line.split(':', 1)[1].strip()} ({vnni})"
     except OSError:
         pass
     return "unknown CPU"
-
-
-def _cpu_flags() -> set[str]:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 # --- quantization ------------------------------------------------------------------------
