@@ -31,4 +31,6 @@ def run_bench(factory: pytest.TempPathFactory, name: str, argv: list[str]) -> Ru
 def assert_refused(name: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     """The command line refuses `argv` with a message that names the option."""
     assert main(["bench", name, *argv]) == 2
-    assert "appliance: --" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "appliance: --" in err
+    assert argv[0] in err, err

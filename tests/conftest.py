@@ -19,7 +19,8 @@ import yaml
 from flask import Flask
 from flask.testing import FlaskClient
 
-from appliance.bench.peers import BenchError, free_ports
+from appliance.bench.harness import BenchError
+from appliance.bench.harness.processes import free_ports
 from appliance.bench.peers import dcmtk as dcmtk  # re-exported for the DCMTK tests
 from appliance.config import Settings
 from appliance.paths import Paths, resolve_paths

@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from appliance.bench.harness.command import Bench
 from appliance.bench.harness.command import progress as progress_line
-from appliance.bench.harness.options import OptionRow, number_list
+from appliance.bench.harness.options import OptionRow, check_options, number_list
 from appliance.bench.harness.tables import percentile
 from appliance.bench.reference_net import reference_files
 from appliance.runtime.backends import BackendOptions, Precision
@@ -47,8 +47,15 @@ class InferenceOptions:
     models: Path = MODELS
 
     def __post_init__(self) -> None:
-        if self.repeat < 2 or self.threads < 0 or not self.batches or min(self.batches) < 1:
-            raise ValueError("--repeat must be >= 2, --threads >= 0, every batch >= 1")
+        check_options(
+            (self.repeat >= 2, f"--repeat must be at least 2, got {self.repeat}"),
+            (self.threads >= 0, f"--threads must be >= 0 (0: all cores), got {self.threads}"),
+            (bool(self.batches) and min(self.batches) >= 1, "--batches: every batch >= 1"),
+            (
+                256 <= self.cr_rows <= 4096,
+                f"--cr-rows must be within 256..4096, got {self.cr_rows}",
+            ),
+        )
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from appliance.bench.harness import BenchError as BenchError
-from appliance.bench.harness.dicom import AE_TITLE as AE_TITLE
+from appliance.bench.harness import BenchError
+from appliance.bench.harness.dicom import AE_TITLE
 from appliance.bench.harness.processes import (
     check_running,
     checkout_env,
@@ -32,8 +32,9 @@ from appliance.bench.harness.processes import (
     tail,
     wait_until,
 )
+
+# free_port is also imported from here by tests/test_receiver_corpus.py.
 from appliance.bench.harness.processes import free_port as free_port
-from appliance.bench.harness.processes import free_ports as free_ports
 
 CALLING_AE = "BENCH"
 PDU_BYTES = 131072  # the largest PDU DCMTK offers; every receiver gets PDUs of this size

@@ -39,6 +39,12 @@ class CaptureOptions:
                 "--seconds, --source-seconds, --round-seconds and --fps must be > 0",
             ),
             (self.rounds >= 1, "--rounds must be at least 1"),
+            # The bounds of the capture settings (appliance.config), so that a bad size is
+            # refused here, before a work folder is made and the appliance's configuration
+            # refuses it.
+            (64 <= self.width <= 7680, f"--width must be within 64..7680, got {self.width}"),
+            (64 <= self.height <= 4320, f"--height must be within 64..4320, got {self.height}"),
+            (self.fps <= 240, f"--fps must be at most 240, got {self.fps:g}"),
             (self.file is None or self.file.is_file(), f"--file {self.file}: no such file"),
         )
 

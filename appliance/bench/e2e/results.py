@@ -133,10 +133,6 @@ class ImageTiming:
     def ratio(self) -> float:
         return self.e2e_ms / self.model_ms
 
-    @property
-    def in_job_ratio(self) -> float:
-        return self.e2e_ms / self.in_job_ms
-
 
 @dataclass(frozen=True)
 class JobCounts:
