@@ -295,6 +295,96 @@ class UISettings(_Section):
     threads: int = Field(8, ge=1, le=64)
 
 
+SendKind = Literal["sr", "heatmaps", "report", "images"]
+SendWhen = Literal["findings", "final", "manual"]
+_DEFAULT_SEND: tuple[SendKind, ...] = ("sr", "heatmaps", "report")
+_DESTINATION_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}\Z")
+
+
+class Destination(_Section):
+    """A DICOM peer the sender delivers to (the clinic's PACS, a second archive).
+
+    `send` says which objects: the structured report (sr), the heatmap images (heatmaps), the
+    PDF report (report), and the received originals (images) for sites whose modalities send
+    only to the box. `when`: as soon as findings are saved (and again when a clinician
+    finalises), only once finalised, or only when somebody presses "send" on the study page.
+    """
+
+    name: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    called_ae_title: AETitle
+    calling_ae_title: AETitle | None = None  # default: receiver.ae_title
+    send: list[SendKind] = Field(default_factory=lambda: list(_DEFAULT_SEND))
+    when: SendWhen = "findings"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _DESTINATION_NAME.match(value):
+            raise ValueError(
+                f"destination name {value!r}: use 1-32 lower-case letters, digits, - or _"
+            )
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not value.strip() or any(c.isspace() for c in value.strip()):
+            raise ValueError(f"host {value!r} must be a host name or an IP address")
+        return value.strip()
+
+    @field_validator("send")
+    @classmethod
+    def _send(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("send must list at least one of sr, heatmaps, report, images")
+        return list(dict.fromkeys(value))
+
+
+class SenderSettings(_Section):
+    """How the sender retries a destination that is down: capped exponential back-off."""
+
+    retry_min_s: float = Field(5.0, ge=0.1, le=3600)
+    retry_max_s: float = Field(600.0, ge=1, le=86400)
+    # Objects sent on one association before it is released and the queue looked at again.
+    batch: int = Field(50, ge=1, le=1000)
+    connect_timeout_s: float = Field(10.0, gt=0, le=600)
+    dimse_timeout_s: float = Field(60.0, gt=0, le=3600)
+    poll_s: float = Field(2.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _order(self) -> SenderSettings:
+        if self.retry_max_s < self.retry_min_s:
+            raise ValueError("retry_max_s must not be less than retry_min_s")
+        return self
+
+
+class OutputSettings(_Section):
+    """The objects the box writes: their UID root and the names they carry."""
+
+    # Every UID the box makes starts with this root: pydicom's by default; a site with its
+    # own organisation root puts it here (at most 40 characters, leaving room for the hash).
+    uid_root: UIDText = "1.2.826.0.1.3680043.8.498"
+    institution_name: str = Field("", max_length=64)
+    # The TrueType font of the PDF report (it must cover the patients' names); empty: DejaVu
+    # Sans from the system (Debian: fonts-dejavu-core).
+    report_font: Path | None = None
+
+    @field_validator("uid_root")
+    @classmethod
+    def _root(cls, value: str) -> str:
+        if len(value) > 40:
+            raise ValueError("uid_root must be at most 40 characters (a UID is at most 64)")
+        return value
+
+
+class ExportSettings(_Section):
+    """Folders the study page may export a DICOM File-set to (a USB stick's mount point)."""
+
+    folders: list[Path] = Field(default_factory=lambda: [Path("/media")])
+
+
 class Settings(_Section):
     """All settings of one appliance."""
 
@@ -308,6 +398,27 @@ class Settings(_Section):
     ui: UISettings = Field(default_factory=lambda: UISettings())
     capture: CaptureSettings = Field(default_factory=lambda: CaptureSettings())
     logging: LoggingSettings = Field(default_factory=lambda: LoggingSettings())
+    destinations: list[Destination] = Field(default_factory=list)
+    sender: SenderSettings = Field(default_factory=lambda: SenderSettings())
+    outputs: OutputSettings = Field(default_factory=lambda: OutputSettings())
+    export: ExportSettings = Field(default_factory=lambda: ExportSettings())
+
+    @model_validator(mode="after")
+    def _names_differ(self) -> Settings:
+        seen: set[str] = set()
+        for destination in self.destinations:
+            if destination.name in seen:
+                raise ValueError(f"destinations: the name {destination.name!r} is used twice")
+            seen.add(destination.name)
+        return self
+
+    def destination(self, name: str) -> Destination | None:
+        """The destination called `name`, or None."""
+        return next((d for d in self.destinations if d.name == name), None)
+
+    def calling_ae_title(self, destination: Destination) -> str:
+        """The AE title the box presents to `destination`."""
+        return destination.calling_ae_title or self.receiver.ae_title
 
     @model_validator(mode="after")
     def _ports_differ(self) -> Settings:

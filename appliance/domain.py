@@ -156,3 +156,133 @@ class Analysis:
     priority: str
     summary: str
     outcomes: tuple[ModelOutcome, ...] = ()
+
+
+# What the box sends to the clinic's record (DICOM SR, heatmap images, a PDF report), as plain
+# data: the worker gathers it from the store, the builders in dicomout/ and report/ turn it into
+# objects. Everything a report says comes from here, never from the builders' own queries.
+
+
+@dataclass(frozen=True)
+class CodedTerm:
+    """A coded concept (SNOMED CT from a manifest, or the box's local scheme, see
+    dicomout/sr.py)."""
+
+    scheme: str
+    value: str
+    meaning: str
+
+
+@dataclass(frozen=True)
+class LabelResult:
+    """One label of one model: its score against the operating threshold."""
+
+    label: str
+    display: str
+    code: CodedTerm | None
+    score: float
+    threshold: float
+    positive: bool
+    priority: str
+
+
+@dataclass(frozen=True)
+class MaskResult:
+    """One mask of one model: its area and outlines, in the source image's pixel coordinates
+    (x = column, y = row, 0-based, of frame `frame`)."""
+
+    label: str
+    display: str
+    code: CodedTerm | None
+    area_px: int
+    area_mm2: float | None  # None: the image has no physical pixel spacing
+    outlines: tuple[tuple[tuple[float, float], ...], ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def positive(self) -> bool:
+        return self.area_px > 0
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    """What one model said of the image, with its identity, or why it did not."""
+
+    name: str
+    version: str
+    title: str
+    sha256: str
+    backend: str
+    precision: str
+    state: AnalysisState  # findings, held_back or failed
+    reason: str
+    summary: str
+    frame: int  # the key frame, 0-based
+    not_for_clinical_use: bool
+    caution: str
+    labels: tuple[LabelResult, ...] = ()
+    masks: tuple[MaskResult, ...] = ()
+
+
+@dataclass(frozen=True)
+class Remark:
+    """A person's feedback on one finding (agree, disagree, unsure), with who and when."""
+
+    label: str
+    verdict: str
+    comment: str
+    author: str
+    role: str
+    at: str  # ISO 8601, UTC
+
+
+@dataclass(frozen=True)
+class Impression:
+    """A clinician's impression of the study; `final` once signed."""
+
+    text: str
+    author: str
+    role: str
+    at: str  # ISO 8601, UTC
+    final: bool
+
+
+@dataclass(frozen=True)
+class ReportContent:
+    """Everything reported about one analysed image, at one revision.
+
+    `revision` counts from 1; a later revision (final impression, new model, override)
+    replaces the earlier objects, which the builders reference by `replaces` (their SOP
+    Instance UIDs, by kind: "sr", "report").
+    """
+
+    site_name: str
+    state: AnalysisState
+    reason: str
+    summary: str
+    priority: str
+    models: tuple[ModelReport, ...]
+    feedback: tuple[Remark, ...]
+    impression: Impression | None
+    made_at: str  # ISO 8601, UTC
+    revision: int = 1
+    replaces: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def caution(self) -> str:
+        """What the reader must be told first: a demo or not-for-clinical-use model."""
+        notes = [
+            m.caution or f"{m.title} is not for clinical use."
+            for m in self.models
+            if m.not_for_clinical_use
+        ]
+        return " ".join(dict.fromkeys(notes))
+
+
+@dataclass(frozen=True)
+class ReportPictures:
+    """The pictures a printed report shows: the image as displayed, and the heatmap or outline
+    overlays (label, PNG) drawn over it."""
+
+    image_png: bytes | None
+    overlays: tuple[tuple[str, bytes], ...] = ()

@@ -35,6 +35,16 @@ class Paths:
         return self.data_dir / "worker.bell"
 
     @property
+    def outputs(self) -> Path:
+        """The DICOM objects the box made for the clinic's record (SR, heatmaps, PDF)."""
+        return self.data_dir / "outputs"
+
+    @property
+    def sender_bell(self) -> Path:
+        """The sender's wake-up socket: rung when deliveries are queued."""
+        return self.data_dir / "sender.bell"
+
+    @property
     def results(self) -> Path:
         """Heatmaps, overlays and masks stored beside findings."""
         return self.data_dir / "results"

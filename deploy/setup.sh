@@ -38,9 +38,13 @@ apt_install() {
 }
 
 if command -v apt-get >/dev/null; then
-  packages=(python3-venv)
-  # Tests: DCMTK as a DICOM peer; Chromium (and a font for its screenshots) as the browser.
-  [ $want_test -eq 1 ] && packages+=(dcmtk chromium fonts-dejavu-core)
+  # The PDF report embeds DejaVu Sans, which covers the patients' names in Latin, Greek and
+  # Cyrillic scripts.
+  packages=(python3-venv fonts-dejavu-core)
+  # Tests: DCMTK as a DICOM peer and SR reader; Orthanc as the clinic's PACS; dicom3tools'
+  # dciodvfy to validate every object the box writes; poppler's pdftotext to read reports
+  # back; Chromium as the browser.
+  [ $want_test -eq 1 ] && packages+=(dcmtk orthanc dicom3tools poppler-utils chromium)
   apt_install "${packages[@]}"
 fi
 

@@ -12,8 +12,8 @@ from typing import NamedTuple
 
 from pydicom.uid import PYDICOM_ROOT_UID, UID, generate_uid
 
-# pydicom's registered root, under which `generate_uid` makes UIDs by default. The box has no
-# organisation root of its own; a site that has one changes it here, in this one place.
+# pydicom's registered root, under which `generate_uid` makes UIDs by default; a site with an
+# organisation root of its own sets `outputs.uid_root`, which the builders pass as `root`.
 UID_ROOT = PYDICOM_ROOT_UID
 
 
@@ -25,11 +25,12 @@ class ObjectUids(NamedTuple):
     instance: UID
 
 
-def deterministic_uid(*parts: object) -> UID:
-    """A UID under UID_ROOT that depends only on `parts` (each turned into text).
+def deterministic_uid(*parts: object, root: str = UID_ROOT) -> UID:
+    """A UID under `root` that depends only on `parts` (each turned into text).
 
     Each part is sent as 'length:text', since `generate_uid` joins its sources without a
     separator: ("ab", "c") and ("a", "bc") must not give the same UID.
     """
     sources = [f"{len(text)}:{text}" for text in map(str, parts)]
-    return generate_uid(prefix=UID_ROOT, entropy_srcs=sources)
+    prefix = root if root.endswith(".") else f"{root}."
+    return generate_uid(prefix=prefix, entropy_srcs=sources)

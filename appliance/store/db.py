@@ -262,6 +262,62 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN skip_plausibility INTEGER NOT NULL DEFAULT 0
         CHECK (skip_plausibility IN (0, 1));
     """,
+    # 7: results for the clinic's record. `outputs` are the DICOM objects the box made of an
+    # analysed image (SR, heatmap Secondary Captures, Encapsulated PDF), one row per object and
+    # revision; a later revision (final impression, override, new model) references the one
+    # it replaces. `deliveries` is the sender's durable outbox: one row per object (or received
+    # original) and destination, with its state, attempts, next try and last reason.
+    # `destination_status` is what the sender last saw of each destination. Jobs of kind
+    # 'outputs' build the objects; `purpose` says why (findings, final, manual:<destination>).
+    """
+    ALTER TABLE jobs ADD COLUMN purpose TEXT NOT NULL DEFAULT '';
+    CREATE TABLE outputs (
+        id INTEGER PRIMARY KEY,
+        instance_ref INTEGER NOT NULL REFERENCES instances(id),
+        study_ref INTEGER NOT NULL REFERENCES studies(id),
+        kind TEXT NOT NULL CHECK (kind IN ('sr', 'heatmap', 'report')),
+        label TEXT NOT NULL DEFAULT '',
+        sop_class_uid TEXT NOT NULL,
+        sop_instance_uid TEXT NOT NULL UNIQUE,
+        series_instance_uid TEXT NOT NULL,
+        file_name TEXT NOT NULL UNIQUE,
+        size_bytes INTEGER NOT NULL,
+        revision INTEGER NOT NULL,
+        replaces_ref INTEGER REFERENCES outputs(id),
+        fingerprint TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        made_at TEXT NOT NULL
+    );
+    CREATE INDEX outputs_by_instance ON outputs(instance_ref, revision);
+    CREATE INDEX outputs_by_study ON outputs(study_ref);
+    CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY,
+        destination TEXT NOT NULL,
+        output_ref INTEGER REFERENCES outputs(id),
+        original_ref INTEGER REFERENCES instances(id),
+        study_ref INTEGER NOT NULL REFERENCES studies(id),
+        sop_instance_uid TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('waiting', 'sending', 'sent', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_try REAL NOT NULL DEFAULT 0,
+        last_reason TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        sent_at TEXT,
+        CHECK ((output_ref IS NULL) != (original_ref IS NULL)),
+        UNIQUE (destination, sop_instance_uid)
+    );
+    CREATE INDEX deliveries_due ON deliveries(destination, state, next_try);
+    CREATE INDEX deliveries_by_study ON deliveries(study_ref, destination);
+    CREATE TABLE destination_status (
+        name TEXT PRIMARY KEY,
+        reachable INTEGER,
+        failures INTEGER NOT NULL DEFAULT 0,
+        next_try REAL NOT NULL DEFAULT 0,
+        detail TEXT NOT NULL DEFAULT '',
+        checked_at TEXT NOT NULL
+    );
+    """,
 ]
 
 

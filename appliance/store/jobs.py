@@ -24,6 +24,10 @@ from appliance.store.db import rollback, transaction, utc_now
 ANALYSE = "analyse"
 PICTURES = "pictures"  # heatmaps and overlays of a saved analysis: after every analysis
 PICTURES_MAX_WAIT_S = 30.0  # a stream of images that never pauses must not starve pictures
+# The objects for the clinic's record (SR, heatmaps, PDF) and their deliveries: after the
+# pictures of an analysis, and when a clinician finalises or asks to send again. `purpose` says
+# which: findings, final, or manual:<destination>.
+OUTPUTS = "outputs"
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class Job:
     attempts: int
     max_attempts: int
     skip_plausibility: bool = False  # "analyse anyway", asked for by a user (held_back.py)
+    purpose: str = ""  # outputs jobs: findings | final | manual:<destination>
 
 
 def enqueue(
@@ -42,13 +47,14 @@ def enqueue(
     max_attempts: int,
     kind: str = ANALYSE,
     skip_plausibility: bool = False,
+    purpose: str = "",
 ) -> int:
     """Queue a job for an instance inside the caller's transaction; return its id."""
     now = utc_now()
     cur = conn.execute(
         "INSERT INTO jobs (instance_ref, kind, state, max_attempts, created_at, updated_at,"
-        " skip_plausibility) VALUES (?, ?, 'queued', ?, ?, ?, ?)",
-        (instance_id, kind, max_attempts, now, now, int(skip_plausibility)),
+        " skip_plausibility, purpose) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)",
+        (instance_id, kind, max_attempts, now, now, int(skip_plausibility), purpose),
     )
     return int(cur.lastrowid or 0)
 
@@ -61,7 +67,7 @@ _ANY_DUE = (
     " AND (kind != 'pictures' OR :quiet OR created_at <= :overdue) LIMIT 1"
 )
 _NEXT_DUE = (
-    "SELECT id, instance_ref, kind, attempts, max_attempts, skip_plausibility FROM jobs"
+    "SELECT id, instance_ref, kind, attempts, max_attempts, skip_plausibility, purpose FROM jobs"
     " WHERE state = 'queued' AND run_after <= :now"
     " AND (kind != 'pictures' OR :quiet OR created_at <= :overdue)"
     " ORDER BY kind = 'pictures', id LIMIT 1"
@@ -96,6 +102,7 @@ def claim(conn: sqlite3.Connection, owner: str, lease_s: float, quiet_s: float =
         row["attempts"] + 1,
         row["max_attempts"],
         bool(row["skip_plausibility"]),
+        row["purpose"],
     )
 
 
@@ -228,7 +235,7 @@ def _requeue_or_fail(
     )
     if not exhausted:
         return
-    if row["kind"] == PICTURES:  # the findings stand; only their pictures are missing
-        audit.append(conn, "system", "pictures.failed", f"job:{row['id']}", reason=error)
+    if row["kind"] in (PICTURES, OUTPUTS):  # the findings stand; only these are missing
+        audit.append(conn, "system", f"{row['kind']}.failed", f"job:{row['id']}", reason=error)
     elif on_failed is not None:
         on_failed(conn, row["id"], row["instance_ref"], error)

@@ -18,14 +18,17 @@ from appliance.paths import fsync_dir
 
 
 class ResultFiles:
-    """The results folder: `xx/<random>.png` files referenced from the artifacts table."""
+    """A results folder: `xx/<random><suffix>` files referenced from a table (pictures from
+    `artifacts`, DICOM objects for the clinic's record from `outputs`)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, suffix: str = ".png") -> None:
         self.root = root  # created by the first write: a receiver-only box never has one
         self.tmp = root / "tmp"
+        self.suffix = suffix
 
-    def write_all(self, contents: Sequence[bytes], suffix: str = ".png") -> list[str]:
+    def write_all(self, contents: Sequence[bytes]) -> list[str]:
         """Store each item durably; return their names in order."""
+        suffix = self.suffix
         if not contents:
             return []
         self.tmp.mkdir(parents=True, exist_ok=True)
@@ -74,7 +77,7 @@ class ResultFiles:
             return 0
         cutoff = time.time() - older_than_s
         removed = 0
-        for path in [*self.root.glob("*/*.png"), *self.tmp.glob("*.part")]:
+        for path in [*self.root.glob(f"*/*{self.suffix}"), *self.tmp.glob("*.part")]:
             name = f"{path.parent.name}/{path.name}"
             if name in referenced or path.stat().st_mtime >= cutoff:
                 continue

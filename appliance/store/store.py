@@ -18,7 +18,7 @@ from appliance.domain import (
 )
 from appliance.errors import StoreError
 from appliance.paths import Paths, resolve_paths
-from appliance.store import analyses, audit, jobs
+from appliance.store import analyses, audit, jobs, outbox
 from appliance.store.db import connect, migrate, rollback
 from appliance.store.doorbell import Doorbell
 from appliance.store.ingest import ingest
@@ -40,6 +40,7 @@ class Store:
             paths.data_dir.mkdir(parents=True, exist_ok=True)
             self.spool = Spool(paths.spool, free_space_floor_bytes=floor)
             self.results = ResultFiles(paths.results)
+            self.outputs = ResultFiles(paths.outputs, suffix=".dcm")
             self.doorbell = Doorbell(paths.doorbell)
             self.schema_version = migrate(self.conn, paths.data_dir / ".migrate.lock")
         except (OSError, sqlite3.OperationalError) as exc:
@@ -146,9 +147,11 @@ class Store:
         return True
 
     def sweep_results(self) -> int:
-        """Remove picture files no finding refers to (left by a crash before their commit)."""
+        """Remove picture and output files no row refers to (left by a crash before their
+        commit)."""
         rows = self.conn.execute("SELECT file_name FROM artifacts").fetchall()
-        return self.results.sweep_unreferenced({row[0] for row in rows})
+        swept = self.results.sweep_unreferenced({row[0] for row in rows})
+        return swept + self.outputs.sweep_unreferenced(outbox.output_files(self.conn))
 
     def pending_pictures(self, instance_id: int) -> list[sqlite3.Row]:
         return analyses.pending_pictures(self.conn, instance_id)

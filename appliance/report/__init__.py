@@ -1,0 +1,1 @@
+"""The printed report: findings in plain words, as a PDF made on the box."""
