@@ -280,6 +280,24 @@ class ReportContent:
 
 
 @dataclass(frozen=True)
+class ReportHeader:
+    """Who and what a printed report is about, as text from the source image's header
+    (DICOM dates as YYYYMMDD, names as written there with ^ between parts)."""
+
+    patient_name: str
+    patient_id: str
+    birth_date: str
+    sex: str
+    study_date: str
+    study_time: str
+    accession_number: str
+    study_description: str
+    modality: str
+    body_part: str
+    sop_instance_uid: str
+
+
+@dataclass(frozen=True)
 class ReportPictures:
     """The pictures a printed report shows: the image as displayed, and the heatmap or outline
     overlays (label, PNG) drawn over it."""
