@@ -14,6 +14,7 @@ from pathlib import Path
 
 from appliance import __version__, bench
 from appliance.cli import capture, config, demo, dicom, infer, model, roles, status
+from appliance.cli import export as export_cmd
 from appliance.errors import ApplianceError
 
 
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.register(sub)
     capture.register(sub)  # capture probe
     demo.register(sub)  # demo-data
+    export_cmd.register(sub)  # export (a study to a USB stick)
     return parser
 
 

@@ -2,7 +2,14 @@
 
 Both tables are append-only (triggers refuse updates): a changed mind is a newer row, the
 newest one counts, and the history stays for audit. The model's findings rows are never
-touched. Each entry is written together with its audit row in one transaction.
+touched. Each entry is written together with its audit row in one transaction; the audit row
+carries the words themselves (the comment, the impression's text), so the trail shows what was
+said even to someone who reads only the trail.
+
+A final impression is what the clinic's record waits for: in the same transaction it queues an
+outputs job for each analysed image of the study (purpose "final"), so the worker rebuilds the
+SR and the PDF report with the impression and queues their deliveries. The caller rings the
+worker's doorbell after the commit.
 """
 
 from __future__ import annotations
@@ -10,15 +17,16 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from appliance.store import audit
+from appliance.store import audit, outbox
 from appliance.store.db import transaction, utc_now
 from appliance.store.refused import Refused
 
 VERDICTS = ("agree", "disagree", "unsure")
 MAX_COMMENT = 1000
 MAX_IMPRESSION = 4000
+FINAL_PURPOSE = "final"  # the outputs jobs a final impression queues (see store.jobs)
 
 
 class FeedbackError(Refused):
@@ -56,6 +64,7 @@ class Impression:
     username: str
     display_name: str
     at: str
+    outputs_queued: int = 0  # outputs jobs a final impression queued (ring the worker)
 
 
 def add_feedback(
@@ -81,7 +90,15 @@ def add_feedback(
             (finding_id, label, verdict, comment, user_id, at),
         )
         subject = f"finding:{finding_id}"
-        audit.append(conn, actor, "feedback.recorded", subject, label=label, verdict=verdict)
+        audit.append(
+            conn,
+            actor,
+            "feedback.recorded",
+            subject,
+            label=label,
+            verdict=verdict,
+            comment=comment,
+        )
     return _one_feedback(conn, int(cur.lastrowid or 0))
 
 
@@ -116,9 +133,16 @@ def _one_feedback(conn: sqlite3.Connection, feedback_id: int) -> Feedback:
 
 
 def add_impression(
-    conn: sqlite3.Connection, study_id: int, text: str, final: bool, user_id: int, actor: str
+    conn: sqlite3.Connection,
+    study_id: int,
+    text: str,
+    final: bool,
+    user_id: int,
+    actor: str,
+    max_attempts: int = 3,
 ) -> Impression:
-    """Record a user's impression of a study (the caller checks who may mark it final).
+    """Record a user's impression of a study (the caller checks who may mark it final); a
+    final one also queues the study's outputs jobs (`max_attempts` each: jobs.max_attempts).
 
     Line breaks count as one character: browsers send a textarea's as CR LF, while its
     `maxlength` counts them as one.
@@ -133,8 +157,18 @@ def add_impression(
             "INSERT INTO impressions (study_ref, user_ref, text, final, at) VALUES (?, ?, ?, ?, ?)",
             (study_id, user_id, text, int(final), utc_now()),
         )
-        audit.append(conn, actor, "impression.recorded", f"study:{study_id}", final=final)
-    return _one_impression(conn, int(cur.lastrowid or 0))
+        queued = outbox.request_outputs(conn, study_id, FINAL_PURPOSE, max_attempts) if final else 0
+        audit.append(
+            conn,
+            actor,
+            "impression.recorded",
+            f"study:{study_id}",
+            final=final,
+            text=text,
+            outputs_queued=queued,
+        )
+    entry = _one_impression(conn, int(cur.lastrowid or 0))
+    return replace(entry, outputs_queued=queued)
 
 
 _IMPRESSIONS = (

@@ -15,7 +15,19 @@ from flask import Flask
 from appliance.config import Settings
 from appliance.paths import Paths, resolve_paths
 from appliance.store import Store, kv, open_store, users
-from appliance.web import admin, auth, health, i18n, imports, live, security, study, worklist
+from appliance.web import (
+    admin,
+    auth,
+    export,
+    health,
+    i18n,
+    imports,
+    live,
+    security,
+    sending,
+    study,
+    worklist,
+)
 from appliance.web.db import SETTINGS, STORE, store_of
 from appliance.web.params import BoundedInt
 
@@ -44,7 +56,17 @@ def create_app(settings: Settings, paths: Paths | None = None, **overrides: Any)
     app.url_map.converters["int"] = BoundedInt  # ids past SQLite's integers: 404, not 500
     i18n.init_app(app)
     security.init_app(app)
-    areas = (auth.bp, health.bp, worklist.bp, study.bp, imports.bp, admin.bp, live.bp)
+    areas = (
+        auth.bp,
+        health.bp,
+        worklist.bp,
+        study.bp,
+        sending.bp,
+        export.bp,
+        imports.bp,
+        admin.bp,
+        live.bp,
+    )
     for blueprint in areas:
         app.register_blueprint(blueprint)
     return app

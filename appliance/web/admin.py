@@ -33,6 +33,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from appliance.store import status, users
 from appliance.store.db import transaction
 from appliance.web.db import get_conn, get_settings, get_store
+from appliance.web.health import destination_health, with_sender
 from appliance.web.i18n import error_text, t
 from appliance.web.params import whole_number
 from appliance.web.security import ViewResult
@@ -204,7 +205,10 @@ def health() -> str:
         floor=floor,
         low=free < floor,
         summary=store.summary(),
-        roles=[(name, states.get(name)) for name in _role_names(states)],
+        roles=[
+            (name, states.get(name)) for name in with_sender(_role_names(states), get_settings())
+        ],
+        destinations=destination_health(store),
         receiver=states.get("receiver"),
         worker=states.get("worker"),
         loaded=[m for m in status.installed_models(conn) if m.state == "loaded"],

@@ -42,6 +42,7 @@ from appliance.web.i18n import error_text, t
 from appliance.web.params import whole_number
 from appliance.web.pictures import cached_render, render_frame
 from appliance.web.security import roles_required
+from appliance.web.sending import SENDERS, sending_panel
 from appliance.web.worklist import patient_name, utc_text
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,9 @@ def view(study_id: int) -> str:
         impressions=feedback.impressions_for(conn, study_id),
         may_finalize=g.user.role in FINALIZERS,
         may_analyse_anyway=g.user.role in ANYWAY_ROLES,
+        may_send=g.user.role in SENDERS,
+        sending=sending_panel(conn, study_id, get_settings(), images),
+        site_name=get_settings().site_name,
         utc_text=utc_text,
     )
 
@@ -470,16 +474,17 @@ def add_impression(study_id: int) -> WerkzeugResponse | tuple[WerkzeugResponse, 
     text = data.get("text", "")
     if not isinstance(text, str):
         abort(400)
+    actor, max_attempts = f"ui:{g.user.username}", get_settings().jobs.max_attempts
     try:
-        entry = feedback.add_impression(
-            conn, study_id, text, final, g.user.id, f"ui:{g.user.username}"
-        )
+        entry = feedback.add_impression(conn, study_id, text, final, g.user.id, actor, max_attempts)
     except feedback.FeedbackError as exc:
         if _wants_json():
             abort(400)
         too_long = exc.reason == "too_long"
         flash(t("study.impression_too_long" if too_long else "study.impression_needs_text"))
         return redirect(url_for("study.view", study_id=study_id) + "#impression")
+    if entry.outputs_queued:  # final: the worker rebuilds the SR and report with it
+        get_store().doorbell.ring()
     if _wants_json():
         saved = {"id": entry.impression_id, "final": entry.final, "user": entry.username}
         return jsonify(impression={**saved, "at": entry.at})
