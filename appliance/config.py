@@ -346,7 +346,7 @@ class SenderSettings(_Section):
     """How the sender retries a destination that is down: capped exponential back-off."""
 
     retry_min_s: float = Field(5.0, ge=0.1, le=3600)
-    retry_max_s: float = Field(600.0, ge=1, le=86400)
+    retry_max_s: float = Field(120.0, ge=1, le=86400)
     # Objects sent on one association before it is released and the queue looked at again.
     batch: int = Field(50, ge=1, le=1000)
     connect_timeout_s: float = Field(10.0, gt=0, le=600)

@@ -18,7 +18,7 @@ from types import FrameType
 
 log = logging.getLogger(__name__)
 
-ROLES = ["receiver", "worker", "ui"]
+ROLES = ["receiver", "worker", "sender", "ui"]
 MAX_BACKOFF_S = 30.0
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 

@@ -171,8 +171,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
-def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
-    """Settings for tests: data under tmp_path, loopback on a free port, no free-space floor."""
+def make_settings(tmp_path: Path, **sections: Any) -> Settings:
+    """Settings for tests: data under tmp_path, loopback on a free port, no free-space floor.
+
+    A section given as a mapping is merged into these; anything else (a list of destinations,
+    the site name) replaces the value."""
     receiver_port, ui_port = free_ports(2)
     data: dict[str, Any] = {
         "storage": {"data_dir": str(tmp_path / "data"), "free_space_floor_mb": 0},
@@ -180,7 +183,10 @@ def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
         "ui": {"bind_address": "127.0.0.1", "port": ui_port},
     }
     for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
+        if isinstance(values, dict):
+            data.setdefault(name, {}).update(values)
+        else:
+            data[name] = values
     return Settings.model_validate(data)
 
 
@@ -407,3 +413,23 @@ def screenshots(tmp_path: Path) -> Iterator[Screenshots]:
     yield shots
     if shots.taken:
         print(f"\nscreenshots: {shots.folder}")
+
+
+# --- Orthanc as the clinic's PACS (Debian's orthanc package; .ci installs it) ------------------
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Any]:
+    """A running Orthanc (appliance.bench.harness.orthanc.Orthanc) on free loopback ports with
+    its own storage under tmp_path; stopped at teardown, also after a test stopped it. A
+    machine without Orthanc skips the test, saying so."""
+    from appliance.bench.harness.orthanc import Orthanc, orthanc_executable
+
+    try:
+        orthanc_executable()
+    except BenchError as exc:
+        pytest.skip(str(exc))
+    server = Orthanc(tmp_path / "orthanc")
+    server.start()
+    yield server
+    server.stop()

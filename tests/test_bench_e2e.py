@@ -82,7 +82,7 @@ def test_memory_and_cold_start_are_measured(run: Run) -> None:
     report = run[1]
     roles = {m["role"]: m for m in report["memory"]}
 
-    assert set(roles) == {"receiver", "worker", "ui"}
+    assert set(roles) == {"receiver", "worker", "sender", "ui"}
     for memory in roles.values():
         assert 0 < memory["rss_mb"] <= memory["hwm_mb"]
     measured = [roles["receiver"]["hwm_mb"], roles["worker"]["hwm_mb"]]

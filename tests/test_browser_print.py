@@ -17,6 +17,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 import yaml
+
+from appliance.config import Settings
+from appliance.store import feedback, open_store, outbox, users
+from appliance.store.db import transaction
+
+from browser_fixtures import Guarded, Screenshots, layout_problems, needs_chromium, playwright_api
+from conftest import RoleProcess
 from test_web_sending import (
     CAUTION,
     DESTINATIONS,
@@ -27,13 +34,6 @@ from test_web_sending import (
     queue_objects,
     record_objects,
 )
-
-from appliance.config import Settings
-from appliance.store import feedback, open_store, outbox, users
-from appliance.store.db import transaction
-
-from browser_fixtures import Guarded, Screenshots, layout_problems, needs_chromium, playwright_api
-from conftest import RoleProcess
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page

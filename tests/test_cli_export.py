@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_dicomout_fileset import original_chest, read_fileset
-from test_web_sending import Template, make_template, put_file
 
 from appliance.cli import main
 from appliance.config import Settings
@@ -22,6 +20,8 @@ from appliance.store import Store, open_store
 from appliance.store.audit import recent
 
 from conftest import REPO, make_settings
+from test_dicomout_fileset import original_chest, read_fileset
+from test_web_sending import Template, make_template, put_file
 
 
 @pytest.fixture(scope="module")

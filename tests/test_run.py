@@ -53,7 +53,11 @@ def start_run(tmp_path: Path) -> tuple[subprocess.Popen[str], Peer]:
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        wait_for(lambda: answers(peer) and set(role_pids(run.pid)) == {"receiver", "worker", "ui"})
+        wait_for(
+            lambda: (
+                answers(peer) and set(role_pids(run.pid)) == {"receiver", "worker", "sender", "ui"}
+            )
+        )
     except BaseException:
         run.kill()
         raise

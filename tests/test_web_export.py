@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
-from test_dicomout_fileset import read_fileset
-from test_web_sending import Box, Template, add_outputs, make_template, open_box, plain_text
 
 from appliance.store import outbox
 from appliance.store.audit import recent
+
+from test_dicomout_fileset import read_fileset
+from test_web_sending import Box, Template, add_outputs, make_template, open_box, plain_text
 
 
 @pytest.fixture(scope="module")

@@ -29,13 +29,6 @@ from flask import Flask
 from flask.testing import FlaskClient
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from test_dicomout_fileset import (
-    encapsulated_pdf,
-    heatmap_sc,
-    original_chest,
-    small_pdf,
-    text_sr,
-)
 
 from appliance.config import Settings
 from appliance.domain import Analysis, AnalysisState, ArtifactRecord, ModelOutcome, Origin, Source
@@ -47,6 +40,13 @@ from appliance.store.doorbell import Listener
 from appliance.web import create_app, store_of
 
 from conftest import make_settings, sign_in
+from test_dicomout_fileset import (
+    encapsulated_pdf,
+    heatmap_sc,
+    original_chest,
+    small_pdf,
+    text_sr,
+)
 
 USERS = {"admin": "admin0", "technologist": "tech1", "clinician": "doc1"}  # PIN 2468
 CAUTION = "Demo model trained on synthetic images only. Not for clinical use."

@@ -443,7 +443,7 @@ def test_the_api_reports_an_arriving_image_and_its_findings(seeded: Seeded) -> N
         [new] = [row for row in arrived.json["rows"] if row["patient_id"] == "NEW-007"]
         assert (new["state"], new["triage"], new["top_finding"]) == ("received", "pending", "")
         assert api(seeded, v=arrived.json["version"]).status_code == 304
-        assert drain(worker) == 2  # its analysis, then its pictures
+        assert drain(worker) == 3  # its analysis, its pictures, its outputs
     finally:
         worker.close()
     done = api(seeded, v=arrived.json["version"])

@@ -82,7 +82,7 @@ def test_a_chest_radiograph_gets_findings_heatmaps_triage_and_audit(
     conn = store.conn
     [finding] = findings_of(conn, instance)
     assert artifacts_of(conn, finding["id"]) == []  # pictures follow in their own job
-    assert drain(worker) == 1
+    assert drain(worker) == 2  # the pictures, then the objects for the clinic's record
     analysis = analysis_of(conn, instance)
     assert (analysis["state"], analysis["priority"]) == ("findings", "urgent")
     [finding] = findings_of(conn, instance)
@@ -114,7 +114,11 @@ def test_a_chest_radiograph_gets_findings_heatmaps_triage_and_audit(
     assert detail["model_sha256"] == package.model_hash("int8") and detail["duration_ms"] > 0
     assert detail["outcome"] == "findings" and inference["subject"] == f"instance:{instance}"
     kinds_done = conn.execute("SELECT kind, state FROM jobs ORDER BY id").fetchall()
-    assert [tuple(row) for row in kinds_done] == [("analyse", "done"), ("pictures", "done")]
+    assert [tuple(row) for row in kinds_done] == [
+        ("analyse", "done"),
+        ("pictures", "done"),
+        ("outputs", "done"),
+    ]
     [pictures] = audit_rows(conn, "pictures")
     assert pictures["detail"]["pictures"] == 2 * len(explained)
 
@@ -206,7 +210,7 @@ def test_a_held_back_chest_analysed_anyway_gets_marked_findings_and_triage(
     ]
     assert "blank" in request["detail"]["reason"]
 
-    assert drain(worker) == 2  # the analysis, then its pictures: one job for both requests
+    assert drain(worker) == 3  # analysis, pictures and outputs: one set for both requests
     analysis = analysis_of(store.conn, instance)
     assert (analysis["state"], analysis["job_ref"]) == ("findings", asked.job_id)
     old, new = findings_of(store.conn, instance)
@@ -273,7 +277,7 @@ def test_a_failing_model_ends_failed_after_its_attempts_and_others_go_on(
     )
     pelvis = put_dataset(store, cr_of("PELVIS"), tmp_path, "pelvis.dcm")
     chest = put_dataset(store, effusion_chest(), tmp_path, "chest.dcm")
-    assert drain(worker) == 4  # pelvis twice, chest's analysis and pictures once
+    assert drain(worker) == 6  # pelvis twice, chest's analysis and pictures, outputs of both
     failed = analysis_of(store.conn, pelvis)
     assert failed["state"] == "failed" and "test-broken" in failed["reason"]
     job = store.conn.execute(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from appliance.bench import capture, e2e, inference, ingest, ui
+from appliance.bench import capture, e2e, inference, ingest, outputs, ui
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,3 +24,4 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     e2e.add_parser(benchmarks)
     ui.add_parser(benchmarks)
     capture.add_parser(benchmarks)
+    outputs.add_parser(benchmarks)

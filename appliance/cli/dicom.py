@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from appliance.cli.common import Subcommands
+from appliance.cli.common import Subcommands, settings_from
 from appliance.errors import ApplianceError
 
 
@@ -20,10 +20,12 @@ def register(sub: Subcommands) -> None:
     send.add_argument("--aet", default="APPLIANCE-SCU", help="our (calling) AE title")
     send.add_argument("--aec", default="APPLIANCE", help="the peer's (called) AE title")
     send.set_defaults(func=cmd_send)
-    echo = sub.add_parser("echo", help="C-ECHO a DICOM peer")
-    echo.add_argument("peer", metavar="HOST:PORT")
-    echo.add_argument("--aet", default="APPLIANCE-SCU")
-    echo.add_argument("--aec", default="APPLIANCE")
+    echo = sub.add_parser(
+        "echo", help="C-ECHO a DICOM peer, or a configured destination by its name"
+    )
+    echo.add_argument("peer", metavar="HOST:PORT|NAME")
+    echo.add_argument("--aet", default="APPLIANCE-SCU", help="our AE title (HOST:PORT only)")
+    echo.add_argument("--aec", default="APPLIANCE", help="its AE title (HOST:PORT only)")
     echo.set_defaults(func=cmd_echo)
 
 
@@ -45,10 +47,43 @@ def cmd_send(args: argparse.Namespace) -> int:
 def cmd_echo(args: argparse.Namespace) -> int:
     from appliance.dicomout.scu import Peer, echo, parse_peer
 
+    if ":" not in args.peer:
+        return echo_destination(args)
     host, port = parse_peer(args.peer)
     status = echo(Peer(host, port, args.aec, args.aet))
     print(f"C-ECHO {args.aec}@{host}:{port}: status 0x{status:04X}")
     return 0 if status == 0 else 1
+
+
+def echo_destination(args: argparse.Namespace) -> int:
+    """C-ECHO a configured destination as the sender would reach it (its host, port and AE
+    titles, the sender's connect timeout) and say in plain words whether it answers."""
+    from appliance.dicomout.scu import AssociationError, Peer, echo
+    from appliance.sender import reasons
+
+    settings = settings_from(args)
+    destination = settings.destination(args.peer)
+    if destination is None:
+        known = ", ".join(d.name for d in settings.destinations) or "none"
+        raise ApplianceError(
+            f"{args.peer!r} is neither HOST:PORT nor a configured destination (configured: {known})"
+        )
+    calling = settings.calling_ae_title(destination)
+    peer = Peer(destination.host, destination.port, destination.called_ae_title, calling)
+    print(f"{destination.name}: {peer.where}, calling AE {calling!r}")
+    try:
+        status = echo(peer, settings.sender.connect_timeout_s)
+    except AssociationError as exc:
+        print(f"{destination.name}: NOT reachable: {reasons.association_failed(exc, peer)}")
+        return 1
+    if status == 0:
+        print(f"{destination.name}: reachable: it answered the echo [status 0x0000]")
+        return 0
+    if status < 0:
+        print(f"{destination.name}: NOT reachable: it did not answer the echo")
+    else:
+        print(f"{destination.name}: it answered the echo with a failure [status 0x{status:04X}]")
+    return 1
 
 
 def expand(paths: list[Path]) -> list[Path]:

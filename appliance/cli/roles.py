@@ -1,4 +1,4 @@
-"""`appliance run`, `receiver`, `worker` and `ui`: start one role, or all of them.
+"""`appliance run`, `receiver`, `worker`, `sender` and `ui`: start one role, or all of them.
 
 Each role's module is imported by its own command only: the receiver has no need of Flask,
 nor the UI of the runtime.
@@ -19,6 +19,9 @@ def register(sub: Subcommands) -> None:
     sub.add_parser("worker", help="run the worker role (analyses images)").set_defaults(
         func=cmd_worker
     )
+    sub.add_parser(
+        "sender", help="run the sender role (delivers results to the PACS)"
+    ).set_defaults(func=cmd_sender)
     sub.add_parser("ui", help="run the touchscreen web UI role").set_defaults(func=cmd_ui)
 
 
@@ -51,6 +54,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     return serve(settings, resolve_paths(settings), OPENERS)  # the demo's sources too
+
+
+def cmd_sender(args: argparse.Namespace) -> int:
+    from appliance.sender.role import serve
+
+    settings = settings_from(args)
+    return serve(settings, resolve_paths(settings))
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

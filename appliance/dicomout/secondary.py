@@ -246,7 +246,8 @@ def _series_and_equipment(ds: Dataset, details: PictureDetails, series_uid: str)
         ds.BodyPartExamined = details.body_part
     if details.view:
         ds.ViewPosition = details.view  # read by the worker's routing, as for CR/DX
-    ds.Laterality = ""
+    if not details.body_part:  # Type 2C: required (empty) only when no unpaired part is named
+        ds.Laterality = ""
     ds.Manufacturer = ""
     ds.ConversionType = "WSD"  # workstation: a picture brought in by a person
 

@@ -34,3 +34,25 @@ def deterministic_uid(*parts: object, root: str = UID_ROOT) -> UID:
     sources = [f"{len(text)}:{text}" for text in map(str, parts)]
     prefix = root if root.endswith(".") else f"{root}."
     return generate_uid(prefix=prefix, entropy_srcs=sources)
+
+
+def output_uids(
+    kind: str,
+    study_uid: str,
+    source_uid: str,
+    fingerprint: str,
+    label: str = "",
+    root: str = UID_ROOT,
+) -> ObjectUids:
+    """The UIDs of an object the box writes about an analysed image (`kind`: "sr", "heatmap",
+    "report"), in the source image's study.
+
+    The series depends only on the kind and the study, so that all SRs (or heatmaps, or PDF
+    reports) of a study gather in one series of their own, whatever image or revision they
+    come from. The instance depends on the kind, the source image, the content's `fingerprint`
+    (what was reported, at which revision) and, for heatmaps, the label: the same content
+    built again is the same instance (a duplicate at the peer), a new revision a new one.
+    """
+    series = deterministic_uid("output-series", kind, study_uid, root=root)
+    instance = deterministic_uid("output-instance", kind, source_uid, fingerprint, label, root=root)
+    return ObjectUids(UID(study_uid), series, instance)

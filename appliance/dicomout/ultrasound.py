@@ -170,6 +170,7 @@ def _series_and_equipment(ds: Dataset, series_uid: str, device: str, taken: date
     ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber = None
     ds.SeriesDescription = "Video capture"
+    ds.Laterality = ""  # Type 2C: no body part is named, so present and empty
     ds.Manufacturer = ""
     ds.ManufacturerModelName = device
     ds.StationName = device[:16]

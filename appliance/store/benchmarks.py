@@ -132,3 +132,52 @@ def pushed_images(conn: sqlite3.Connection, uids: Sequence[str]) -> PushedRows:
 
 def _marks(values: Sequence[object]) -> str:
     return ",".join("?" * len(values))
+
+
+# ---- `appliance bench outputs`: what reached the PACS, and when -------------------------------
+
+
+@dataclass(frozen=True)
+class SrDelivery:
+    """One image's first SR: when its findings were committed, the SR made and acknowledged."""
+
+    source_uid: str
+    committed_at: str
+    made_at: str
+    sent_at: str | None
+
+
+def sr_deliveries(conn: sqlite3.Connection, destination: str) -> list[SrDelivery]:
+    """The first-revision SR of every analysed image queued for `destination`."""
+    rows = conn.execute(
+        "SELECT i.sop_instance_uid, a.updated_at, o.made_at, d.sent_at FROM deliveries d"
+        " JOIN outputs o ON o.id = d.output_ref JOIN instances i ON i.id = o.instance_ref"
+        " JOIN analyses a ON a.instance_ref = i.id"
+        " WHERE d.destination = ? AND o.kind = 'sr' AND o.revision = 1 ORDER BY d.id",
+        (destination,),
+    ).fetchall()
+    return [SrDelivery(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def delivery_states(conn: sqlite3.Connection, destination: str) -> dict[str, int]:
+    """Deliveries to `destination` counted by state."""
+    rows = conn.execute(
+        "SELECT state, COUNT(*) FROM deliveries WHERE destination = ? GROUP BY state",
+        (destination,),
+    ).fetchall()
+    return {row[0]: int(row[1]) for row in rows}
+
+
+def delivered(conn: sqlite3.Connection, destination: str) -> list[tuple[str, str | None, str]]:
+    """(SOP Instance UID, sent_at, created_at) of every delivery to `destination`."""
+    rows = conn.execute(
+        "SELECT sop_instance_uid, sent_at, created_at FROM deliveries WHERE destination = ?",
+        (destination,),
+    ).fetchall()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def unfinished_jobs(conn: sqlite3.Connection) -> int:
+    """Jobs of any kind still queued or running."""
+    row = conn.execute("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')")
+    return int(row.fetchone()[0])

@@ -61,7 +61,7 @@ def enqueue(
 
 # Due: queued and past its retry time. Pictures also wait until no image has arrived for a
 # moment (or until they are old): in a burst, every image gets its findings, and the worklist
-# its order, before any picture is drawn. Analyses go first, then the oldest.
+# its order, before any picture is drawn. Analyses go first, then outputs, then the oldest.
 _ANY_DUE = (
     "SELECT 1 FROM jobs WHERE state = 'queued' AND run_after <= :now"
     " AND (kind != 'pictures' OR :quiet OR created_at <= :overdue) LIMIT 1"
@@ -70,7 +70,7 @@ _NEXT_DUE = (
     "SELECT id, instance_ref, kind, attempts, max_attempts, skip_plausibility, purpose FROM jobs"
     " WHERE state = 'queued' AND run_after <= :now"
     " AND (kind != 'pictures' OR :quiet OR created_at <= :overdue)"
-    " ORDER BY kind = 'pictures', id LIMIT 1"
+    " ORDER BY kind = 'pictures', kind = 'outputs', id LIMIT 1"
 )
 
 

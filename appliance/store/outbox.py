@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from appliance.store import audit, jobs
-from appliance.store.db import utc_now
+from appliance.store.db import transaction, utc_now
 
 WAITING, SENDING, SENT, FAILED = "waiting", "sending", "sent", "failed"
 
@@ -184,12 +184,21 @@ def queue_deliveries(
 # ---- the sender's side ------------------------------------------------------------------------
 
 
-def reset_interrupted(conn: sqlite3.Connection) -> int:
-    """At the sender's start: deliveries a dead sender left `sending` wait again."""
-    cur = conn.execute(
-        "UPDATE deliveries SET state = 'waiting', updated_at = ? WHERE state = 'sending'",
-        (utc_now(),),
-    )
+def reset_interrupted(
+    conn: sqlite3.Connection, actor: str = "sender", destination: str | None = None
+) -> int:
+    """At the sender's start (or of one destination's, after the store could not be
+    written), inside the caller's transaction: deliveries left `sending` wait again, due at
+    once, with an audit row saying how many."""
+    sql = "UPDATE deliveries SET state = 'waiting', updated_at = ? WHERE state = 'sending'"
+    params: tuple[str, ...] = (utc_now(),)
+    if destination is not None:
+        sql += " AND destination = ?"
+        params += (destination,)
+    cur = conn.execute(sql, params)
+    if cur.rowcount:
+        subject = "outbox" if destination is None else f"destination:{destination}"
+        audit.append(conn, actor, "send.interrupted", subject, objects=cur.rowcount)
     return cur.rowcount
 
 
@@ -203,10 +212,25 @@ def due_destinations(conn: sqlite3.Connection, now: float | None = None) -> list
     return [row[0] for row in rows]
 
 
-def next_due(conn: sqlite3.Connection) -> float | None:
-    """When the earliest waiting delivery may be tried (epoch seconds), or None."""
-    row = conn.execute("SELECT MIN(next_try) FROM deliveries WHERE state = 'waiting'").fetchone()
+def next_due(conn: sqlite3.Connection, destination: str | None = None) -> float | None:
+    """When the earliest waiting delivery (of one destination, or of any) may be tried (epoch
+    seconds), or None."""
+    sql = "SELECT MIN(next_try) FROM deliveries WHERE state = 'waiting'"
+    params: tuple[str, ...] = ()
+    if destination is not None:
+        sql += " AND destination = ?"
+        params = (destination,)
+    row = conn.execute(sql, params).fetchone()
     return None if row[0] is None else float(row[0])
+
+
+def known_destinations(conn: sqlite3.Connection) -> set[str]:
+    """Every destination that has deliveries waiting or being sent, or a status row."""
+    rows = conn.execute(
+        "SELECT DISTINCT destination FROM deliveries WHERE state IN ('waiting', 'sending')"
+        " UNION SELECT name FROM destination_status"
+    )
+    return {row[0] for row in rows}
 
 
 def claim(
@@ -214,8 +238,7 @@ def claim(
 ) -> list[Delivery]:
     """Mark up to `limit` due deliveries of a destination `sending` (oldest first)."""
     now = time.time() if now is None else now
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         rows = conn.execute(
             "SELECT d.id, d.destination, d.sop_instance_uid, d.attempts,"
             " COALESCE(o.file_name, i.file_name) AS file_name,"
@@ -230,10 +253,6 @@ def claim(
             "UPDATE deliveries SET state = 'sending', updated_at = ? WHERE id = ?",
             [(utc_now(), row["id"]) for row in rows],
         )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return [
         Delivery(
             r["id"],
@@ -248,7 +267,8 @@ def claim(
 
 
 def mark_sent(conn: sqlite3.Connection, delivery: Delivery, actor: str, detail: str = "") -> None:
-    """The destination acknowledged the object (success or warning status)."""
+    """The destination acknowledged the object (success or warning status); inside the
+    caller's transaction, like the other writes of the sender's side."""
     now = utc_now()
     conn.execute(
         "UPDATE deliveries SET state = 'sent', attempts = attempts + 1, sent_at = ?,"
@@ -388,7 +408,7 @@ def study_deliveries(conn: sqlite3.Connection, study_id: int) -> list[sqlite3.Ro
     """Every delivery of a study's objects and originals, newest revision first."""
     return conn.execute(
         "SELECT d.destination, d.state, d.attempts, d.next_try, d.last_reason, d.sent_at,"
-        " d.updated_at, d.sop_instance_uid, COALESCE(o.kind, 'image') AS kind,"
+        " d.created_at, d.updated_at, d.sop_instance_uid, COALESCE(o.kind, 'image') AS kind,"
         " COALESCE(o.label, '') AS label, o.revision FROM deliveries d"
         " LEFT JOIN outputs o ON o.id = d.output_ref WHERE d.study_ref = ?"
         " ORDER BY d.destination, o.revision DESC, d.id",

@@ -89,7 +89,8 @@ class Store:
         actor: str,
         then_pictures: bool = False,
     ) -> bool:
-        """End a leased job with its analysis (and queue its pictures), in one transaction.
+        """End a leased job with its analysis (and queue its pictures, or its outputs when it
+        has none), in one transaction.
 
         False (and nothing written) when the lease was lost meanwhile: another worker has
         the job now, so its result, not ours, is the one that counts. A failed analysis
@@ -99,10 +100,12 @@ class Store:
 
         def save(conn: sqlite3.Connection) -> None:
             analyses.save_analysis(conn, job.id, job.instance_id, analysis, actor)
-            if then_pictures:
-                jobs.enqueue(conn, job.instance_id, job.max_attempts, kind=jobs.PICTURES)
+            # The objects for the clinic's record follow the pictures, or come at once.
+            kind = jobs.PICTURES if then_pictures else jobs.OUTPUTS
+            purpose = "" if then_pictures else "findings"
+            jobs.enqueue(conn, job.instance_id, job.max_attempts, kind=kind, purpose=purpose)
 
-        return self._finish_with(job, owner, error, save)
+        return self.finish_job(job, owner, error, save)
 
     def attach_pictures(
         self,
@@ -123,16 +126,21 @@ class Store:
             audit.append(
                 conn, actor, "pictures", subject, job=job.id, pictures=pictures, notes=notes
             )
+            jobs.enqueue(
+                conn, job.instance_id, job.max_attempts, kind=jobs.OUTPUTS, purpose="findings"
+            )
 
-        return self._finish_with(job, owner, "", save)
+        return self.finish_job(job, owner, "", save)
 
-    def _finish_with(
+    def finish_job(
         self,
         job: jobs.Job,
         owner: str,
         error: str,
         save: Callable[[sqlite3.Connection], None],
     ) -> bool:
+        """End a leased job (failed with `error` when given) and run `save` in the same
+        transaction; False (nothing written) when the lease was lost meanwhile."""
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:

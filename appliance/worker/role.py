@@ -28,8 +28,9 @@ from appliance.paths import Paths
 from appliance.runtime.errors import InputError
 from appliance.runtime.manifest import manifest_dict
 from appliance.runtime.routing import ImageTags, descriptions
-from appliance.store import Store, jobs, open_store, status
+from appliance.store import Store, audit, jobs, open_store, status
 from appliance.store.doorbell import Doorbell, Listener
+from appliance.worker import outputs
 from appliance.worker.analyse import Draft, analyse
 from appliance.worker.capture.loop import start_capture
 from appliance.worker.models import ModelSet
@@ -164,6 +165,8 @@ class Worker:
         try:
             if job.kind == jobs.PICTURES:
                 self._draw(job, started)
+            elif job.kind == jobs.OUTPUTS:
+                self._make_outputs(job, started)
             else:
                 self._save(job, self._analyse(job), started)
         finally:
@@ -270,8 +273,45 @@ class Worker:
     def _give_up_or_retry(self, job: jobs.Job, reason: str) -> None:
         if job.attempts < job.max_attempts:
             self._retry(job, reason)
-        elif jobs.finish(self.store.conn, job.id, self.owner, reason):
-            self.store.audit(ACTOR, "pictures.failed", f"job:{job.id}", reason=reason)
+            return
+
+        def record(conn: sqlite3.Connection) -> None:
+            audit.append(conn, ACTOR, f"{job.kind}.failed", f"job:{job.id}", reason=reason)
+            if job.kind == jobs.PICTURES:  # the report goes without its pictures
+                jobs.enqueue(
+                    conn, job.instance_id, job.max_attempts, kind=jobs.OUTPUTS, purpose="findings"
+                )
+
+        self.store.finish_job(job, self.owner, reason, record)
+
+    def _make_outputs(self, job: jobs.Job, started: float) -> None:
+        """An outputs job: the objects for the clinic's record and their deliveries."""
+        try:
+            job_plan = outputs.plan(self.store, job.instance_id, job.purpose or "findings")
+            if job_plan is None:
+                self.store.finish_job(job, self.owner, "", lambda conn: None)
+                return
+            built = outputs.build(self.store, self.settings, job_plan)
+            queued = outputs.commit(self.store, job, self.owner, job_plan, built, ACTOR)
+        except Exception as exc:  # a full disk, an unreadable source: retried, then given up
+            log.exception("outputs job %d failed", job.id)
+            self._give_up_or_retry(job, f"{type(exc).__name__}: {exc}")
+            return
+        if queued is None:
+            log.warning("outputs job %d was taken over by another worker", job.id)
+            return
+        if queued:  # wake the sender now rather than at its next look at the queue
+            bell = Doorbell(self.store.paths.sender_bell)
+            bell.ring()
+            bell.close()
+        log.info(
+            "job %d (instance %d): %d object(s), %d delivery(ies) queued in %.0f ms",
+            job.id,
+            job.instance_id,
+            len(built),
+            queued,
+            (time.perf_counter() - started) * 1000,
+        )
 
     def close(self) -> None:
         self.heartbeat.stop()

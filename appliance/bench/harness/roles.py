@@ -39,9 +39,7 @@ APPLIANCE_STOP_TIMEOUT_S = 30.0
 SERVING = re.compile(r"ui: serving on (http://[^\s/]+)/")
 
 
-def write_config(
-    folder: Path, storage: dict[str, Any], **sections: dict[str, Any]
-) -> tuple[Path, Settings]:
+def write_config(folder: Path, storage: dict[str, Any], **sections: Any) -> tuple[Path, Settings]:
     """Default settings but for `storage`, the receiver and the UI on loopback at free ports,
     and `sections`; the file the appliance reads, and the settings this process reads it as."""
     folder.mkdir(parents=True, exist_ok=True)
