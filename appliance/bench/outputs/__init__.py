@@ -5,9 +5,10 @@ destination, an Orthanc server started here as the clinic's PACS. Three scenario
 a steady push of one study (one demo image) per interval, timed from the moment the findings
 are committed (analyses.updated_at) to the SR made (outputs.made_at) and acknowledged by
 Orthanc (deliveries.sent_at, written when its success status arrives; same machine clock);
-an outage, Orthanc stopped during the first half of a push and started again for the second,
-after which every object queued for it must be in Orthanc exactly once by SOP Instance UID,
-with the time it took to drain the backlog once Orthanc was back; and the sender's resident
+an outage, Orthanc stopped during the first half of a push (until the worker has queued all of
+its objects) and started again for the second, after which every object queued for it must be
+in Orthanc exactly once by SOP Instance UID, with the time it took to drain the backlog once
+Orthanc was back; and the sender's resident
 memory with many objects waiting for an unreachable PACS, beside its memory with an empty queue
 right after start. The sender's back-off is the configuration's default.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from appliance.bench.e2e.demo import DemoSet, push
 from appliance.bench.harness import BenchError
-from appliance.bench.harness.command import Bench, progress
+from appliance.bench.harness.command import Bench, progress, report_json
 from appliance.bench.harness.dicom import Sender
 from appliance.bench.harness.options import OptionRow
 from appliance.bench.harness.orthanc import Orthanc, running_orthanc
@@ -107,7 +108,9 @@ def _outage(
     half = options.outage // 2
     progress(NAME, f"outage: Orthanc stopped; pushing {half} images")
     pacs.stop()
+    down = time.time()
     _push_burst(sender, demo, half, offset=options.studies)
+    _wait_jobs(app, options.drain_timeout_s)  # the first half's objects all wait for Orthanc
     pacs.start()
     back = time.time()
     progress(NAME, f"outage: Orthanc back; pushing {options.outage - half} more")
@@ -115,7 +118,9 @@ def _outage(
     _wait_delivered(app, options.drain_timeout_s)
     rows = benchmarks.delivered(app.conn, DESTINATION)
     queued = {uid for uid, _, _ in rows}
-    backlog = [epoch(sent) for _, sent, made in rows if sent is not None and epoch(made) < back]
+    during = [(sent, epoch(made)) for _, sent, made in rows if sent is not None]
+    backlog = [epoch(sent) for sent, made in during if down <= made < back]
+    every = [epoch(sent) for sent, made in during if made >= down]
     entries = pacs.instance_uids()
     return Outage(
         images=options.outage,
@@ -124,7 +129,9 @@ def _outage(
         entries_in_pacs=len(entries),
         missing=len(queued - set(entries)),
         unknown=len(set(entries) - queued),
+        backlog=len(backlog),
         drain_s=max(backlog, default=back) - back,
+        all_sent_s=max(every, default=back) - back,
         retry_min_s=settings.sender.retry_min_s,
         retry_max_s=settings.sender.retry_max_s,
     )
@@ -210,5 +217,6 @@ OUTPUTS = Bench(
     format_report,
     workdir_help="keep the files, the store, Orthanc's storage and the logs in a new folder "
     "under DIR",
+    to_json=report_json,
 )
 add_parser = OUTPUTS.add_parser

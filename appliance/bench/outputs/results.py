@@ -56,7 +56,9 @@ class Outage:
     entries_in_pacs: int  # instances Orthanc lists (a second copy would be a second entry)
     missing: int  # queued, never arrived
     unknown: int  # in Orthanc, never queued (a new UID for an old object would show here)
+    backlog: int  # objects queued while Orthanc was down
     drain_s: float  # Orthanc back -> the last object queued before its return acknowledged
+    all_sent_s: float  # Orthanc back -> every object of the run acknowledged
     retry_min_s: float
     retry_max_s: float
 
@@ -140,6 +142,9 @@ def format_report(report: OutputsReport) -> str:
                 ),
             ]
         ),
+        f"  queued while Orthanc was down: {out.backlog} objects, all acknowledged "
+        f"{out.drain_s:.1f} s after it came back; the whole run's {out.objects} objects "
+        f"{out.all_sent_s:.1f} s after",
         f"  back-off: {out.retry_min_s:g} s doubling to {out.retry_max_s:g} s (sender settings)",
         f"  delivered exactly once: {'yes' if out.missing == 0 and out.unknown == 0 else 'NO'}",
         "",
