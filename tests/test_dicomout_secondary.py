@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import struct
 import subprocess
+import warnings
 import zlib
 from datetime import date
 from pathlib import Path
@@ -19,9 +20,11 @@ import pytest
 
 from appliance.dicomout.secondary import (
     DetailsError,
+    Picture,
     PictureDetails,
     build_secondary_capture,
     decode_picture,
+    import_uids,
     picture_kind,
     write_secondary_capture,
 )
@@ -187,3 +190,43 @@ def test_huge_or_damaged_pictures_are_refused_before_decoding() -> None:
     assert picture_kind(b"\x89PNG\r\n\x1a\n") == "png"
     assert picture_kind(b"\xff\xd8\xff\xdb") == "jpeg"
     assert picture_kind(b"BM") is None
+
+
+def test_the_uids_of_an_import_stay_what_they_were() -> None:
+    """Pinned: a changed UID would make a repeated import a second copy of the picture."""
+    picture = Picture(np.zeros((2, 2), dtype=np.uint8), "MONOCHROME2", False, "ab" * 32)
+    uids = import_uids(picture, details())
+    assert uids.study == "1.2.826.0.1.3680043.8.498.85109219754813913125383630235390067773"
+    assert uids.series == "1.2.826.0.1.3680043.8.498.12777680287859358058431172511451221963"
+    assert uids.instance == "1.2.826.0.1.3680043.8.498.94155071628691282105851055951495412479"
+
+
+def test_what_highdicom_says_otherwise_is_as_the_import_says(tmp_path: Path) -> None:
+    data = encode(".png", np.full((6, 9), 77, dtype=np.uint8))
+    ds = written(tmp_path, data, details(modality="CR", body_part="", view=""))
+    assert (ds.Modality, ds.ConversionType, list(ds.ImageType)) == (
+        "CR",
+        "WSD",
+        ["DERIVED", "SECONDARY"],
+    )
+    assert "BodyPartExamined" not in ds and "ViewPosition" not in ds
+    assert "Laterality" in ds and ds.Laterality == ""  # no part named: side unknown
+    for keyword in ("SeriesNumber", "InstanceNumber", "PatientOrientation", "StudyTime"):
+        assert keyword in ds and ds[keyword].value in (None, ""), keyword
+    assert ds.file_meta.ImplementationClassUID == pydicom.uid.PYDICOM_IMPLEMENTATION_UID
+    assert "Laterality" not in written(tmp_path, data, details(body_part="HAND"))
+
+
+def test_no_clock_time_is_written(tmp_path: Path) -> None:
+    ds = written(tmp_path, encode(".png", np.zeros((3, 3), dtype=np.uint8)))
+    clock = ("InstanceCreationDate", "ContentDate", "ContentTime", "DateOfSecondaryCapture")
+    assert [keyword for keyword in clock if keyword in ds] == []
+    assert all("ContributionDateTime" not in item for item in ds.ContributingEquipmentSequence)
+
+
+def test_a_name_of_one_part_is_kept_as_typed(tmp_path: Path) -> None:
+    data = encode(".png", np.zeros((4, 4), dtype=np.uint8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # highdicom warns about one-part names
+        ds = written(tmp_path, data, details(patient_name="Berg"))
+    assert str(ds.PatientName) == "Berg"

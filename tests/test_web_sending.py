@@ -358,6 +358,23 @@ def test_before_the_objects_exist_they_are_being_prepared(box: Box) -> None:
     assert "Report (PDF)" not in text
 
 
+def test_objects_that_could_not_be_made_are_said_with_the_reason(box: Box) -> None:
+    conn = box.store.conn
+    with conn:
+        job = jobs.enqueue(conn, box.instance_id, 1, kind=jobs.OUTPUTS, purpose="findings")
+        conn.execute(
+            "UPDATE jobs SET state = 'failed', error = ? WHERE id = ?",
+            ("the disk is full: 10 MiB free, the floor is 512 MiB", job),
+        )
+    box.sign_in("clinician")
+    text = box.text()
+    assert "could not be made for some images (the disk is full: 10 MiB free" in text
+    assert "Press Send again once this is fixed" in text
+    assert "are being prepared" not in text
+    box.sign_in("technologist")
+    assert "Ask a clinician or the admin to send them again" in box.text()
+
+
 def test_each_destination_says_in_words_how_sending_goes(box: Box) -> None:
     made = add_outputs(box)
     sent(box, queue(box, "pacs", made))

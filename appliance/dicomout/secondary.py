@@ -6,6 +6,11 @@ they are validated while the object is built and every error names the field and
 bad value. The result is deterministic: its UIDs are hashes of the inputs (the details and the
 picture's bytes), and it holds no creation time, so importing the same picture with the same
 details twice gives the same bytes, which the store recognises as a duplicate.
+
+highdicom's SCImage builds the object, as it builds the heatmaps: one frame, gray or RGB, which
+is what a PNG or JPEG holds. What it cannot say (the declared modality, the body part and view
+the worker routes on, conversion by a workstation, Type 2 values left empty, no clock times)
+is set afterwards by hand, each with its reason.
 """
 
 from __future__ import annotations
@@ -19,20 +24,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import cv2
+import highdicom as hd
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
-from pydicom.uid import SecondaryCaptureImageStorage
+from pydicom.uid import ExplicitVRLittleEndian
 
 from appliance.dicomout.common import (
     UTF8,
     DetailsError,
     Photometric,
-    leave_unknown,
     long_string,
     person_name,
-    put_eight_bit_pixels,
 )
+from appliance.dicomout.derived import date_contributions
 from appliance.dicomout.meta import file_meta_for
 from appliance.dicomout.uids import ObjectUids, deterministic_uid
 from appliance.errors import RejectedInput
@@ -56,6 +61,19 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 _CODE_STRING = re.compile(r"^[A-Z0-9 _]{0,16}\Z")  # DICOM CS
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+SERIES_DESCRIPTION = "Imported picture"
+# highdicom's SCImage wants a patient orientation and positive series and instance numbers;
+# an imported picture has none of them, so these stand in and are replaced by empty values.
+_PLACEHOLDER_ORIENTATION = ("L", "F")
+_PLACEHOLDER_NUMBER = 1
+_CLOCK_TIMES = (
+    "InstanceCreationDate",
+    "InstanceCreationTime",
+    "ContentDate",
+    "ContentTime",
+    "DateOfSecondaryCapture",
+    "TimeOfSecondaryCapture",
+)
 
 
 @dataclass(frozen=True)
@@ -194,19 +212,35 @@ def _eight_bit(decoded: npt.NDArray[Any]) -> tuple[npt.NDArray[np.uint8], Photom
 def build_secondary_capture(picture: Picture, details: PictureDetails) -> Dataset:
     """A Secondary Capture Image (PS3.3 A.8.1) of `picture`, with the entered details.
 
-    Conservative where nothing is known: burned-in annotation YES (a photo of a screen may
-    show names), lossy compression '01' for JPEG sources, no pixel spacing (no measurements).
+    Conservative where nothing is known: burned-in annotation YES (a photo of a screen may show
+    names), lossy compression '01' for JPEG sources, no pixel spacing (no measurements), no
+    times (the picture's own are unknown, and the clock's would make every import of the same
+    picture a different object).
     """
     uids = import_uids(picture, details)
-    ds = Dataset()
-    ds.SpecificCharacterSet = UTF8
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = uids.instance
-    ds.ImageType = ["DERIVED", "SECONDARY"]
-    _patient_and_study(ds, details, uids.study)
-    _series_and_equipment(ds, details, uids.series)
+    ds = hd.sc.SCImage(
+        pixel_array=picture.pixels,
+        photometric_interpretation=picture.photometric,
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        patient_orientation=_PLACEHOLDER_ORIENTATION,
+        study_instance_uid=uids.study,
+        series_instance_uid=uids.series,
+        series_number=_PLACEHOLDER_NUMBER,
+        sop_instance_uid=uids.instance,
+        instance_number=_PLACEHOLDER_NUMBER,
+        manufacturer="",  # Type 2: the box is assembled on site; no manufacturer to name
+        patient_id=details.patient_id,
+        study_date=details.study_date,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        series_description=SERIES_DESCRIPTION,
+        specific_character_set=UTF8,  # names as typed, any script
+    )
+    _patient_and_study(ds, details)
+    _series(ds, details)
     _image(ds, picture)
-    ds.file_meta = file_meta_for(ds)
+    _no_times(ds)
+    ds.file_meta = file_meta_for(ds)  # the box's own, as every object it writes
     return ds
 
 
@@ -226,40 +260,51 @@ def import_uids(picture: Picture, details: PictureDetails) -> ObjectUids:
     return ObjectUids(study, series, deterministic_uid("import-instance", series, picture.sha256))
 
 
-def _patient_and_study(ds: Dataset, details: PictureDetails, study_uid: str) -> None:
+def _patient_and_study(ds: Dataset, details: PictureDetails) -> None:
+    """What highdicom leaves to the caller. The name is set here rather than given to it: it
+    warns about a name of one part ('Berg'), which DICOM allows and a person may type."""
     ds.PatientName = details.patient_name
-    ds.PatientID = details.patient_id
-    leave_unknown(ds)
-    ds.StudyInstanceUID = study_uid
-    ds.StudyDate = details.study_date.strftime("%Y%m%d")
-    ds.StudyTime = ""
-    ds.AccessionNumber = ""
     ds.StudyDescription = details.study_description
 
 
-def _series_and_equipment(ds: Dataset, details: PictureDetails, series_uid: str) -> None:
+def _series(ds: Dataset, details: PictureDetails) -> None:
+    """The series as the person declared it; highdicom's SCImage fixes the modality to OT and
+    has no parameter for the body part or the view."""
     ds.Modality = details.modality
-    ds.SeriesInstanceUID = series_uid
+    # Type 2, empty: imported series have no numbering of their own, and one number for all
+    # would give every import series of a study the same. highdicom insists on a positive one.
     ds.SeriesNumber = None
-    ds.SeriesDescription = "Imported picture"
     if details.body_part:
         ds.BodyPartExamined = details.body_part
     if details.view:
         ds.ViewPosition = details.view  # read by the worker's routing, as for CR/DX
-    if not details.body_part:  # Type 2C: required (empty) only when no unpaired part is named
+    if not details.body_part:
+        # Type 2C: required (empty, unknown) only when no unpaired part is named; highdicom's
+        # laterality takes only R or L, so it cannot say "unknown".
         ds.Laterality = ""
-    ds.Manufacturer = ""
-    ds.ConversionType = "WSD"  # workstation: a picture brought in by a person
+    # Workstation: a picture brought in by a person; highdicom's SCImage always says DI.
+    ds.ConversionType = hd.sc.ConversionTypeValues.WSD.value
 
 
 def _image(ds: Dataset, picture: Picture) -> None:
-    ds.InstanceNumber = None
-    ds.PatientOrientation = ""
+    """The General Image attributes highdicom sets otherwise, or not at all."""
+    ds.ImageType = ["DERIVED", "SECONDARY"]  # as the heatmaps; highdicom adds OTHER, no news
+    ds.InstanceNumber = None  # Type 2, empty: pictures of one series have no order
+    ds.PatientOrientation = ""  # Type 2C, empty: a picture says nothing of its directions
     ds.BurnedInAnnotation = "YES"
     if picture.lossy:
         ds.LossyImageCompression = "01"
         ds.LossyImageCompressionMethod = "ISO_10918_1"
-    put_eight_bit_pixels(ds, picture.pixels, picture.photometric)
+
+
+def _no_times(ds: Dataset) -> None:
+    """highdicom dates the instance, its content and the capture, and names itself as
+    contributing equipment, with the clock's time; they are optional here and go, so that the
+    same import gives the same bytes."""
+    for keyword in _CLOCK_TIMES:
+        if keyword in ds:
+            delattr(ds, keyword)
+    date_contributions(ds, "")
 
 
 def write_secondary_capture(ds: Dataset, path: Path) -> None:

@@ -423,3 +423,16 @@ def undelivered_files(conn: sqlite3.Connection) -> set[str]:
         " WHERE d.state IN ('waiting', 'sending')"
     )
     return {row[0] for row in rows}
+
+
+def failed_outputs(conn: sqlite3.Connection, study_id: int) -> list[str]:
+    """Why the objects of a study's images could not be made: the error of each image whose
+    newest outputs job failed (a full disk, an unreadable source); empty when none did."""
+    rows = conn.execute(
+        "SELECT j.error FROM jobs j JOIN instances i ON i.id = j.instance_ref"
+        " JOIN series s ON s.id = i.series_ref WHERE s.study_ref = ? AND j.kind = ?"
+        " AND j.state = 'failed' AND j.id = (SELECT MAX(id) FROM jobs"
+        "  WHERE instance_ref = j.instance_ref AND kind = j.kind) ORDER BY j.id",
+        (study_id, jobs.OUTPUTS),
+    ).fetchall()
+    return [row[0] for row in rows]

@@ -89,6 +89,7 @@ class SendingPanel:
     objects: int  # the study's current objects
     preparing: bool  # images analysed, objects not made yet
     reports: list[ReportLink]
+    not_made: list[str]  # why the objects of some images could not be made
 
 
 def sending_panel(
@@ -97,11 +98,13 @@ def sending_panel(
     """Everything the study page says about the clinic's record."""
     current = outbox.study_outputs(conn, study_id)
     analysed = any(image.state not in UNANALYSED for image in images)
+    not_made = outbox.failed_outputs(conn, study_id)
     return SendingPanel(
         lines=destination_lines(conn, study_id, settings, current),
         objects=len(current),
-        preparing=analysed and not current,
+        preparing=analysed and not current and not not_made,
         reports=report_links(current, images),
+        not_made=not_made,
     )
 
 

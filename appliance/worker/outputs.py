@@ -109,7 +109,8 @@ def commit(
 
     Returns the number of deliveries queued, or None when the lease was lost (the files are
     removed again: the job's new owner makes the same ones)."""
-    store.spool.check_space(sum(len(item.data) for item in built))
+    if built:  # a reused revision writes nothing: it must not fail for want of space
+        store.spool.check_space(sum(len(item.data) for item in built))
     names = store.outputs.write_all([item.data for item in built])
     records = [
         _named(item.record, name, len(item.data)) for item, name in zip(built, names, strict=True)
