@@ -130,6 +130,8 @@ def _outage(
         missing=len(queued - set(entries)),
         unknown=len(set(entries) - queued),
         backlog=len(backlog),
+        pushed_objects=len(every),
+        first_s=min(backlog, default=back) - back,
         drain_s=max(backlog, default=back) - back,
         all_sent_s=max(every, default=back) - back,
         retry_min_s=settings.sender.retry_min_s,

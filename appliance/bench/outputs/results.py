@@ -57,6 +57,8 @@ class Outage:
     missing: int  # queued, never arrived
     unknown: int  # in Orthanc, never queued (a new UID for an old object would show here)
     backlog: int  # objects queued while Orthanc was down
+    pushed_objects: int  # objects made of the outage push's images
+    first_s: float  # Orthanc back -> the first of the backlog acknowledged
     drain_s: float  # Orthanc back -> the last object queued before its return acknowledged
     all_sent_s: float  # Orthanc back -> every object of the run acknowledged
     retry_min_s: float
@@ -130,7 +132,6 @@ def format_report(report: OutputsReport) -> str:
                     "entries in Orthanc",
                     "missing",
                     "unknown UIDs",
-                    "drain after return s",
                 ),
                 (
                     str(out.objects),
@@ -138,13 +139,12 @@ def format_report(report: OutputsReport) -> str:
                     str(out.entries_in_pacs),
                     str(out.missing),
                     str(out.unknown),
-                    f"{out.drain_s:.1f}",
                 ),
             ]
         ),
-        f"  queued while Orthanc was down: {out.backlog} objects, all acknowledged "
-        f"{out.drain_s:.1f} s after it came back; the whole run's {out.objects} objects "
-        f"{out.all_sent_s:.1f} s after",
+        f"  queued while Orthanc was down: {out.backlog} objects; after it came back the first "
+        f"was acknowledged in {out.first_s:.1f} s (the back-off's wait), all of them in "
+        f"{out.drain_s:.1f} s; the push's {out.pushed_objects} objects in {out.all_sent_s:.1f} s",
         f"  back-off: {out.retry_min_s:g} s doubling to {out.retry_max_s:g} s (sender settings)",
         f"  delivered exactly once: {'yes' if out.missing == 0 and out.unknown == 0 else 'NO'}",
         "",
