@@ -8,6 +8,7 @@ makes of it (an SR, a heatmap Secondary Capture, an Encapsulated PDF around a PD
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import subprocess
@@ -30,6 +31,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from appliance.dicomout import fileset as fileset_module
 from appliance.dicomout.fileset import (
     ExportError,
     export_study,
@@ -38,7 +40,11 @@ from appliance.dicomout.fileset import (
     writable_folder,
 )
 from appliance.dicomout.meta import file_meta_for
+from appliance.dicomout.sr import build_sr
+from appliance.dicomout.uids import output_uids
 from appliance.phantoms import chest_dataset, make_chest
+
+from report_samples import content
 
 PATIENT_ID, PATIENT_NAME = "EXP-001", "PÉREZ^ANA"
 
@@ -267,6 +273,61 @@ def test_empty_values_a_record_needs_get_stand_ins_and_the_file_stays_as_it_was(
         again = dcmread(copied.path)
     assert again.StudyID == "" and "InstanceNumber" not in again
     assert again == dcmread(source)
+
+
+def test_a_signed_sr_the_box_made_is_listed_with_when_it_was_verified(tmp_path: Path) -> None:
+    """An SR DOCUMENT record of a VERIFIED report must say when it was verified (Type 1C),
+    which the report itself says only in its Verifying Observer Sequence."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    original = write(original_chest(), folder / "original.dcm")
+    source = dcmread(original, stop_before_pixels=True)
+    sr = build_sr(
+        content(),
+        source,
+        output_uids("sr", source.StudyInstanceUID, source.SOPInstanceUID, "fingerprint-1"),
+        instance_number=1,
+    )
+    assert sr.VerificationFlag == "VERIFIED" and "VerificationDateTime" not in sr
+    files = [original, write(sr, folder / "sr.dcm")]
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    result = export_study(files, stick, "SIGNED")
+    checked = subprocess.run(
+        ["dciodvfy", str(result.dicomdir)], capture_output=True, text=True, timeout=60, check=False
+    )
+    report = checked.stdout + checked.stderr
+    assert not [line for line in report.splitlines() if line.startswith("Error")], report
+    with read_fileset(result.dicomdir) as fileset:
+        [record] = [i.node._record for i in fileset if i.node.record_type == "SR DOCUMENT"]
+    assert record.VerificationDateTime == "20260304110000+0000"  # the impression's signing
+
+
+def test_the_dicomdir_is_named_only_once_the_files_it_lists_are_on_the_stick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stick pulled out while the files are synced must not hold a DICOMDIR that a viewer
+    opens as the whole study: until then it has another name. The sync failing (the stick
+    gone) fails the export, and what was written is removed where it still can be."""
+    files = study_files(tmp_path / "in")
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    seen: list[list[str]] = []
+
+    def pulled_out(root: Path) -> tuple[int, int]:
+        seen.append(sorted(p.name for p in root.iterdir() if p.is_file()))
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(fileset_module, "_sync_tree", pulled_out)
+    with pytest.raises(ExportError, match="Input/output error") as failed:
+        export_study(files, stick, "ACC_42")
+    assert failed.value.key == "not_writable"
+    assert seen == [["DICOMDIR.PART"]]
+    assert list(stick.iterdir()) == []
+    monkeypatch.undo()
+    done = export_study(files, stick, "ACC_42")
+    assert sorted(p.name for p in done.folder.iterdir() if p.is_file()) == ["DICOMDIR"]
+    assert done.files == 4
 
 
 def test_no_copy_of_patient_data_is_left_in_the_temporary_folder(

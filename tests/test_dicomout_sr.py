@@ -25,6 +25,7 @@ from dicom_checks import dciodvfy, dsrdump, needs_dciodvfy, needs_dsrdump, read_
 from report_samples import (
     CAUTION,
     MADE_AT,
+    NODULE,
     SHA,
     SIGNED_AT,
     bundled,
@@ -370,6 +371,15 @@ def test_a_name_with_accents_round_trips_through_dcmtk(tmp_path: Path) -> None:
     assert "Müller^Jürgen" in dsrdump(path)
 
 
+def test_a_source_value_of_several_values_is_copied_as_those_values(tmp_path: Path) -> None:
+    """A modality's "CHEST\\PA" description (two values; LO allows one, sources do it anyway)
+    is copied as it is, not as the text of a Python list."""
+    source = chest_source()
+    source.StudyDescription = ["CHEST", "PA"]
+    _, back = written(tmp_path, sr_of(source))
+    assert list(back.StudyDescription) == ["CHEST", "PA"]
+
+
 def test_an_ascii_only_report_declares_no_character_set(tmp_path: Path) -> None:
     source = renamed("CT_small.dcm", "Doe^Jane", charset=None)
     ascii_only = content(
@@ -391,6 +401,39 @@ def test_a_long_label_name_goes_in_long_code_value(tmp_path: Path) -> None:
     assert finding(group).value == "interstitial_pattern_bilateral"
     coded = next(i for i in group[0].ContentSequence if i.ValueType == "CODE")
     assert coded.ConceptCodeSequence[0].LongCodeValue == "interstitial_pattern_bilateral"
+
+
+@needs_dciodvfy
+def test_names_a_manifest_or_a_site_gives_are_made_fit_for_their_value_representations(
+    tmp_path: Path,
+) -> None:
+    """A display name with a backslash (an LO's value separator) or a line break, and a site
+    name of 64 letters with accents (over 64 bytes in UTF-8), still make a valid SR."""
+    odd = replace(NODULE, display="Nodule \\ mass\nof the " + "ü" * 80)
+    report = content(
+        models=(model(labels=(odd,)),),
+        site_name="Klinikum " + "Süd" * 30,
+    )
+    path, back = written(tmp_path, sr_of(chest_source(), report))
+    assert dciodvfy(path)[0] == []
+    groups = {finding(g).value: g for g in parsed(back).get_image_measurement_groups()}
+    meaning = finding(groups["lung_nodule"]).meaning
+    assert meaning.startswith("Nodule mass of the üü") and len(meaning.encode()) <= 64
+    (observer,) = back.VerifyingObserverSequence
+    organisation = observer.VerifyingOrganization
+    assert organisation.startswith("Klinikum SüdSüd") and len(organisation.encode()) <= 64
+
+
+@needs_dciodvfy
+def test_text_pasted_with_tabs_and_control_characters_is_valid_text(tmp_path: Path) -> None:
+    """UT allows line breaks but not tabs or other control characters, which a text pasted
+    into the impression may hold: they become spaces, the lines stay."""
+    pasted = Impression(
+        "Effusion:\tright\r\nNo pneumothorax\x0b\x00.", "Berg", "r", SIGNED_AT, True
+    )
+    path, back = written(tmp_path, sr_of(chest_source(), content(impression=pasted)))
+    assert dciodvfy(path)[0] == []
+    assert ("Clinician impression", "Effusion: right\r\nNo pneumothorax  .") in evaluations(back)
 
 
 def test_building_twice_gives_the_same_object(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from appliance.report.pdf import render_report
 from report_samples import (
     CAUTION,
     SHA,
+    SIGNED_AT,
     chest_source,
     clinical,
     content,
@@ -74,7 +75,7 @@ def test_the_report_names_the_patient_and_study(tmp_path: Path) -> None:
     assert "Patient Müller, Jürgen" in text
     assert "Patient ID SYNCXR0001" in text
     assert "Birth date 1958-02-14" in text
-    assert "Study date 2026-11-01 09:30" in text
+    assert "Study date 2026-11-01 09:30 (modality's clock)" in text  # every other time is UTC
     assert "Accession CXR000007" in text
 
 
@@ -92,14 +93,19 @@ def test_the_findings_are_in_plain_words(tmp_path: Path) -> None:
         "Findings above the operating thresholds: Pleural effusion, Pneumothorax, Consolidation."
         in text
     )
-    assert re.search(r"Pleural effusion 0\.91 0\.50 found", text)
-    assert re.search(r"Lung nodule 0\.12 0\.45 not found", text)
-    assert "Pneumothorax found; area 33.5 mm²" in text
+    assert re.search(r"Pleural effusion 0\.91 0\.50 above threshold", text)
+    assert re.search(r"Lung nodule 0\.12 0\.45 below threshold", text)
+    assert "Pneumothorax marked; area 33.5 mm²" in text
     # A long result wraps in its cell, around the finding's name on the middle line.
     assert re.search(
-        r"found in 2 regions; area not measurable: Consolidation no calibrated pixel spacing", text
+        r"marked in 2 regions; area not (measurable: )?Consolidation (measurable: )?"
+        r"no calibrated pixel spacing",
+        text,
     )
-    assert "Free fluid not found" in text
+    assert "Free fluid nothing marked" in text
+    # A model's output is never worded as a diagnosis, whatever model made it.
+    assert not re.search(r"(?<!\w)(not )?found(?!\w)", text)
+    assert "none of this is a diagnosis" in text
 
 
 def test_the_models_are_named_with_their_hashes(tmp_path: Path) -> None:
@@ -186,6 +192,19 @@ def test_a_name_the_font_cannot_show_says_so(tmp_path: Path) -> None:
         "(the report's font cannot show U+5C71, U+7530, U+592A, U+90CE: see outputs.report_font)"
         in text
     )
+
+
+def test_text_the_font_cannot_show_is_marked_never_silently_lost(tmp_path: Path) -> None:
+    """A site name or an impression in a script the font lacks would print as nothing (a
+    blank title, an impression missing its words): each such character prints as the
+    replacement character, and the report says why."""
+    japanese = Impression("右側胸水 on the right.", "Łukasik, Ana", "radiologist", SIGNED_AT, True)
+    _, text = rendered(tmp_path, content(site_name="北病院", impression=japanese))
+    assert text.startswith("��� Findings report")
+    assert "���� on the right. Signed by Łukasik, Ana" in text
+    assert "Characters printed as � cannot be shown by the report's font" in text
+    _, latin = rendered(tmp_path)
+    assert "�" not in latin and "cannot be shown" not in latin
 
 
 def test_a_name_from_a_dicom_file_prints_readably(tmp_path: Path) -> None:

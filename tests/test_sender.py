@@ -8,22 +8,16 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Callable, Iterator
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
-import yaml
 from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import Comprehensive3DSRStorage, EncapsulatedPDFStorage, generate_uid
-from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pydicom.uid import Comprehensive3DSRStorage, EncapsulatedPDFStorage
+from pynetdicom import AllStoragePresentationContexts
 
 from appliance.bench.harness.dicom import AE_TITLE as STORESCP_AE
 from appliance.bench.harness.orthanc import Orthanc
@@ -31,102 +25,30 @@ from appliance.bench.harness.processes import free_port
 from appliance.bench.peers import run_storescp
 from appliance.cli import main
 from appliance.config import Settings
-from appliance.dicomout.meta import file_meta_for
-from appliance.domain import Origin, Source
-from appliance.imaging.header import read_header
-from appliance.samples import make_dataset
 from appliance.sender import backoff, reasons
 from appliance.sender.reasons import Action
 from appliance.sender.role import serve
-from appliance.store import Store, audit, open_store, outbox, status
+from appliance.store import audit, outbox, status
 from appliance.store.db import transaction
-from appliance.store.doorbell import Doorbell
-from appliance.store.outbox import NewOutput
 
-from conftest import RoleProcess, make_settings, needs_dcmtk, wait_for
+from conftest import needs_dcmtk, wait_for
+from sender_fixtures import (
+    PACS_AE,
+    Box,
+    Scp,
+    destination,
+    document,
+    epoch,
+    held_at,
+    images,
+    new_box,
+    pdf_report,
+    received_by_storescp,
+    sent_audits,
+    structured_report,
+)
 
-ORIGIN = Origin(Source.DICOM, calling_aet="MODALITY", peer_address="127.0.0.1")
-# Short back-off so that tests drain quickly; the timeouts are generous (loopback only).
-FAST = {"retry_min_s": 0.2, "retry_max_s": 1.0, "poll_s": 0.5, "connect_timeout_s": 5.0}
-PACS_AE = "PACS"
-
-
-# ---- the box: settings, a received image and the objects made of it ---------------------------
-
-
-@dataclass
-class Box:
-    settings: Settings
-    config: Path
-    store: Store
-    instance_id: int
-    study_id: int
-    original_uid: str
-    procs: list[RoleProcess] = field(default_factory=list)
-    revision: int = 0
-
-    def sender(self) -> RoleProcess:
-        proc = RoleProcess(self.config, self.settings, role="sender", ready="sender: ready")
-        self.procs.append(proc)
-        proc.start()
-        return proc
-
-    def ring(self) -> None:
-        bell = Doorbell(self.store.paths.sender_bell)
-        bell.ring()
-        bell.close()
-
-    def add(self, datasets: Sequence[Dataset], destinations: Sequence[str]) -> list[str]:
-        """Write `datasets` to the outputs folder, record them and queue them for each
-        destination; their SOP Instance UIDs."""
-        data = [to_bytes(ds) for ds in datasets]
-        names = self.store.outputs.write_all(data)
-        objects = [
-            NewOutput(
-                "sr" if ds.SOPClassUID == Comprehensive3DSRStorage else "heatmap",
-                f"label-{i}",
-                str(ds.SOPClassUID),
-                str(ds.SOPInstanceUID),
-                str(ds.SeriesInstanceUID),
-                name,
-                len(content),
-            )
-            for i, (ds, name, content) in enumerate(zip(datasets, names, data, strict=True))
-        ]
-        conn, self.revision = self.store.conn, self.revision + 1
-        with transaction(conn):
-            ids = outbox.record_outputs(
-                conn, self.instance_id, self.study_id, self.revision, "fp", "findings", objects
-            )
-            items = [(i, None, o.sop_instance_uid) for i, o in zip(ids, objects, strict=True)]
-            for name in destinations:
-                outbox.queue_deliveries(conn, name, self.study_id, items)
-        self.ring()
-        return [o.sop_instance_uid for o in objects]
-
-    def add_original(self, destination: str) -> str:
-        with transaction(self.store.conn):
-            outbox.queue_deliveries(
-                self.store.conn,
-                destination,
-                self.study_id,
-                [(None, self.instance_id, self.original_uid)],
-            )
-        return self.original_uid
-
-    def rows(self, destination: str) -> list[Any]:
-        return self.store.conn.execute(
-            "SELECT * FROM deliveries WHERE destination = ? ORDER BY id", (destination,)
-        ).fetchall()
-
-    def states(self, destination: str) -> dict[str, int]:
-        return dict(Counter(row["state"] for row in self.rows(destination)))
-
-    def by_uid(self, destination: str) -> dict[str, Any]:
-        return {row["sop_instance_uid"]: row for row in self.rows(destination)}
-
-    def all_sent(self, destination: str, count: int) -> bool:
-        return self.states(destination) == {"sent": count}
+# ---- the box and the peers, closed or stopped at the test's end ---------------------------------
 
 
 @pytest.fixture
@@ -134,23 +56,7 @@ def make_box(tmp_path: Path) -> Iterator[Callable[..., Box]]:
     boxes: list[Box] = []
 
     def make(destinations: list[dict[str, Any]], **sender: Any) -> Box:
-        base = make_settings(tmp_path, sender={**FAST, **sender})
-        values = {**base.model_dump(mode="json"), "destinations": destinations}
-        settings = Settings.model_validate(values)
-        config = tmp_path / "appliance.yaml"
-        config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
-        store = open_store(settings)
-        source = tmp_path / "received.dcm"
-        make_dataset("cr", seed=7, rows=16, columns=16).save_as(source, enforce_file_format=True)
-        incoming = store.spool.new_tmp_path()
-        incoming.write_bytes(source.read_bytes())
-        result = store.ingest(incoming, read_header(incoming), ORIGIN)
-        row = store.conn.execute(
-            "SELECT s.study_ref, i.sop_instance_uid FROM instances i"
-            " JOIN series s ON s.id = i.series_ref WHERE i.id = ?",
-            (result.instance_id,),
-        ).fetchone()
-        box = Box(settings, config, store, result.instance_id, row[0], row[1])
+        box = new_box(tmp_path, destinations, **sender)
         boxes.append(box)
         return box
 
@@ -159,106 +65,6 @@ def make_box(tmp_path: Path) -> Iterator[Callable[..., Box]]:
         for proc in box.procs:
             proc.stop()
         box.store.close()
-
-
-def destination(name: str, port: int, called: str = PACS_AE, **more: Any) -> dict[str, Any]:
-    return {"name": name, "host": "127.0.0.1", "port": port, "called_ae_title": called, **more}
-
-
-# ---- objects -------------------------------------------------------------------------------------
-
-
-def to_bytes(ds: Dataset) -> bytes:
-    out = BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
-
-
-def images(count: int, kind: str = "sc-gray") -> list[Dataset]:
-    """Small images with UIDs of their own (never a sample's fixed UID)."""
-    made = []
-    for seed in range(count):
-        ds = make_dataset(kind, seed=seed, rows=16, columns=16)
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta = file_meta_for(ds)
-        made.append(ds)
-    return made
-
-
-def _document(sop_class: str, modality: str) -> Dataset:
-    ds = Dataset()
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientID, ds.PatientName = "SYN0001", "SYNTHETIC^PATIENT"
-    ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "20261101", "093000", "ACC1"
-    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = modality, 99, 1
-    ds.file_meta = file_meta_for(ds)
-    return ds
-
-
-def structured_report() -> Dataset:
-    ds = _document(Comprehensive3DSRStorage, "SR")
-    title = Dataset()
-    title.CodeValue, title.CodingSchemeDesignator = "126000", "DCM"
-    title.CodeMeaning = "Imaging Measurement Report"
-    ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"
-    ds.ConceptNameCodeSequence = DicomSequence([title])
-    ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "UNVERIFIED"
-    return ds
-
-
-def pdf_report() -> Dataset:
-    ds = _document(EncapsulatedPDFStorage, "DOC")
-    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
-    ds.EncapsulatedDocument = b"%PDF-1.4\n%%EOF\n"
-    ds.BurnedInAnnotation, ds.DocumentTitle = "YES", "Report"
-    return ds
-
-
-# ---- peers -------------------------------------------------------------------------------------
-
-
-class Scp:
-    """A pynetdicom storage SCP on loopback that records every SOP Instance UID it is sent and
-    answers with `answer(uid)` (success unless told otherwise)."""
-
-    def __init__(
-        self,
-        port: int | None = None,
-        classes: Sequence[str] | None = None,
-        calling_aets: Sequence[str] = (),
-        answer: Callable[[str], int | Dataset] | None = None,
-    ) -> None:
-        self.port = port or free_port()
-        self.received: list[str] = []
-        self.answer = answer
-        self.ae = AE(ae_title=PACS_AE)
-        if classes is None:
-            self.ae.supported_contexts = AllStoragePresentationContexts
-        for sop_class in classes or ():
-            self.ae.add_supported_context(sop_class)
-        self.ae.add_supported_context(Verification)
-        self.ae.require_calling_aet = list(calling_aets)
-        self.server: Any = None
-
-    def _store(self, event: Any) -> int | Dataset:
-        uid = str(event.request.AffectedSOPInstanceUID)
-        self.received.append(uid)
-        return self.answer(uid) if self.answer else 0x0000
-
-    def start(self) -> Scp:
-        handlers: list[Any] = [(evt.EVT_C_STORE, self._store)]
-        self.server = self.ae.start_server(
-            ("127.0.0.1", self.port), block=False, evt_handlers=handlers
-        )
-        return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server = None
 
 
 @pytest.fixture
@@ -273,38 +79,6 @@ def scp() -> Iterator[Callable[..., Scp]]:
     yield start
     for server in started:
         server.stop()
-
-
-def received_by_storescp(folder: Path) -> list[str]:
-    return [
-        str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-        for path in folder.iterdir()
-        if path.is_file()
-    ]
-
-
-def held_at(number: int, gate: threading.Event) -> Callable[[str], int]:
-    """An answer that holds the `number`th object it is sent until `gate` opens (a PACS that
-    is slow to answer), so that a signal sent meanwhile lands in the middle of a batch."""
-    seen: list[str] = []
-
-    def answer(uid: str) -> int:
-        seen.append(uid)
-        if len(seen) == number:
-            gate.wait(60)
-        return 0x0000
-
-    return answer
-
-
-def epoch(text: str) -> float:
-    return datetime.fromisoformat(text).timestamp()
-
-
-def sent_audits(box: Box) -> list[str]:
-    """The SOP Instance UID of every send.sent audit row."""
-    rows = audit.recent(box.store.conn, "send.sent", limit=10_000)
-    return [row["subject"].removeprefix("object:") for row in rows]
 
 
 # ---- delivered ------------------------------------------------------------------------------
@@ -508,11 +282,23 @@ def test_one_destination_down_does_not_hold_up_the_other(
     assert box.states("gone") == {"waiting": 1}
 
 
+def test_a_destination_configured_again_is_no_longer_called_not_configured(
+    make_box: Callable[..., Box], scp: Callable[..., Scp]
+) -> None:
+    peer = scp()
+    box = make_box([destination("pacs", peer.port)])
+    with transaction(box.store.conn):  # what a sender said while `pacs` was out of the config
+        outbox.record_destination(box.store.conn, "pacs", None, reasons.NOT_CONFIGURED)
+    box.sender()  # ready once it has looked at the destinations; nothing is queued
+    status = outbox.destination_status(box.store.conn, "pacs")
+    assert status is not None and (status["reachable"], status["detail"]) == (None, "")
+
+
 def test_more_kinds_than_one_association_carries_go_on_the_next(
     make_box: Callable[..., Box], scp: Callable[..., Scp]
 ) -> None:
     classes = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts][:130]
-    made = [_document(sop_class, "OT") for sop_class in classes]
+    made = [document(sop_class, "OT") for sop_class in classes]
     peer = scp()
     box = make_box([destination("pacs", peer.port)], batch=200)
     uids = box.add(made, ["pacs"])
@@ -522,6 +308,43 @@ def test_more_kinds_than_one_association_carries_go_on_the_next(
     [later] = audit.recent(box.store.conn, "send.retry")
     assert (later["detail"]["objects"], later["detail"]["reason"]) == (2, reasons.NEXT_ASSOCIATION)
     assert {row["attempts"] for row in box.rows("pacs")} == {1}
+
+
+def test_an_object_the_pacs_always_drops_does_not_hold_up_the_others(
+    make_box: Callable[..., Box], scp: Callable[..., Scp]
+) -> None:
+    made = images(4)
+    dropped = str(made[0].SOPInstanceUID)  # the oldest: first in every batch
+    peer = scp(drop=lambda uid: uid == dropped)
+    box = make_box([destination("pacs", peer.port)])
+    uids = box.add(made, ["pacs"])
+    box.sender()
+    wait_for(
+        lambda: box.states("pacs") == {"sent": 3, "waiting": 1},
+        what="the others sent",
+        state=lambda: box.states("pacs"),
+    )
+    assert sorted(set(peer.received)) == sorted(uids)
+    row = box.by_uid("pacs")[dropped]
+    assert row["last_reason"].startswith("the connection to the PACS was lost while sending")
+    assert row["attempts"] >= 1
+
+
+def test_a_pacs_that_takes_associations_but_drops_every_object_backs_off_further(
+    make_box: Callable[..., Box], scp: Callable[..., Scp]
+) -> None:
+    peer = scp(drop=lambda uid: True)
+    box = make_box([destination("pacs", peer.port)])
+    box.add(images(2), ["pacs"])
+    box.sender()
+
+    def failures() -> int:
+        status = outbox.destination_status(box.store.conn, "pacs")
+        return 0 if status is None else int(status["failures"])
+
+    # An association alone is not a delivery: the failures in a row keep counting.
+    wait_for(lambda: failures() >= 3, what="three failures in a row", state=failures)
+    assert box.states("pacs") == {"waiting": 2}
 
 
 # ---- crash and outage ------------------------------------------------------------------------

@@ -189,6 +189,24 @@ def test_the_queue_summary_and_undelivered_files(
     assert c.destination == "pacs"
 
 
+def test_known_destinations_are_found_on_the_index_not_by_reading_every_delivery(
+    store: Store, queued: tuple[int, list[int]]
+) -> None:
+    study_id, ids = queued
+    queue(store, study_id, ids, "archive")
+    queue(store, study_id, ids[:1], "done")
+    [done] = outbox.claim(store.conn, "done", 5)
+    with transaction(store.conn):
+        outbox.mark_sent(store.conn, done, "sender")
+    # Only sent rows: nothing waits there, and it has no status row.
+    assert outbox.known_destinations(store.conn) == {"pacs", "archive"}
+    outbox.claim(store.conn, "archive", 5)  # being sent still counts
+    assert outbox.known_destinations(store.conn) == {"pacs", "archive"}
+    plan = store.conn.execute("EXPLAIN QUERY PLAN " + outbox._KNOWN_DESTINATIONS).fetchall()
+    steps = [str(row[3]) for row in plan]
+    assert not [step for step in steps if step.startswith("SCAN deliveries")], steps
+
+
 def test_a_later_revision_references_the_one_it_replaces(store: Store, tmp_path: Path) -> None:
     instance_id, study_id, _ = ingest_one(store, tmp_path)
     first = record(store, instance_id, study_id, 2, revision=1)

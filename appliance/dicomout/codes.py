@@ -34,6 +34,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from appliance.dicomout.common import LONG
+from appliance.dicomout.derived import plain
 from appliance.domain import CodedTerm
 
 LOCAL = "99APPLNC"
@@ -51,7 +52,13 @@ def local_scheme() -> CodingSchemeIdentificationItem:
 
 def local(value: str, meaning: str) -> hd.sr.CodedConcept:
     """A concept of the local scheme."""
-    return hd.sr.CodedConcept(value=value, scheme_designator=LOCAL, meaning=meaning[:_MEANING])
+    return hd.sr.CodedConcept(value=value, scheme_designator=LOCAL, meaning=_meaning(meaning))
+
+
+def _meaning(text: str) -> str:
+    """A Code Meaning (LO) of a display name as a manifest writes it, which may hold what an
+    LO cannot: a backslash (it would make two values), a line break, over 64 characters."""
+    return plain(text, _MEANING)
 
 
 SCORE = local("SCORE", "Model score")
@@ -86,8 +93,8 @@ _PROCEDURES = {
 def finding_code(term: CodedTerm | None, label: str, display: str) -> hd.sr.CodedConcept:
     """The label's code from its manifest, or the local code made of its name."""
     if term is not None:
-        return hd.sr.CodedConcept(term.value, term.scheme, term.meaning[:_MEANING])
-    return local(label, display or label)
+        return hd.sr.CodedConcept(plain(term.value), plain(term.scheme), _meaning(term.meaning))
+    return local(label, plain(display) or label)
 
 
 def procedure_for(source: Dataset) -> hd.sr.CodedConcept:

@@ -45,6 +45,8 @@ _TYPE_2 = (
 )
 _OPTIONAL = ("IssuerOfPatientID", "PatientAge", "StudyDescription")
 _TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT"})
+# The control characters ST, LT and UT allow, less ESC: it only switches ISO 2022 sets.
+_TEXT_CONTROLS = frozenset("\r\n\f")
 
 
 def copy_patient_and_study(ds: Dataset, source: Dataset) -> None:
@@ -58,6 +60,8 @@ def copy_patient_and_study(ds: Dataset, source: Dataset) -> None:
 
 
 def _as_text(value: object) -> str:
+    if isinstance(value, MultiValue):  # a source's CHEST\PA: two values again, not a list's text
+        return "\\".join(_as_text(item) for item in value)
     if isinstance(value, PersonName):
         return str(value)  # all groups (alphabetic=ideographic=phonetic), decoded
     return str(value).strip()
@@ -137,12 +141,28 @@ def date_contributions(ds: Dataset, made_at: str) -> None:
 
 def plain(text: str, limit: int | None = None) -> str:
     """`text` fit for a DICOM string: control characters and backslashes (the value separator)
-    become spaces, runs of spaces one, and it is cut to `limit` characters."""
+    become spaces, runs of spaces one, and it is cut to `limit` (see `fit`)."""
     kept = "".join(
         " " if c == "\\" or unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in text
     )
     result = " ".join(kept.split())
-    return result[:limit] if limit else result
+    return fit(result, limit) if limit else result
+
+
+def fit(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` bytes in UTF-8 (so also `limit` characters), never inside
+    a character. The standard counts a value's length in characters, but dciodvfy and many
+    receivers' databases count bytes: "Klinik Süd" in 64 characters may be 70 bytes."""
+    return text.encode("utf-8")[:limit].decode("utf-8", "ignore").rstrip()
+
+
+def text_value(text: str) -> str:
+    """`text` fit for a DICOM text value (ST, LT, UT): line breaks kept, tabs and other control
+    characters (which these VRs do not allow, and which a pasted text may hold) as spaces."""
+    return "".join(
+        c if c in _TEXT_CONTROLS or unicodedata.category(c) not in ("Cc", "Zl", "Zp") else " "
+        for c in text
+    )
 
 
 def person_name(text: str) -> str:

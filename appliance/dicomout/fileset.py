@@ -6,8 +6,10 @@ viewer or PACS import opens: pydicom's `FileSet` writes the files under conforma
 
 Each export goes to a new sub-folder of the destination, so an earlier export (or another
 file-set already on the stick) is never overwritten; the files and folders are fsync'd before
-the export counts as done, since a stick is pulled out as soon as the screen says so. Nothing is
-left behind when an export fails half-way.
+the export counts as done, since a stick is pulled out as soon as the screen says so. The
+DICOMDIR gets its name last, once every file it lists is on the stick: a stick pulled out
+half-way holds no DICOMDIR that a viewer would open as a whole study. What an export that fails
+wrote is removed, where the stick is still there to remove it from.
 
 The directory records need a few values that received images often leave empty (Study ID,
 Series and Instance Number, a date): those records get stand-ins, while the files themselves
@@ -40,6 +42,7 @@ FILESET_ID = re.compile(r"^[A-Z0-9_ ]{1,16}\Z")  # a CS value of at most 16 char
 _HEADROOM_BYTES = 4 * 2**20  # the DICOMDIR and the file system's own bookkeeping
 _MAX_FOLDERS = 1000  # EXPORT, EXPORT_2 ... before giving up on a crowded stick
 _BULK = {0x7FE00010, 0x00420011}  # Pixel Data, Encapsulated Document: never in a record
+_PENDING_DICOMDIR = "DICOMDIR.PART"  # the DICOMDIR's name until the files it lists are synced
 
 
 class ExportError(ApplianceError):
@@ -82,7 +85,11 @@ def export_study(files: Sequence[Path], dest: Path, fileset_id: str) -> ExportRe
     try:
         _check_space(dest, files)
         _write_fileset(files, root, fileset_id)
+        pending = root / _PENDING_DICOMDIR
+        os.replace(root / "DICOMDIR", pending)
         count, size = _sync_tree(root)
+        os.replace(pending, root / "DICOMDIR")
+        fsync_dir(root)
         fsync_dir(dest)
     except BaseException as exc:
         shutil.rmtree(root, ignore_errors=True)
@@ -175,7 +182,7 @@ def _sync_tree(root: Path) -> tuple[int, int]:
             with path.open("rb") as handle:
                 os.fsync(handle.fileno())
             size += path.stat().st_size
-            count += name != "DICOMDIR"
+            count += name not in ("DICOMDIR", _PENDING_DICOMDIR)
         fsync_dir(Path(folder))
     return count, size
 
@@ -253,7 +260,22 @@ def _record_source(ds: Dataset, number: int) -> Dataset:
     for keyword, (vr, stand_in) in _STAND_INS.items():
         if _empty(source, keyword):
             source.add_new(keyword, vr, stand_in(ds, number))
+    verified = _verified_at(ds)
+    if verified and _empty(source, "VerificationDateTime"):
+        source.add_new("VerificationDateTime", "DT", verified)
     return source
+
+
+def _verified_at(ds: Dataset) -> str:
+    """When a VERIFIED SR was last verified: its SR DOCUMENT record must say it (Type 1C,
+    PS3.3 F.5.24), while the document keeps it in each Verifying Observer's item."""
+    if str(ds.get("VerificationFlag", "")).upper() != "VERIFIED":
+        return ""
+    times = [
+        str(item.get("VerificationDateTime") or "")
+        for item in ds.get("VerifyingObserverSequence", [])
+    ]
+    return max((t for t in times if t), default="")
 
 
 def _empty(ds: Dataset, keyword: str) -> bool:

@@ -6,8 +6,8 @@ The picture is the source frame as displayed with the heatmap (or the mask outli
 over it, RGB. It references the source image (and frame) in the Source Image Sequence, says in
 Derivation Description which label and which model made it, and carries the model's caution
 in Image Comments when the model is not for clinical use. It has no pixel spacing: it may be
-scaled down from the source, and nothing should be measured on it. Burned-in annotation is NO
-unless the source says YES (the overlay is drawn over the source's pixels, text and all).
+scaled down from the source, and nothing should be measured on it. Burned-in annotation is
+what the source says, and unsaid when the source does not say (see `_burned_in`).
 
 Patient and study are copied from the source (see `derived`); the UIDs come from
 `output_uids("heatmap", ...)`, so the same overlay of the same content is the same instance.
@@ -102,8 +102,7 @@ def _image(ds: Dataset, source: Dataset, frame: int) -> None:
     if "BodyPartExamined" in source:
         ds.BodyPartExamined = source.BodyPartExamined
     _laterality(ds, source)
-    burned_in = str(source.get("BurnedInAnnotation", "")).upper() == "YES"
-    ds.BurnedInAnnotation = "YES" if burned_in else "NO"
+    _burned_in(ds, source)
     if str(source.get("LossyImageCompression", "")) == "01":
         ds.LossyImageCompression = "01"  # its pixels are the source's, artefacts included
     reference = source_reference(source, frame)
@@ -111,6 +110,18 @@ def _image(ds: Dataset, source: Dataset, frame: int) -> None:
         hd.sr.CodedConcept("121322", "DCM", "Source image for image processing operation")
     ]
     ds.SourceImageSequence = [reference]
+
+
+def _burned_in(ds: Dataset, source: Dataset) -> None:
+    """The overlay is drawn over the source's pixels, text and all, and adds no text: it says
+    what the source says. A source that does not say (many an ultrasound image with the name in
+    its pixels) leaves it unsaid too (Type 3), never a "NO" that a de-identifying export would
+    trust."""
+    said = str(source.get("BurnedInAnnotation") or "").strip().upper()
+    if said in ("YES", "NO"):
+        ds.BurnedInAnnotation = said
+    elif "BurnedInAnnotation" in ds:
+        del ds.BurnedInAnnotation
 
 
 def _laterality(ds: Dataset, source: Dataset) -> None:

@@ -11,7 +11,7 @@ What it holds:
 - per model with findings, one TID 1501 group per label: tracking identifier, algorithm, the
   finding (the label's code), Present or Absent (SNOMED CT), the score and the operating
   threshold, and the source image (with its frame when the source is multi-frame);
-- per positive mask one TID 1410 group per outline: a closed SCOORD POLYGON on the source
+- per positive mask one TID 1410 group per outline: a closed SCOORD POLYLINE on the source
   image (and frame), Present, and the area in mm² (SNOMED CT Area, UCUM mm2) where the image
   has a calibrated pixel spacing; a mask of several regions gives its total area in a TID 1501
   group of its own, since one region's polygon must not carry all regions' area; a negative
@@ -73,6 +73,7 @@ from appliance.dicomout.derived import (
     plain,
     set_character_set,
     set_times,
+    text_value,
     utc_datetime,
 )
 from appliance.dicomout.meta import file_meta_for
@@ -246,7 +247,7 @@ def _evaluations(content: ReportContent) -> hd.sr.ContainerContentItem:
     )
     container.ContentSequence = hd.sr.ContentSequence(
         [
-            hd.sr.TextContentItem(name=name, value=text, relationship_type=_CONTAINS)
+            hd.sr.TextContentItem(name=name, value=text_value(text), relationship_type=_CONTAINS)
             for name, text in text_items(content)
         ]
     )

@@ -22,6 +22,7 @@ DEJAVU_REGULAR = DEJAVU / "DejaVuSans.ttf"
 DEJAVU_BOLD = DEJAVU / "DejaVuSans-Bold.ttf"
 DEJAVU_PACKAGE = "fonts-dejavu-core"
 _TRUETYPE = (b"\x00\x01\x00\x00", b"true", b"OTTO")  # sfnt versions: TrueType, Apple, CFF
+UNSHOWN = "\ufffd"  # printed for a character the font has no glyph for
 
 
 class ReportFontError(ApplianceError):
@@ -33,11 +34,17 @@ class ReportFonts:
     regular: Path
     bold: Path
 
-    def missing(self, text: str) -> str:
-        """The characters of `text` that the regular font has no glyph for (they would print
-        as nothing), in order, each once."""
-        covered = _code_points(self.regular)
+    def missing(self, text: str, *, bold: bool = False) -> str:
+        """The characters of `text` that the regular (or bold) font has no glyph for (they
+        would print as nothing), in order, each once."""
+        covered = _code_points(self.bold if bold else self.regular)
         return "".join(dict.fromkeys(c for c in text if not c.isspace() and ord(c) not in covered))
+
+    def stand_in(self) -> str:
+        """What a character the fonts cannot show is printed as: the replacement character
+        where both fonts have it, else a question mark."""
+        covered = _code_points(self.regular) & _code_points(self.bold)
+        return UNSHOWN if ord(UNSHOWN) in covered else "?"
 
 
 @lru_cache(maxsize=4)

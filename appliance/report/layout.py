@@ -26,16 +26,31 @@ _RULE_GREY, _TEXT_GREY = 170, 90
 
 
 class Page(FPDF):
-    """A4 portrait with the report's fonts and a footer: who generated it, when, the page."""
+    """A4 portrait with the report's fonts and a footer: who generated it, when, the page.
+
+    A character the fonts have no glyph for would print as nothing, so that an impression in
+    a script the font lacks would lose letters without a trace: each is printed as the fonts'
+    stand-in instead, and `unshown` says that it happened, for the report to say why.
+    """
 
     def __init__(self, fonts: ReportFonts, footer_text: str) -> None:
         super().__init__(orientation="P", unit="mm", format="A4")
+        self.report_fonts = fonts
+        self.unshown = False
         self.footer_text = footer_text
         self.add_font(FAMILY, "", str(fonts.regular))
         self.add_font(FAMILY, "B", str(fonts.bold))
         self.set_margins(MARGIN, MARGIN, MARGIN)
         self.set_auto_page_break(auto=True, margin=MARGIN + 5)
         self.alias_nb_pages()
+
+    def normalize_text(self, text: str) -> str:
+        missing = self.report_fonts.missing(text, bold="B" in self.font_style)
+        if missing:
+            self.unshown = True
+            mark = self.report_fonts.stand_in()
+            text = "".join(mark if c in missing else c for c in text)
+        return super().normalize_text(text)
 
     def footer(self) -> None:
         self.set_y(-MARGIN)

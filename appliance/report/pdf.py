@@ -3,10 +3,11 @@ record (wrapped as DICOM by `dicomout.pdf`) and for printing.
 
 In reading order: the site, the caution when a model is not for clinical use (first, in a box),
 the patient and study, the outcome in plain words, the findings table (score against the
-operating threshold, found or not; mask areas in mm² or why they cannot be measured), the image
-without and with its heatmaps side by side, the models that ran (with their full SHA-256 in
-small print), the clinicians' feedback, the impression and who signed it, the revision and the
-report it replaces; each page says when it was generated and its number.
+operating threshold, above or below it; what a mask marked, with its area in mm² or why it
+cannot be measured), the image without and with its heatmaps side by side, the models that ran
+(with their full SHA-256 in small print), the clinicians' feedback, the impression and who
+signed it, the revision and the report it replaces; each page says when it was generated and
+its number. Times are UTC and say so; the study's time is the modality's clock and says so.
 
 The fonts are TrueType files embedded in the PDF (see `fonts`): no network, no core fonts. The
 PDF's creation date is the content's `made_at`, so the same content gives the same bytes.
@@ -53,6 +54,7 @@ def render_report(
     _feedback(page, content)
     _impression(page, content)
     _revision(page, content)
+    _unshown(page)
     return bytes(page.output())
 
 
@@ -73,7 +75,9 @@ def _metadata(page: Page, content: ReportContent, header: ReportHeader, made: da
 def _patient_and_study(page: Page, header: ReportHeader, fonts: ReportFonts) -> None:
     layout.heading(page, "Patient and study")
     study_when = " ".join(
-        part for part in (words.date(header.study_date), words.time(header.study_time)) if part
+        part
+        for part in (words.date(header.study_date), words.study_time(header.study_time))
+        if part
     )
     layout.key_values(
         page,
@@ -128,8 +132,9 @@ def _findings(page: Page, content: ReportContent) -> None:
         layout.table(page, _TABLE_HEADINGS, rows, _TABLE_WIDTHS, _TABLE_ALIGN)
     layout.small(
         page,
-        "A finding is reported as found when its score is at or above the model's operating "
-        "threshold. Scores are the model's outputs, not probabilities of disease.",
+        "A finding is above threshold when the model's score is at or above its operating "
+        "threshold; a mask is marked when the model outlined a region. Scores are the model's "
+        "outputs, not probabilities of disease, and none of this is a diagnosis.",
     )
 
 
@@ -196,6 +201,17 @@ def _impression(page: Page, content: ReportContent) -> None:
         layout.paragraph(page, f"Signed by {who}.", bold=True)
     else:
         layout.paragraph(page, f"Draft by {who}, not signed. No final impression yet.")
+
+
+def _unshown(page: Page) -> None:
+    """Why some characters print as a stand-in, when any did (see `layout.Page`)."""
+    if page.unshown:
+        mark = page.report_fonts.stand_in()
+        layout.small(
+            page,
+            f"Characters printed as {mark} cannot be shown by the report's font (see "
+            "outputs.report_font); the structured report made with it holds the text in full.",
+        )
 
 
 def _revision(page: Page, content: ReportContent) -> None:

@@ -1,6 +1,7 @@
 """The printed report's words: DICOM values and findings said the way a clinician reads them
-(names with commas, dates with dashes, found or not found, why an image was held back).
-Plain functions of the content, kept apart from the layout so that each can be read alone.
+(names with commas, dates with dashes, a score above or below its threshold but never "found",
+since a model's output is not a diagnosis, why an image was held back). Plain functions of the
+content, kept apart from the layout so that each can be read alone.
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ def time(value: str) -> str:
     if len(text) >= 4 and text[:4].isdigit():
         return f"{text[:2]}:{text[2:4]}"
     return text
+
+
+def study_time(value: str) -> str:
+    """The study's time as the modality wrote it, said to be in its clock: every other time on
+    the report is UTC, and a study time in the clinic's local time must not pass for one."""
+    shown = time(value)
+    return f"{shown} (modality's clock)" if shown else ""
 
 
 def sex(value: str) -> str:
@@ -106,20 +114,22 @@ def _because(text: str, reason: str) -> str:
 
 
 def label_row(label: LabelResult) -> tuple[str, str, str, str]:
-    """(finding, score, threshold, result) of a label, for the findings table."""
-    result = "found" if label.positive else "not found"
+    """(finding, score, threshold, result) of a label, for the findings table. The result
+    says what the model's score did, never "found": a model's output is not a diagnosis."""
+    result = "above threshold" if label.positive else "below threshold"
     return (label.display, f"{label.score:.2f}", f"{label.threshold:.2f}", result)
 
 
 def mask_row(mask: MaskResult) -> tuple[str, str, str, str]:
-    """(finding, score, threshold, result) of a mask: found with its area, or not found."""
+    """(finding, score, threshold, result) of a mask: what the model marked, with its area,
+    or that it marked nothing."""
     if not mask.positive:
-        return (mask.display, "", "", "not found")
+        return (mask.display, "", "", "nothing marked")
     regions = len(mask.outlines)
     where = f" in {regions} regions" if regions > 1 else ""
     if mask.area_mm2 is None:
-        return (mask.display, "", "", f"found{where}; area {NO_SPACING}")
-    return (mask.display, "", "", f"found{where}; area {mask.area_mm2:.1f} mm²")
+        return (mask.display, "", "", f"marked{where}; area {NO_SPACING}")
+    return (mask.display, "", "", f"marked{where}; area {mask.area_mm2:.1f} mm²")
 
 
 def short_hash(sha256: str) -> str:

@@ -4,8 +4,9 @@ The files' presentation contexts come from their file meta alone; each file is r
 only just before its C-STORE, so memory stays at one object however long the queue. Every
 delivery of the batch ends the call as sent, failed (refused for good, with the reason) or
 waiting again (the destination could not be reached, rejected us, went away or ran out of
-room: the destination backs off, see `backoff`). A stop asked for mid-batch lets the object in
-flight finish and puts the rest back, untried.
+room: the destination backs off, see `backoff`; the object in flight then waits a back-off of
+its own, so that one the PACS always drops does not hold up the rest). A stop asked for
+mid-batch lets the object in flight finish and puts the rest back, untried.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class Courier:
         )
         self.timeouts = scu.Timeouts(settings.connect_timeout_s, settings.dimse_timeout_s)
         self.tally: Counter[str] = Counter()
+        self._got_through = False  # an object of this batch was sent: the back-off is over
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -74,6 +76,7 @@ class Courier:
     def deliver(self, deliveries: list[Delivery]) -> None:
         """Send one claimed batch; every delivery leaves the `sending` state."""
         self.tally = Counter()
+        self._got_through = False
         items = [item for item in (self._prepare(d) for d in deliveries) if item is not None]
         proposed = scu.propose((item.sop_class, item.syntax) for item in items)
         carried = set(proposed[: scu.MAX_CONTEXTS])
@@ -141,7 +144,7 @@ class Courier:
             reply = scu.store_file(assoc, item.path, item.sop_class, item.syntax)
             if reply.lost:
                 rest = _deliveries(items[index + 1 :])
-                self._trouble(reasons.lost(reply.problem), [item.delivery], rest)
+                self._trouble(reasons.lost(reply.problem), [], rest, in_flight=item.delivery)
                 return
             if reply.status is None:
                 self._fail(item.delivery, self._not_sent(item, reply.problem))
@@ -149,7 +152,7 @@ class Courier:
             verdict = reasons.judge(reply.status, reply.comment, item.sop_class)
             if verdict.action is Action.RETRY:
                 rest = _deliveries(items[index + 1 :])
-                self._trouble(verdict.words, [item.delivery], rest, verdict.summary)
+                self._trouble(verdict.words, [], rest, verdict.summary, in_flight=item.delivery)
                 return
             self._record(item.delivery, verdict)
 
@@ -164,6 +167,9 @@ class Courier:
         if verdict.action is Action.SENT:
             with transaction(self.conn):
                 outbox.mark_sent(self.conn, delivery, ACTOR, verdict.words)
+                if not self._got_through:
+                    backoff.delivered(self.conn, self.destination.name)
+            self._got_through = True
             self.tally["sent with a warning" if verdict.words else "sent"] += 1
             if verdict.words:
                 log.info("%s: %s", self.destination.name, verdict.summary)
@@ -189,18 +195,21 @@ class Courier:
         tried: list[Delivery],
         untried: list[Delivery] | None = None,
         summary: str = "",
+        in_flight: Delivery | None = None,
     ) -> None:
-        """The destination failed: everything not yet done waits, and it backs off."""
+        """The destination failed: everything not yet done waits, and it backs off; the
+        object `in_flight` at the failure (tried) waits its own back-off as well."""
         groups = [(tried, True), (untried or [], False)]
         next_try = backoff.trouble(
-            self.conn, self.destination.name, reason, self.settings, groups, ACTOR
+            self.conn, self.destination.name, reason, self.settings, groups, ACTOR, in_flight
         )
-        self.tally["waiting"] += len(tried) + len(untried or [])
+        waiting = len(tried) + len(untried or []) + (in_flight is not None)
+        self.tally["waiting"] += waiting
         log.warning(
             "%s: %s; %d object(s) wait, next try in %.1f s",
             self.destination.name,
             summary or reason,
-            len(tried) + len(untried or []),
+            waiting,
             max(0.0, next_try - time.time()),
         )
 

@@ -104,12 +104,17 @@ def _listen(
 
 
 def _mark_unconfigured(conn: sqlite3.Connection, settings: Settings) -> None:
+    """Say so of each destination the outbox names that is not configured; forget having
+    said it of one that is configured again (not tried yet, rather than "not configured")."""
     configured = {d.name for d in settings.destinations}
-    for name in sorted(outbox.known_destinations(conn) - configured):
+    for name in sorted(outbox.known_destinations(conn) | configured):
         known = outbox.destination_status(conn, name)
-        if known is None or known["detail"] != NOT_CONFIGURED:
+        said = known is not None and known["detail"] == NOT_CONFIGURED
+        if name not in configured and not said:
             outbox.record_destination(conn, name, None, NOT_CONFIGURED)
             log.warning("%s: deliveries wait for a destination that is %s", name, NOT_CONFIGURED)
+        elif name in configured and said:
+            outbox.record_destination(conn, name, None, "")
 
 
 class Lane(threading.Thread):

@@ -223,7 +223,7 @@ def _tidy_after_move(conn: sqlite3.Connection, series_id: int, study_id: int) ->
         " (SELECT 1 FROM instances WHERE series_ref = ?)",
         (series_id, series_id),
     )
-    if conn.execute(_STUDY_IN_USE, (study_id, study_id, study_id)).fetchone() is not None:
+    if conn.execute(_STUDY_IN_USE, (study_id,) * 5).fetchone() is not None:
         analyses.update_triage(conn, study_id)
         return
     uid = conn.execute("DELETE FROM studies WHERE id = ? RETURNING study_uid", (study_id,))
@@ -236,6 +236,8 @@ _STUDY_IN_USE = """
 SELECT 1 WHERE EXISTS (SELECT 1 FROM series WHERE study_ref = ?)
     OR EXISTS (SELECT 1 FROM impressions WHERE study_ref = ?)
     OR EXISTS (SELECT 1 FROM capture_requests WHERE study_ref = ?)
+    OR EXISTS (SELECT 1 FROM outputs WHERE study_ref = ?)
+    OR EXISTS (SELECT 1 FROM deliveries WHERE study_ref = ?)
 """
 
 

@@ -59,24 +59,26 @@ def enqueue(
     return int(cur.lastrowid or 0)
 
 
-# Due: queued and past its retry time. Pictures also wait until no image has arrived for a
-# moment (or until they are old): in a burst, every image gets its findings, and the worklist
-# its order, before any picture is drawn. Analyses go first, then outputs, then the oldest.
+# Due: queued and past its retry time. Pictures and outputs also wait until no image has
+# arrived for a moment (or until they are old): in a burst, every image gets its findings, and
+# the worklist its order, before any picture is drawn or any report made (an outputs job takes
+# far longer than an analysis). Analyses go first, then outputs, then the oldest.
 _ANY_DUE = (
     "SELECT 1 FROM jobs WHERE state = 'queued' AND run_after <= :now"
-    " AND (kind != 'pictures' OR :quiet OR created_at <= :overdue) LIMIT 1"
+    " AND (kind NOT IN ('pictures', 'outputs') OR :quiet OR created_at <= :overdue) LIMIT 1"
 )
 _NEXT_DUE = (
     "SELECT id, instance_ref, kind, attempts, max_attempts, skip_plausibility, purpose FROM jobs"
     " WHERE state = 'queued' AND run_after <= :now"
-    " AND (kind != 'pictures' OR :quiet OR created_at <= :overdue)"
+    " AND (kind NOT IN ('pictures', 'outputs') OR :quiet OR created_at <= :overdue)"
     " ORDER BY kind = 'pictures', kind = 'outputs', id LIMIT 1"
 )
 
 
 def claim(conn: sqlite3.Connection, owner: str, lease_s: float, quiet_s: float = 0.0) -> Job | None:
-    """Lease the next due job to `owner`, or None: analyses first, oldest first; pictures only
-    once no analysis was queued for `quiet_s` seconds or they waited PICTURES_MAX_WAIT_S."""
+    """Lease the next due job to `owner`, or None: analyses first, oldest first; pictures and
+    outputs only once no analysis was queued for `quiet_s` seconds or they waited
+    PICTURES_MAX_WAIT_S."""
     due = _due_params(conn, quiet_s)
     if conn.execute(_ANY_DUE, due).fetchone() is None:
         return None  # the common idle case, without taking the write lock
@@ -155,7 +157,10 @@ def retry(conn: sqlite3.Connection, job_id: int, owner: str, error: str, delay_s
 
 
 def pictures_waiting(conn: sqlite3.Connection) -> bool:
-    row = conn.execute("SELECT 1 FROM jobs WHERE state = 'queued' AND kind = 'pictures' LIMIT 1")
+    """Whether a pictures or outputs job is queued (it may be waiting for a quiet moment)."""
+    row = conn.execute(
+        "SELECT 1 FROM jobs WHERE state = 'queued' AND kind IN ('pictures', 'outputs') LIMIT 1"
+    )
     return row.fetchone() is not None
 
 

@@ -115,6 +115,16 @@ def output_files(conn: sqlite3.Connection) -> set[str]:
     return {row[0] for row in conn.execute("SELECT file_name FROM outputs")}
 
 
+def recorded_files(conn: sqlite3.Connection, names: Iterable[str]) -> set[str]:
+    """Those of `names` that the outputs table refers to."""
+    found = set()
+    for name in names:
+        row = conn.execute("SELECT 1 FROM outputs WHERE file_name = ?", (name,)).fetchone()
+        if row is not None:
+            found.add(name)
+    return found
+
+
 def study_outputs(conn: sqlite3.Connection, study_id: int) -> list[sqlite3.Row]:
     """The newest revision of every analysed image's objects in a study, for export and the
     study page (with the source image's SOP Instance UID)."""
@@ -224,13 +234,25 @@ def next_due(conn: sqlite3.Connection, destination: str | None = None) -> float 
     return None if row[0] is None else float(row[0])
 
 
+# The sender asks this at every poll, and `deliveries` keeps every sent row for years: the
+# destinations are found by hopping from one to the next on the `deliveries_due` index (a few
+# look-ups per destination), never by reading the whole table.
+_KNOWN_DESTINATIONS = """
+WITH RECURSIVE names(name) AS (
+    SELECT MIN(destination) FROM deliveries
+    UNION ALL
+    SELECT (SELECT MIN(destination) FROM deliveries WHERE destination > name)
+    FROM names WHERE name IS NOT NULL
+)
+SELECT name FROM names WHERE name IS NOT NULL AND EXISTS
+    (SELECT 1 FROM deliveries WHERE destination = name AND state IN ('waiting', 'sending'))
+UNION SELECT name FROM destination_status
+"""
+
+
 def known_destinations(conn: sqlite3.Connection) -> set[str]:
     """Every destination that has deliveries waiting or being sent, or a status row."""
-    rows = conn.execute(
-        "SELECT DISTINCT destination FROM deliveries WHERE state IN ('waiting', 'sending')"
-        " UNION SELECT name FROM destination_status"
-    )
-    return {row[0] for row in rows}
+    return {row[0] for row in conn.execute(_KNOWN_DESTINATIONS)}
 
 
 def claim(

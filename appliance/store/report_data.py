@@ -1,6 +1,6 @@
 """What a report of one analysed image is made of, read in one go: the image's current
 analysis and findings, the pictures drawn beside them, what people said of the findings and the
-study's newest final impression.
+study's newest final impression given since the analysis.
 
 `fingerprint` names exactly these inputs, so the outputs job can tell whether a new revision
 is due (new findings, feedback, impression or pictures) or the objects already made still say
@@ -39,6 +39,11 @@ class ReportRows:
         ]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
+    @property
+    def finalised(self) -> bool:
+        """Whether a clinician gave the final word with these findings in view."""
+        return self.impression is not None
+
 
 def report_rows(conn: sqlite3.Connection, instance_id: int) -> ReportRows | None:
     """The inputs of an image's report, or None when it has no analysis yet."""
@@ -49,7 +54,8 @@ def report_rows(conn: sqlite3.Connection, instance_id: int) -> ReportRows | None
         (instance_id,),
     ).fetchone()
     analysis = conn.execute(
-        "SELECT job_ref, state, reason, summary, priority FROM analyses WHERE instance_ref = ?",
+        "SELECT job_ref, state, reason, summary, priority, updated_at FROM analyses"
+        " WHERE instance_ref = ?",
         (instance_id,),
     ).fetchone()
     if image is None or analysis is None:
@@ -72,7 +78,7 @@ def report_rows(conn: sqlite3.Connection, instance_id: int) -> ReportRows | None
         findings=findings,
         pictures=_pictures(conn, instance_id, job_id),
         feedback=_feedback(conn, instance_id, job_id),
-        impression=_final_impression(conn, image["study_ref"]),
+        impression=_final_impression(conn, image["study_ref"], analysis["updated_at"]),
     )
 
 
@@ -97,11 +103,16 @@ def _feedback(conn: sqlite3.Connection, instance_id: int, job_id: int) -> list[s
     ).fetchall()
 
 
-def _final_impression(conn: sqlite3.Connection, study_id: int) -> sqlite3.Row | None:
+def _final_impression(
+    conn: sqlite3.Connection, study_id: int, analysed_at: str
+) -> sqlite3.Row | None:
+    """The study's newest final impression given since the analysis was saved. A signature
+    covers the findings the clinician had in view: an image that arrived (or was analysed
+    again) after it keeps an unsigned report until the next final impression."""
     row = conn.execute(
         "SELECT im.id, im.text, im.at, im.final, u.display_name, u.role FROM impressions im"
         " JOIN users u ON u.id = im.user_ref WHERE im.study_ref = ? AND im.final = 1"
-        " ORDER BY im.id DESC LIMIT 1",
-        (study_id,),
+        " AND im.at >= ? ORDER BY im.id DESC LIMIT 1",
+        (study_id, analysed_at),
     ).fetchone()
     return row if isinstance(row, sqlite3.Row) else None

@@ -5,9 +5,12 @@ After an image's findings and pictures are saved (and again when a clinician fin
 somebody asks to send again), this builds a TID 1500 SR, a Secondary Capture per heatmap or
 outline overlay and an Encapsulated PDF report, writes them durably to the outputs folder and,
 in one transaction with the job's end, records them and queues one delivery per object and
-destination. UIDs follow from the inputs (`ReportRows.fingerprint`): a job repeated after a
-crash makes the same objects with the same UIDs, and the same inputs never make a second
-revision. A later revision references the one it replaces.
+destination. UIDs follow from the inputs (`ReportRows.fingerprint`) and the revision: a job
+repeated after a crash makes the same objects with the same UIDs, the same inputs never make a
+second revision, and inputs that come back to what an older revision said still make objects
+of their own. A later revision references the one it replaces. Once a clinician has given the
+final word on an image's findings, its later revisions (the pictures drawn after it) go to the
+destinations that wait for the final word too.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from appliance.config import Destination, Settings
 from appliance.dicomout.heatmap import build_heatmap
 from appliance.dicomout.pdf import encapsulate_pdf
 from appliance.dicomout.sr import build_sr
-from appliance.dicomout.uids import output_uids
+from appliance.dicomout.uids import ObjectUids, output_uids
 from appliance.domain import ModelReport, ReportContent, ReportPictures
 from appliance.imaging import decode, to_display
 from appliance.imaging.limits import Limits
@@ -91,7 +94,7 @@ def build(store: Store, settings: Settings, job_plan: Plan) -> list[Built]:
     content = report_content(rows, settings.site_name, utc_now(), job_plan.revision, replaces)
     overlays = _overlays(store, rows)
     built = [_sr(content, source, rows, settings)]
-    built += _heatmaps(source, rows, overlays, settings, content.made_at)
+    built += _heatmaps(source, rows, overlays, settings, content)
     pictures = ReportPictures(_image_png(path, content, settings), _overlay_pngs(overlays))
     built.append(_report(content, source, pictures, rows, settings))
     return built
@@ -112,6 +115,33 @@ def commit(
     if built:  # a reused revision writes nothing: it must not fail for want of space
         store.spool.check_space(sum(len(item.data) for item in built))
     names = store.outputs.write_all([item.data for item in built])
+    try:
+        return _record(store, job, owner, job_plan, built, names, actor)
+    except Exception:  # the job is retried: leave no leftovers until the next start's sweep
+        _remove_unrecorded(store, names)
+        raise
+
+
+def _remove_unrecorded(store: Store, names: Sequence[str]) -> None:
+    """Remove the files of a commit that failed, unless a row names them after all; when the
+    store cannot even say, keep them (the sweep at start removes leftovers; a recorded object
+    must never lose its file)."""
+    try:
+        recorded = outbox.recorded_files(store.conn, names)
+    except sqlite3.Error:
+        return
+    store.outputs.remove_all(name for name in names if name not in recorded)
+
+
+def _record(
+    store: Store,
+    job: jobs.Job,
+    owner: str,
+    job_plan: Plan,
+    built: Sequence[Built],
+    names: Sequence[str],
+    actor: str,
+) -> int | None:
     records = [
         _named(item.record, name, len(item.data)) for item, name in zip(built, names, strict=True)
     ]
@@ -139,7 +169,7 @@ def commit(
                 purpose=job_plan.purpose,
                 objects=[f"{r.kind}:{r.sop_instance_uid}" for r in records],
             )
-        queued = _queue(conn, store.settings, job_plan)
+        queued = _queue(conn, store.settings, job_plan, actor)
 
     if not store.finish_job(job, owner, "", save):
         store.outputs.remove_all(names)
@@ -159,39 +189,72 @@ def _named(record: outbox.NewOutput, name: str, size: int) -> outbox.NewOutput:
     )
 
 
-def destinations_for(purpose: str, settings: Settings) -> list[tuple[Destination, bool]]:
+def destinations_for(
+    purpose: str, settings: Settings, finalised: bool = False
+) -> list[tuple[Destination, bool]]:
     """The destinations a job of this purpose delivers to, and whether to send again what
-    was already sent (a person asked for it)."""
+    was already sent (a person asked for it). Once the image's findings are `finalised`,
+    a revision made for its pictures goes to the destinations that wait for the final word
+    too: theirs would otherwise stay the revision made before the pictures."""
     if purpose.startswith("manual:"):
         destination = settings.destination(purpose.removeprefix("manual:"))
         return [] if destination is None else [(destination, True)]
+    if purpose == "findings" and finalised:
+        purpose = "final"
     wanted = {"findings": {"findings"}, "final": {"findings", "final"}}.get(purpose, set())
     return [(d, False) for d in settings.destinations if d.when in wanted]
 
 
-def _queue(conn: sqlite3.Connection, settings: Settings, job_plan: Plan) -> int:
-    """Queue the newest revision's objects (and the original, if asked) per destination."""
+def _queue(conn: sqlite3.Connection, settings: Settings, job_plan: Plan, actor: str) -> int:
+    """Queue the newest revision's objects (and the original, if asked) per destination,
+    with an audit row for each destination that has objects waiting anew."""
     rows = job_plan.rows
     objects = outbox.latest_outputs(conn, rows.instance_id)
     queued = 0
-    for destination, again in destinations_for(job_plan.purpose, settings):
+    for destination, again in destinations_for(job_plan.purpose, settings, rows.finalised):
         kinds = {SEND_KINDS[k] for k in destination.send if k in SEND_KINDS}
         items: list[tuple[int | None, int | None, str]] = [
             (row["id"], None, row["sop_instance_uid"]) for row in objects if row["kind"] in kinds
         ]
         if "images" in destination.send:
             items.append((None, rows.instance_id, rows.source_uid))
-        queued += outbox.queue_deliveries(conn, destination.name, rows.study_id, items, again=again)
+        count = outbox.queue_deliveries(conn, destination.name, rows.study_id, items, again=again)
+        if count:
+            audit.append(
+                conn,
+                actor,
+                "send.queued",
+                f"instance:{rows.instance_id}",
+                destination=destination.name,
+                objects=count,
+                revision=job_plan.revision,
+                purpose=job_plan.purpose,
+            )
+        queued += count
     return queued
+
+
+def _uids(
+    kind: str, rows: ReportRows, revision: int, settings: Settings, label: str = ""
+) -> ObjectUids:
+    """An object's UIDs, from its image, what it reports and its revision: should the
+    inputs come back to what an older revision reported, the new revision (which says what
+    it replaces) still gets UIDs of its own."""
+    return output_uids(
+        kind,
+        rows.study_uid,
+        rows.source_uid,
+        f"{rows.fingerprint}:{revision}",
+        label=label,
+        root=settings.outputs.uid_root,
+    )
 
 
 # ---- the objects --------------------------------------------------------------------------
 
 
 def _sr(content: ReportContent, source: Dataset, rows: ReportRows, settings: Settings) -> Built:
-    uids = output_uids(
-        "sr", rows.study_uid, rows.source_uid, rows.fingerprint, root=settings.outputs.uid_root
-    )
+    uids = _uids("sr", rows, content.revision, settings)
     ds = build_sr(
         content,
         source,
@@ -207,7 +270,7 @@ def _heatmaps(
     rows: ReportRows,
     overlays: Sequence[tuple[sqlite3.Row, npt.NDArray[np.uint8]]],
     settings: Settings,
-    made_at: str,
+    content: ReportContent,
 ) -> list[Built]:
     by_finding = {row["id"]: row for row in rows.findings}
     built = []
@@ -215,14 +278,7 @@ def _heatmaps(
         finding = by_finding[picture["finding_ref"]]
         model = model_report(finding)
         label = str(picture["label"])
-        uids = output_uids(
-            "heatmap",
-            rows.study_uid,
-            rows.source_uid,
-            rows.fingerprint,
-            label=f"{label}:{picture['id']}",
-            root=settings.outputs.uid_root,
-        )
+        uids = _uids("heatmap", rows, content.revision, settings, f"{label}:{picture['id']}")
         ds = build_heatmap(
             source,
             rgb,
@@ -233,7 +289,7 @@ def _heatmaps(
             instance_number=rows.instance_id * 100 + index % 100,
             frame=int(picture["frame"]),
             institution=settings.outputs.institution_name,
-            made_at=made_at,
+            made_at=content.made_at,
         )
         built.append(_built("heatmap", label, ds))
     return built
@@ -248,9 +304,7 @@ def _report(
 ) -> Built:
     header = report_header(source)
     pdf = render_report(content, header, pictures, font=settings.outputs.report_font)
-    uids = output_uids(
-        "report", rows.study_uid, rows.source_uid, rows.fingerprint, root=settings.outputs.uid_root
-    )
+    uids = _uids("report", rows, content.revision, settings)
     ds = encapsulate_pdf(
         source,
         pdf,
