@@ -299,8 +299,9 @@ class ReportHeader:
 
 @dataclass(frozen=True)
 class ReportPictures:
-    """The pictures a printed report shows: the image as displayed, and the heatmap or outline
-    overlays (label, PNG) drawn over it."""
+    """The pictures a printed report shows: the image as displayed, and the overlays drawn over
+    it (label, PNG): heatmaps of scores, and outlines of masks."""
 
     image_png: bytes | None
     overlays: tuple[tuple[str, bytes], ...] = ()
+    outlines: tuple[tuple[str, bytes], ...] = ()

@@ -350,3 +350,43 @@ def test_a_corrected_resend_into_another_study_is_taken_after_its_objects_were_m
     drain(worker)
     revisions = [row["revision"] for row in objects_of(store.conn, instance) if row["kind"] == "sr"]
     assert revisions == [1, 2]
+
+
+def test_an_object_that_is_no_image_gets_no_report(
+    opened: tuple[Store, Any], tmp_path: Path
+) -> None:
+    """An RT plan (pydicom's own test file) is stored and its analysis says no model; a report
+    on it would say nothing, so none is made."""
+    from pydicom.data import get_testdata_file
+
+    store, worker = opened
+    plan = get_testdata_file("rtplan.dcm")
+    assert plan is not None
+    instance = put_dataset(store, pydicom.dcmread(plan), tmp_path, "rtplan.dcm")
+    drain(worker)
+    assert objects_of(store.conn, instance) == []
+    states = store.conn.execute("SELECT kind, state FROM jobs ORDER BY id").fetchall()
+    assert [tuple(row) for row in states] == [("analyse", "done"), ("outputs", "done")]
+
+
+def test_a_mask_outline_is_called_an_outline_not_a_heatmap(
+    opened: tuple[Store, Any], tmp_path: Path
+) -> None:
+    import subprocess
+
+    from appliance.phantoms.demo import write_demo_data
+
+    store, worker = opened
+    [fluid] = [i for i in write_demo_data(tmp_path / "demo") if i.path.name == "08-us-fluid.dcm"]
+    instance = put_dataset(store, pydicom.dcmread(fluid.path), tmp_path, "us.dcm")
+    drain(worker)
+    made = {row["kind"]: row for row in objects_of(store.conn, instance)}
+    picture = pydicom.dcmread(store.outputs.path_of(made["heatmap"]["file_name"]))
+    assert str(picture.DerivationDescription).startswith("Outline of ")
+    report = pydicom.dcmread(store.outputs.path_of(made["report"]["file_name"]))
+    pdf = tmp_path / "report.pdf"
+    pdf.write_bytes(bytes(report.EncapsulatedDocument)[: report.EncapsulatedDocumentLength])
+    text = subprocess.run(
+        ["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "Outlined:" in text and "With heatmap" not in text

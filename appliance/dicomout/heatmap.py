@@ -52,9 +52,11 @@ def build_heatmap(
     frame: int,
     institution: str = "",
     made_at: str = "",
+    outline: bool = False,
 ) -> Dataset:
     """The overlay `overlay_rgb` (H x W x 3, uint8, RGB) of `label` on frame `frame` (0-based)
-    of `source` (its header), made by `model`.
+    of `source` (its header), made by `model`: a heatmap of its scores, or with `outline` the
+    outline of what a mask marked.
 
     `made_at` (ISO 8601) dates the picture; without it the object holds no times at all, so
     that building it again gives the same bytes. Raises ValueError for pixels that are not an
@@ -79,7 +81,7 @@ def build_heatmap(
     copy_patient_and_study(ds, source)
     equipment(ds, institution)
     _image(ds, source, frame)
-    _derivation(ds, label, display, model)
+    _derivation(ds, label, display, model, "Outline" if outline else "Heatmap")
     _times(ds, made_at, source)
     date_contributions(ds, made_at)
     set_character_set(ds)
@@ -148,9 +150,9 @@ def _orientation(source: Dataset) -> list[str] | str:
     return values
 
 
-def _derivation(ds: Dataset, label: str, display: str, model: ModelReport) -> None:
+def _derivation(ds: Dataset, label: str, display: str, model: ModelReport, what: str) -> None:
     ds.DerivationDescription = plain(
-        f"Heatmap of {display or label} ({label}) drawn over the image by {model.title}: "
+        f"{what} of {display or label} ({label}) drawn over the image by {model.title}: "
         f"model {model.name} version {model.version}, SHA-256 {model.sha256}, "
         f"{model.backend} {model.precision}",
         1024,

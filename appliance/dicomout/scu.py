@@ -253,6 +253,8 @@ def store_file(assoc: Association, path: Path, sop_class: str, syntax: str) -> S
         status = assoc.send_c_store(ds)
     except (ValueError, AttributeError) as exc:  # cannot be encoded, or not a complete object
         return StoreReply(None, problem=str(exc))
+    except RuntimeError as exc:  # the peer aborted between the check above and the send
+        return StoreReply(None, problem=f"association lost while sending ({exc})", lost=True)
     if "Status" not in status:  # no valid response: the peer aborted, or timed out
         return StoreReply(None, problem="no answer from the peer", lost=True)
     return StoreReply(int(status.Status), str(status.get("ErrorComment", "") or "").strip())

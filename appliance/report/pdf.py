@@ -143,9 +143,10 @@ def _pictures(page: Page, pictures: ReportPictures, content: ReportContent) -> N
     items: list[tuple[str, bytes]] = []
     if pictures.image_png is not None:
         items.append(("The image", pictures.image_png))
-    for label, data in pictures.overlays:
-        shown = " + ".join(names.get(part, part) for part in label.split("+"))
-        items.append((f"With heatmap: {shown}", data))
+    for caption, overlays in (("With heatmap", pictures.overlays), ("Outlined", pictures.outlines)):
+        for label, data in overlays:
+            shown = " + ".join(names.get(part, part) for part in label.split("+"))
+            items.append((f"{caption}: {shown}", data))
     if not items:
         layout.heading(page, "Pictures")
         layout.paragraph(page, "No pictures are available for this image.")

@@ -309,6 +309,7 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX deliveries_due ON deliveries(destination, state, next_try);
     CREATE INDEX deliveries_by_study ON deliveries(study_ref, destination);
+    CREATE INDEX deliveries_by_age ON deliveries(destination, state, created_at);
     CREATE TABLE destination_status (
         name TEXT PRIMARY KEY,
         reachable INTEGER,

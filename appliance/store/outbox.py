@@ -260,6 +260,13 @@ def claim(
 ) -> list[Delivery]:
     """Mark up to `limit` due deliveries of a destination `sending` (oldest first)."""
     now = time.time() if now is None else now
+    due = conn.execute(
+        "SELECT 1 FROM deliveries WHERE destination = ? AND state = 'waiting' AND next_try <= ?"
+        " LIMIT 1",
+        (destination, now),
+    ).fetchone()
+    if due is None:  # the usual case at a poll, without taking the write lock
+        return []
     with transaction(conn):
         rows = conn.execute(
             "SELECT d.id, d.destination, d.sop_instance_uid, d.attempts,"

@@ -22,6 +22,7 @@ class ReportRows:
     source_uid: str
     file_name: str  # in the spool
     present: bool
+    is_image: bool  # an RT plan, a report or a waveform has no rows: nothing to report on
     analysis: sqlite3.Row
     findings: list[sqlite3.Row]
     pictures: list[sqlite3.Row]
@@ -48,7 +49,8 @@ class ReportRows:
 def report_rows(conn: sqlite3.Connection, instance_id: int) -> ReportRows | None:
     """The inputs of an image's report, or None when it has no analysis yet."""
     image = conn.execute(
-        "SELECT i.id, i.sop_instance_uid, i.file_name, i.state, s.study_ref, st.study_uid"
+        "SELECT i.id, i.sop_instance_uid, i.file_name, i.state, i.rows, s.study_ref,"
+        " st.study_uid"
         " FROM instances i JOIN series s ON s.id = i.series_ref"
         " JOIN studies st ON st.id = s.study_ref WHERE i.id = ?",
         (instance_id,),
@@ -74,6 +76,7 @@ def report_rows(conn: sqlite3.Connection, instance_id: int) -> ReportRows | None
         source_uid=image["sop_instance_uid"],
         file_name=image["file_name"],
         present=image["state"] == "present",
+        is_image=image["rows"] is not None,
         analysis=analysis,
         findings=findings,
         pictures=_pictures(conn, instance_id, job_id),
@@ -85,7 +88,8 @@ def report_rows(conn: sqlite3.Connection, instance_id: int) -> ReportRows | None
 def _pictures(conn: sqlite3.Connection, instance_id: int, job_id: int) -> list[sqlite3.Row]:
     """The overlays (heatmap or outline over the image) of the analysis's findings."""
     return conn.execute(
-        "SELECT a.id, a.finding_ref, a.kind, a.label, a.frame, a.file_name, a.width, a.height"
+        "SELECT a.id, a.finding_ref, a.kind, a.label, a.frame, a.file_name, a.width, a.height,"
+        " a.detail"
         " FROM artifacts a JOIN findings f ON f.id = a.finding_ref"
         " WHERE a.kind = 'overlay' AND f.instance_ref = ? AND f.job_ref = ? ORDER BY a.id",
         (instance_id, job_id),

@@ -16,6 +16,7 @@ destinations that wait for the final word too.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -67,9 +68,10 @@ class Built:
 
 
 def plan(store: Store, instance_id: int, purpose: str) -> Plan | None:
-    """None when the image has no analysis (or its file is gone): nothing to report."""
+    """None when the image has no analysis, its file is gone or it is no image at all (an RT
+    plan, a report): nothing to report."""
     rows = report_rows(store.conn, instance_id)
-    if rows is None or not rows.present:
+    if rows is None or not rows.present or not rows.is_image:
         return None
     latest = outbox.latest_revision(store.conn, instance_id)
     if latest is not None and latest["fingerprint"] == rows.fingerprint:
@@ -95,7 +97,11 @@ def build(store: Store, settings: Settings, job_plan: Plan) -> list[Built]:
     overlays = _overlays(store, rows)
     built = [_sr(content, source, rows, settings)]
     built += _heatmaps(source, rows, overlays, settings, content)
-    pictures = ReportPictures(_image_png(path, content, settings), _overlay_pngs(overlays))
+    pictures = ReportPictures(
+        _image_png(path, content, settings),
+        overlays=_overlay_pngs(o for o in overlays if not is_outline(o[0])),
+        outlines=_overlay_pngs(o for o in overlays if is_outline(o[0])),
+    )
     built.append(_report(content, source, pictures, rows, settings))
     return built
 
@@ -290,6 +296,7 @@ def _heatmaps(
             frame=int(picture["frame"]),
             institution=settings.outputs.institution_name,
             made_at=content.made_at,
+            outline=is_outline(picture),
         )
         built.append(_built("heatmap", label, ds))
     return built
@@ -350,6 +357,12 @@ def _overlays(store: Store, rows: ReportRows) -> list[tuple[sqlite3.Row, npt.NDA
             continue
         found.append((picture, np.asarray(cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB), np.uint8)))
     return found
+
+
+def is_outline(picture: sqlite3.Row) -> bool:
+    """Whether an overlay outlines masks (its detail lists their labels) rather than showing
+    a heatmap of scores (see worker/pictures.py)."""
+    return "labels" in json.loads(picture["detail"] or "{}")
 
 
 def _overlay_pngs(

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydicom import Dataset
+from pydicom.multival import MultiValue
 
 from appliance.domain import (
     AnalysisState,
@@ -134,7 +135,11 @@ def report_header(ds: Dataset, body_part: str = "") -> ReportHeader:
 
     def text(keyword: str) -> str:
         value = ds.get(keyword, "")
-        return "" if value is None else str(value).strip()
+        if value is None:
+            return ""
+        if isinstance(value, MultiValue):  # CHEST\PA: shown as "CHEST, PA"
+            return ", ".join(str(item).strip() for item in value)
+        return str(value).strip()
 
     return ReportHeader(
         patient_name=text("PatientName"),

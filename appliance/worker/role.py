@@ -29,6 +29,7 @@ from appliance.runtime.errors import InputError
 from appliance.runtime.manifest import manifest_dict
 from appliance.runtime.routing import ImageTags, descriptions
 from appliance.store import Store, audit, jobs, open_store, status
+from appliance.store.db import transaction
 from appliance.store.doorbell import Doorbell, Listener
 from appliance.worker import outputs
 from appliance.worker.analyse import Draft, analyse
@@ -226,10 +227,13 @@ class Worker:
 
     def _retry(self, job: jobs.Job, reason: str) -> None:
         delay = self.settings.jobs.retry_delay_s * job.attempts
-        if jobs.retry(self.store.conn, job.id, self.owner, reason, delay):
-            self.store.audit(
-                ACTOR, "job.retry", f"job:{job.id}", attempts=job.attempts, reason=reason
-            )
+        with transaction(self.store.conn):  # the retry and its audit row, or neither
+            retried = jobs.retry(self.store.conn, job.id, self.owner, reason, delay)
+            if retried:
+                self.store.audit(
+                    ACTOR, "job.retry", f"job:{job.id}", attempts=job.attempts, reason=reason
+                )
+        if retried:
             log.warning("job %d attempt %d failed (%s); retrying", job.id, job.attempts, reason)
 
     def _draw(self, job: jobs.Job, started: float) -> None:
