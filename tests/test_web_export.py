@@ -157,3 +157,17 @@ def test_the_export_needs_the_token(box: Box, usb: Path) -> None:
     box.sign_in("clinician")
     assert export_to(box, str(usb), token="forged").status_code == 400
     assert list(usb.iterdir()) == []
+
+
+def test_read_first_keeps_the_findings_off_the_stick_until_the_impression(
+    template: Template, tmp_path: Path, usb: Path
+) -> None:
+    box = open_box(template, tmp_path, export={"folders": [str(usb)]}, ui={"read_first": True})
+    try:
+        box.sign_in("clinician")
+        page = box.client.get(f"/study/{box.study_id}/export", follow_redirects=True)
+        assert "Record your own impression of this study first" in plain_text(page.get_data(True))
+        assert export_to(box, str(usb)).status_code == 302
+        assert list(usb.iterdir()) == []
+    finally:
+        box.store.close()

@@ -24,6 +24,7 @@ from appliance.web.db import get_conn, get_settings, get_store
 from appliance.web.i18n import error_text, t
 from appliance.web.security import ViewResult, roles_required
 from appliance.web.sending import SENDERS
+from appliance.web.study import findings_visible
 from appliance.web.worklist import patient_name
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,11 @@ def _study_files(study_id: int) -> list[Path]:
 
 @bp.route("/study/<int:study_id>/export")
 @roles_required(*SENDERS)
-def form(study_id: int) -> str:
+def form(study_id: int) -> ViewResult:
     """Where the study may go now, one button per place."""
     header = _header_or_404(study_id)
+    if not findings_visible(get_conn(), study_id):
+        return _read_first(study_id)
     return render_template(
         "study/export.html",
         study=header,
@@ -62,6 +65,8 @@ def form(study_id: int) -> str:
 def write(study_id: int) -> ViewResult:
     """Write the File-set to the place chosen, if it is one the page lists now."""
     header = _header_or_404(study_id)
+    if not findings_visible(get_conn(), study_id):
+        return _read_first(study_id)
     chosen = request.form.get("target", "")
     target = next(
         (p for p in export_targets(get_settings().export.folders) if str(p) == chosen), None
@@ -95,3 +100,9 @@ def write(study_id: int) -> ViewResult:
     )
     flash(t("export.done", n=result.files, folder=str(result.folder)))
     return redirect(url_for("study.view", study_id=study_id) + "#sending")
+
+
+def _read_first(study_id: int) -> ViewResult:
+    """In "read first" mode the stick would carry the findings the page still hides."""
+    flash(t("export.read_first"))
+    return redirect(url_for("study.view", study_id=study_id))
