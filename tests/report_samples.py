@@ -29,6 +29,7 @@ from appliance.domain import (
     ReportHeader,
 )
 from appliance.phantoms.chest import chest_dataset, make_chest
+from appliance.worker.report_content import report_header
 
 MADE_AT = "2026-03-04T11:05:00.123456+00:00"
 SIGNED_AT = "2026-03-04T11:00:00+00:00"
@@ -178,23 +179,8 @@ def clinical(report: ReportContent) -> ReportContent:
 
 
 def header_of(ds: Dataset) -> ReportHeader:
-    def text(keyword: str) -> str:
-        value = ds.get(keyword)
-        return "" if value is None else str(value)
-
-    return ReportHeader(
-        patient_name=text("PatientName"),
-        patient_id=text("PatientID"),
-        birth_date=text("PatientBirthDate"),
-        sex=text("PatientSex"),
-        study_date=text("StudyDate"),
-        study_time=text("StudyTime"),
-        accession_number=text("AccessionNumber"),
-        study_description=text("StudyDescription"),
-        modality=text("Modality"),
-        body_part=text("BodyPartExamined"),
-        sop_instance_uid=text("SOPInstanceUID"),
-    )
+    """The report's header as the worker reads it from a source."""
+    return report_header(ds)
 
 
 def overlay(rows: int = 48, columns: int = 64) -> npt.NDArray[np.uint8]:

@@ -128,8 +128,13 @@ def new_box(folder: Path, destinations: list[dict[str, Any]], **sender: Any) -> 
     config = folder / "appliance.yaml"
     config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
     store = open_store(settings)
-    source = folder / "received.dcm"
-    make_dataset("cr", seed=7, rows=16, columns=16).save_as(source, enforce_file_format=True)
+    return Box(settings, config, store, *ingest_one(store, folder, seed=7))
+
+
+def ingest_one(store: Store, folder: Path, seed: int = 1) -> tuple[int, int, str]:
+    """A received image: (instance id, study id, SOP Instance UID)."""
+    source = folder / f"received-{seed}.dcm"
+    make_dataset("cr", seed=seed, rows=16, columns=16).save_as(source, enforce_file_format=True)
     incoming = store.spool.new_tmp_path()
     incoming.write_bytes(source.read_bytes())
     result = store.ingest(incoming, read_header(incoming), ORIGIN)
@@ -138,7 +143,7 @@ def new_box(folder: Path, destinations: list[dict[str, Any]], **sender: Any) -> 
         " JOIN series s ON s.id = i.series_ref WHERE i.id = ?",
         (result.instance_id,),
     ).fetchone()
-    return Box(settings, config, store, result.instance_id, row[0], row[1])
+    return result.instance_id, int(row["study_ref"]), str(row["sop_instance_uid"])
 
 
 def destination(name: str, port: int, called: str = PACS_AE, **more: Any) -> dict[str, Any]:

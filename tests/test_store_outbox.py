@@ -8,28 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from appliance.domain import Origin, Source
-from appliance.imaging.header import read_header
-from appliance.samples import write_sample
 from appliance.store import Store, audit, outbox
 from appliance.store.db import transaction
 from appliance.store.outbox import NewOutput
 
-ORIGIN = Origin(Source.DICOM, calling_aet="MODALITY", peer_address="127.0.0.1")
-
-
-def ingest_one(store: Store, tmp_path: Path, seed: int = 1) -> tuple[int, int, str]:
-    """A received image: (instance id, study id, SOP Instance UID)."""
-    source = write_sample(tmp_path / f"src-{seed}.dcm", "cr", seed=seed, rows=16, columns=16)
-    incoming = store.spool.new_tmp_path()
-    incoming.write_bytes(source.read_bytes())
-    result = store.ingest(incoming, read_header(incoming), ORIGIN)
-    row = store.conn.execute(
-        "SELECT s.study_ref, i.sop_instance_uid FROM instances i"
-        " JOIN series s ON s.id = i.series_ref WHERE i.id = ?",
-        (result.instance_id,),
-    ).fetchone()
-    return result.instance_id, int(row["study_ref"]), str(row["sop_instance_uid"])
+from sender_fixtures import ingest_one
 
 
 def record(
