@@ -12,7 +12,6 @@ import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -24,7 +23,11 @@ from pydantic import (
 )
 
 from appliance.domain import is_valid_uid
-from appliance.errors import ApplianceError, ConfigError
+from appliance.errors import ConfigError
+from appliance.yamlfile import describe_errors, line_of, parse_yaml, read_text
+
+# The YAML helpers are part of this module's interface (model manifests use them too).
+__all__ = ["describe_errors", "line_of", "parse_yaml", "read_text"]
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}\Z")  # printable ASCII except backslash
 
@@ -84,6 +87,23 @@ def _numeric(annotation: Any) -> bool:
     return bool({int, float} & set(kinds)) and bool not in kinds
 
 
+class ReceiverTLS(_Section):
+    """DICOM TLS (PS3.15 B.2): off while `port` is 0."""
+
+    port: int = Field(0, ge=0, le=65535)
+    certificate: Path | None = None  # PEM, the box's certificate chain
+    key: Path | None = None  # PEM, its private key (readable by the appliance user only)
+    # PEM bundle of the CAs whose client certificates are accepted; empty: no client
+    # certificate is asked for.
+    client_ca: Path | None = None
+
+    @model_validator(mode="after")
+    def _files(self) -> ReceiverTLS:
+        if self.port and (self.certificate is None or self.key is None):
+            raise ValueError("a TLS port needs both certificate and key")
+        return self
+
+
 class ReceiverSettings(_Section):
     """The DICOM SCP that modalities push to."""
 
@@ -93,6 +113,11 @@ class ReceiverSettings(_Section):
     allowed_calling_aets: list[AETitle] = Field(default_factory=list)
     allowed_networks: list[NetworkText] = Field(default_factory=list)
     max_associations: int = Field(10, ge=1, le=200)
+    # At most this many associations at once from one IP address, so one stalled or hostile
+    # peer cannot take every slot from the modalities.
+    max_associations_per_address: int = Field(4, ge=1, le=200)
+    # Connections the kernel holds while the receiver is busy accepting (listen(2) backlog).
+    listen_backlog: int = Field(128, ge=5, le=4096)
     # Largest P-DATA PDU we accept (advertised); a longer one aborts the association unread.
     # 0 advertises no limit and bounds a PDU by max_dataset_mb instead.
     max_pdu_bytes: int = Field(1_048_576, ge=0, le=2**32 - 1)
@@ -105,6 +130,8 @@ class ReceiverSettings(_Section):
     max_dataset_mb: int = Field(512, ge=1, le=65536)
     # Largest image, as Rows x Columns x Number of Frames, in millions of pixels.
     max_image_megapixels: int = Field(500, ge=1, le=100_000)
+    # DICOM over TLS on a second port (the plain port stays for modalities without TLS).
+    tls: ReceiverTLS = Field(default_factory=lambda: ReceiverTLS())
 
     @field_validator("ae_title")
     @classmethod
@@ -124,7 +151,9 @@ class StorageSettings(_Section):
 
     data_dir: Path | None = None
     cache_dir: Path | None = None
-    free_space_floor_mb: int = Field(512, ge=0)
+    # The receiver refuses an image that would leave less free than this (checked against
+    # the size it announces before it is written). Never 0: a full disk stops the database.
+    free_space_floor_mb: int = Field(512, ge=1)
 
 
 class JobSettings(_Section):
@@ -135,6 +164,8 @@ class JobSettings(_Section):
     retry_delay_s: float = Field(5.0, ge=0, le=3600)
     poll_s: float = Field(1.0, gt=0, le=60)
     pictures_quiet_s: float = Field(0.5, ge=0, le=60)
+    # Seconds between looks for jobs whose worker stopped renewing their lease.
+    reap_every_s: float = Field(30.0, gt=0, le=3600)
 
 
 BackendText = Literal["cpu", "cuda", "tensorrt", "tensorrt-native"]
@@ -279,7 +310,9 @@ class CaptureSettings(_Section):
 class UISettings(_Section):
     """The touchscreen web UI."""
 
-    bind_address: str = "0.0.0.0"
+    # Other screens reach the UI through the TLS proxy (deploy/nginx); the box's own touchscreen
+    # uses localhost. 0.0.0.0 serves plain HTTP to the whole network.
+    bind_address: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     # Minutes without a request after which a user must sign in again.
     session_timeout_min: int = Field(15, ge=1, le=24 * 60)
@@ -385,6 +418,34 @@ class ExportSettings(_Section):
     folders: list[Path] = Field(default_factory=lambda: [Path("/media")])
 
 
+class RetentionSettings(_Section):
+    """What may be removed when the disk fills: the oldest images whose findings are complete
+    and which every destination has acknowledged, never an undelivered or unreviewed one
+    unless allowed here."""
+
+    # Start removing when free space falls under this many MiB (0: never remove anything).
+    free_below_mb: int = Field(0, ge=0)
+    # ... and stop once this much is free again.
+    free_target_mb: int = Field(0, ge=0)
+    # Keep every image at least this many days, whatever the disk.
+    min_age_days: float = Field(7.0, ge=0)
+    allow_unreviewed: bool = False
+    allow_undelivered: bool = False
+
+    @model_validator(mode="after")
+    def _target(self) -> RetentionSettings:
+        if self.free_below_mb and self.free_target_mb < self.free_below_mb:
+            raise ValueError("free_target_mb must be at least free_below_mb")
+        return self
+
+
+class BackupSettings(_Section):
+    """Nightly backups (`appliance backup`, systemd/appliance-backup.timer)."""
+
+    folder: Path | None = None  # empty: <data folder>/backups (better: another disk)
+    keep: int = Field(7, ge=1, le=365)
+
+
 class Settings(_Section):
     """All settings of one appliance."""
 
@@ -402,6 +463,8 @@ class Settings(_Section):
     sender: SenderSettings = Field(default_factory=lambda: SenderSettings())
     outputs: OutputSettings = Field(default_factory=lambda: OutputSettings())
     export: ExportSettings = Field(default_factory=lambda: ExportSettings())
+    retention: RetentionSettings = Field(default_factory=lambda: RetentionSettings())
+    backup: BackupSettings = Field(default_factory=lambda: BackupSettings())
 
     @model_validator(mode="after")
     def _names_differ(self) -> Settings:
@@ -422,10 +485,14 @@ class Settings(_Section):
 
     @model_validator(mode="after")
     def _ports_differ(self) -> Settings:
-        if self.ui.port == self.receiver.port:
-            raise ValueError(
-                f"ui.port and receiver.port are both {self.ui.port}: each needs its own port"
-            )
+        ports = {"ui.port": self.ui.port, "receiver.port": self.receiver.port}
+        if self.receiver.tls.port:
+            ports["receiver.tls.port"] = self.receiver.tls.port
+        seen: dict[int, str] = {}
+        for key, port in ports.items():
+            if port in seen:
+                raise ValueError(f"{seen[port]} and {key} are both {port}: each needs its own port")
+            seen[port] = key
         return self
 
 
@@ -434,53 +501,6 @@ def load_settings(path: Path | None) -> Settings:
     if path is None:
         return Settings()
     return parse_settings(read_text(path, "the configuration file", ConfigError), str(path))
-
-
-def read_text(path: Path, what: str, error: type[ApplianceError]) -> str:
-    """The UTF-8 text of a YAML file, or `error` saying why it cannot be read."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise error(f"{path}: cannot read {what}: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise error(f"{path}: {what} is not UTF-8 text") from exc
-
-
-def parse_yaml(text: str, source: str, error: type[ApplianceError]) -> tuple[yaml.Node | None, Any]:
-    """The node tree (for line numbers) and the plain data of YAML `text`."""
-    try:
-        return yaml.compose(text, Loader=yaml.SafeLoader), yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 (a SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        detail = getattr(exc, "problem", None) or str(exc)  # without YAML's source excerpt
-        raise error(f"{source}{line}: not valid YAML: {detail}") from exc
-    except RecursionError as exc:
-        raise error(f"{source}: not valid YAML: nested too deeply") from exc
-    except (ValueError, TypeError, OverflowError) as exc:  # e.g. a date like 2026-13-45
-        raise error(f"{source}: not valid YAML: {exc}") from exc
-
-
-class _UniqueKeys(yaml.SafeLoader):
-    """SafeLoader that refuses a key written twice in one mapping (YAML would silently keep
-    the last one, so a site's edit could be overridden by a forgotten line further down)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: may be overridden
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, str | int | float | bool) and key is not None:
-                raise yaml.constructor.ConstructorError(
-                    None, None, "a key must be a plain word or number", key_node.start_mark
-                )
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"the key {key!r} is written twice", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
 
 
 def parse_settings(text: str, source: str = "<config>") -> Settings:
@@ -494,47 +514,3 @@ def parse_settings(text: str, source: str = "<config>") -> Settings:
         return Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(describe_errors(exc, root, source)) from exc
-
-
-def describe_errors(exc: ValidationError, root: yaml.Node | None, source: str) -> str:
-    """One line per validation error: `source:line: dotted.key: message`."""
-    lines = []
-    for err in exc.errors():
-        loc = [p for p in err["loc"] if not isinstance(p, str) or not p.startswith("function-")]
-        key = ".".join(str(p) for p in loc) or "(top level)"
-        unknown = err["type"] == "extra_forbidden"
-        line = line_of(root, loc, at_key=unknown)
-        message = "unknown key" if unknown else err["msg"].removeprefix("Value error, ")
-        lines.append(f"{source}:{line}: {key}: {message}")
-    return "\n".join(lines)
-
-
-def line_of(node: yaml.Node | None, loc: list[Any], at_key: bool = False) -> int:
-    """The 1-based line of the deepest node along `loc` that exists in the file.
-
-    With `at_key`, the line of the last key itself (an unknown key is reported where it is
-    written, not where its value starts).
-    """
-    line = 1
-    for index, part in enumerate(loc):
-        if node is None:
-            break
-        line = node.start_mark.line + 1
-        key, value = _child(node, part)
-        last = index == len(loc) - 1
-        node = key if (last and at_key and key is not None) else value
-    if node is not None:
-        line = node.start_mark.line + 1
-    return line
-
-
-def _child(node: yaml.Node, part: Any) -> tuple[yaml.Node | None, yaml.Node | None]:
-    """(key node, value node) of `part` inside a mapping or sequence node."""
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            if key.value == str(part):
-                return key, value
-        return None, None
-    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-        return None, node.value[part]
-    return None, None

@@ -192,7 +192,7 @@ def _storescu(port: int, files: Sequence[Path]) -> list[str]:
 
 def _config_yaml(data_dir: Path, port: int) -> str:
     settings = {
-        "storage": {"data_dir": str(data_dir), "free_space_floor_mb": 0},
+        "storage": {"data_dir": str(data_dir), "free_space_floor_mb": 1},
         "receiver": {
             "ae_title": AE_TITLE,
             "bind_address": "127.0.0.1",

@@ -264,6 +264,9 @@ class Manifest(_Strict):
     files: Files
     validation: Validation | None = None
     quality: Quality | None = None
+    # Seconds one inference of one image may take on this box before the worker is called
+    # hung: its watchdog stops, it is restarted and the job retried, then failed.
+    time_limit_s: float = Field(60.0, gt=0, le=3600)
 
     @property
     def identity(self) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,19 @@ from appliance.runtime.errors import PackageError
 from appliance.runtime.manifest import MANIFEST_NAME, Manifest, load_manifest
 
 SUMS_NAME = "SHA256SUMS"
-# The demo packages shipped beside the source, used when no models folder is configured.
-DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+
+
+def _bundled_models() -> Path:
+    """The demo packages shipped with the software, used when no models folder is configured:
+    beside the source in a checkout, beside the environment in an installed release
+    (/opt/appliance/releases/VERSION/models next to .../venv)."""
+    checkout = Path(__file__).resolve().parents[2] / "models"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix).resolve().parent / "models"
+
+
+DEFAULT_MODELS_DIR = _bundled_models()
 FilePrecision = Literal["fp32", "int8"]
 
 _SUM_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)\Z")

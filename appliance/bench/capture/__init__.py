@@ -91,7 +91,7 @@ def _write_config(workdir: Path, options: CaptureOptions) -> tuple[Path, Setting
     storage = {
         "data_dir": str(workdir / "data"),
         "cache_dir": str(workdir / "cache"),
-        "free_space_floor_mb": 0,
+        "free_space_floor_mb": 1,
     }
     return write_config(workdir, storage, capture={"source": source})
 

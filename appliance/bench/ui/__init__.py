@@ -63,7 +63,7 @@ def _measure(options: UIOptions, workdir: Path) -> UIReport:
     threads = 0
     for name, studies in ((EMPTY, 0), (full_name(options.studies), options.studies)):
         folder = workdir / ("empty" if studies == 0 else "full")
-        storage = {"data_dir": str(folder / "data"), "free_space_floor_mb": 0}
+        storage = {"data_dir": str(folder / "data"), "free_space_floor_mb": 1}
         config, settings = write_config(folder, storage)
         threads = settings.ui.threads
         store = open_store(settings)
