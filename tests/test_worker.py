@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +19,6 @@ from appliance.runtime.package import load_package
 from appliance.samples import make_dataset
 from appliance.store import Store, held_back, jobs, open_store
 from appliance.store.refused import Refused
-from appliance.worker import role as worker_role
 from appliance.worker.role import Heartbeat
 
 from conftest import make_settings
@@ -330,42 +327,6 @@ def test_the_heartbeat_keeps_the_lease_of_the_job_in_progress(opened: Any, tmp_p
         time.sleep(0.02)
     heart.stop()
     assert jobs.reap_stale(store.conn, now=expires + 0.01) == 0  # still ours
-
-
-class _StalledStore:
-    """A worker whose store cannot be written twice (a full disk), then can again."""
-
-    def __init__(self, stop: threading.Event) -> None:
-        self.stop, self.calls, self.taken_back = stop, 0, 0
-
-    def run_once(self) -> bool:
-        self.calls += 1
-        if self.calls <= 2:
-            raise sqlite3.OperationalError("database or disk is full")
-        self.stop.set()
-        return True
-
-    def idle_wait(self) -> float:
-        return 0.01
-
-    def take_back(self) -> int:
-        self.taken_back += 1
-        return 0
-
-
-class _Quiet:
-    def wait(self, timeout: float) -> bool:
-        return False
-
-
-def test_the_job_loop_waits_out_a_store_that_cannot_be_written(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(worker_role, "STORE_WAIT_S", 0.01)
-    stop = threading.Event()
-    stalled = _StalledStore(stop)
-    worker_role._work(stalled, _Quiet(), stop)  # type: ignore[arg-type]
-    assert (stalled.calls, stalled.taken_back) == (3, 2)  # no crash; jobs taken back each time
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ PICTURES_MAX_WAIT_S = 30.0  # a stream of images that never pauses must not star
 # pictures of an analysis, and when a clinician finalises or asks to send again. `purpose` says
 # which: findings, final, or manual:<destination>.
 OUTPUTS = "outputs"
+HUNG = "inference hung"  # the start of the reason `mark_hung` writes
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,51 @@ def retry(conn: sqlite3.Connection, job_id: int, owner: str, error: str, delay_s
     return cur.rowcount == 1
 
 
+def give_back(
+    conn: sqlite3.Connection,
+    job_id: int,
+    owner: str,
+    reason: str,
+    delay_s: float,
+    refund: bool,
+    on_failed: FailureRecorder | None = None,
+) -> str | None:
+    """Put our own leased job back after a failure of the store under it (run again after
+    `delay_s`). `refund`: the attempt does not count (a full disk is waited out, however long);
+    otherwise a job out of attempts fails with `reason`. Returns the job's new state, or None
+    when the job is no longer ours. Raises what the store raises when it still cannot write."""
+    with transaction(conn):
+        row = conn.execute(
+            "SELECT id, instance_ref, kind, attempts, max_attempts, lease_owner, error FROM jobs"
+            " WHERE id = ? AND lease_owner = ? AND state = 'running'",
+            (job_id, owner),
+        ).fetchone()
+        if row is None:
+            return None
+        if not refund:
+            return _requeue_or_fail(conn, row, on_failed, reason, time.time() + delay_s)
+        conn.execute(
+            "UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), error = ?,"
+            " lease_owner = NULL, lease_expires = NULL, run_after = ?, updated_at = ?"
+            " WHERE id = ?",
+            (reason, time.time() + delay_s, utc_now(), job_id),
+        )
+        audit.append(conn, "system", "job.waiting", f"job:{job_id}", reason=reason, wait_s=delay_s)
+    return "queued"
+
+
+def mark_hung(conn: sqlite3.Connection, job_id: int, owner: str, reason: str) -> bool:
+    """Write on our running job that its inference hung (`reason` begins with "inference
+    hung"), before the watchdog stops: the worker taken back after its restart then retries
+    the job, and fails it with this reason once it is out of attempts."""
+    cur = conn.execute(
+        "UPDATE jobs SET error = ?, updated_at = ? WHERE id = ? AND lease_owner = ?"
+        " AND state = 'running'",
+        (reason, utc_now(), job_id, owner),
+    )
+    return cur.rowcount == 1
+
+
 def pictures_waiting(conn: sqlite3.Connection) -> bool:
     """Whether a pictures or outputs job is queued (it may be waiting for a quiet moment)."""
     row = conn.execute(
@@ -182,7 +228,7 @@ def reap_stale(
     now = time.time() if now is None else now
     with transaction(conn):
         stale = conn.execute(
-            "SELECT id, instance_ref, kind, attempts, max_attempts, lease_owner FROM jobs"
+            "SELECT id, instance_ref, kind, attempts, max_attempts, lease_owner, error FROM jobs"
             " WHERE state = 'running' AND lease_expires < ?",
             (now,),
         ).fetchall()
@@ -196,7 +242,7 @@ def reap_dead_owners(conn: sqlite3.Connection, on_failed: FailureRecorder | None
     host = socket.gethostname()
     with transaction(conn):
         running = conn.execute(
-            "SELECT id, instance_ref, kind, attempts, max_attempts, lease_owner FROM jobs"
+            "SELECT id, instance_ref, kind, attempts, max_attempts, lease_owner, error FROM jobs"
             " WHERE state = 'running'"
         ).fetchall()
         dead = [row for row in running if _dead_here(row["lease_owner"] or "", host)]
@@ -219,15 +265,25 @@ def _dead_here(owner: str, host: str) -> bool:
 
 
 def _requeue_or_fail(
-    conn: sqlite3.Connection, row: sqlite3.Row, on_failed: FailureRecorder | None
-) -> None:
+    conn: sqlite3.Connection,
+    row: sqlite3.Row,
+    on_failed: FailureRecorder | None,
+    reason: str = "",
+    run_after: float | None = None,
+) -> str:
+    """Requeue a running job taken from its owner, or fail it once out of attempts. The reason
+    is `reason`, else the one written on the job when its inference hung (`mark_hung`), else
+    "the worker stopped"."""
     exhausted = row["attempts"] >= row["max_attempts"]
     state = "failed" if exhausted else "queued"
-    error = f"the worker stopped during each of {row['attempts']} attempt(s)" if exhausted else ""
+    hung = row["error"] if (row["error"] or "").startswith(HUNG) else ""
+    error = reason or hung
+    if exhausted and not error:
+        error = f"the worker stopped during each of {row['attempts']} attempt(s)"
     conn.execute(
         "UPDATE jobs SET state = ?, error = ?, lease_owner = NULL, lease_expires = NULL,"
-        " updated_at = ? WHERE id = ?",
-        (state, error, utc_now(), row["id"]),
+        " run_after = COALESCE(?, run_after), updated_at = ? WHERE id = ?",
+        (state, error, run_after, utc_now(), row["id"]),
     )
     audit.append(
         conn,
@@ -237,10 +293,12 @@ def _requeue_or_fail(
         previous_owner=row["lease_owner"],
         outcome=state,
         attempts=row["attempts"],
+        **({"reason": error} if error else {}),
     )
     if not exhausted:
-        return
+        return state
     if row["kind"] in (PICTURES, OUTPUTS):  # the findings stand; only these are missing
         audit.append(conn, "system", f"{row['kind']}.failed", f"job:{row['id']}", reason=error)
     elif on_failed is not None:
         on_failed(conn, row["id"], row["instance_ref"], error)
+    return state
