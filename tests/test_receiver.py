@@ -196,7 +196,7 @@ def test_cli_send_echo_and_status(
     assert main(["echo", f"{host}:{port}"]) == 0
     assert "status 0x0000" in capsys.readouterr().out
     config = tmp_path / "status.yaml"
-    config.write_text(f"storage:\n  data_dir: {store.paths.data_dir}\n  free_space_floor_mb: 0\n")
+    config.write_text(f"storage:\n  data_dir: {store.paths.data_dir}\n  free_space_floor_mb: 1\n")
     assert main(["--config", str(config), "status"]) == 0
     out = capsys.readouterr().out
     assert f"instances {len(samples)}" in out and f"queue depth {len(samples)}" in out

@@ -553,7 +553,7 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
 @pytest.fixture
 def tiny_receiver(tiny_fs: Path, start_receiver: StartReceiver) -> tuple[Receiver, Store]:
     """A receiver whose data folder (database and spool) lives on the tiny filesystem."""
-    return start_receiver(storage={"data_dir": str(tiny_fs / "data"), "free_space_floor_mb": 0})
+    return start_receiver(storage={"data_dir": str(tiny_fs / "data"), "free_space_floor_mb": 1})
 
 
 def fill(folder: Path, leave_bytes: int) -> Path:
@@ -640,7 +640,7 @@ def test_a_full_filesystem_refuses_without_a_partial_file_and_recovers(
 def test_a_disk_that_fills_during_the_transfer_leaves_no_partial_file(
     tiny_fs: Path, tiny_receiver: tuple[Receiver, Store], inputs: Path
 ) -> None:
-    """Less room than one image when it starts: the incoming file itself hits ENOSPC."""
+    """Less room than one image when it starts (the floor refuses it before it is written)."""
     receiver, store = tiny_receiver
     path = large_sample(inputs, seed=2000)
     filler = fill(tiny_fs, leave_bytes=path.stat().st_size // 2)
@@ -661,3 +661,28 @@ def test_a_disk_that_fills_during_the_transfer_leaves_no_partial_file(
     [result] = list(send([path], Peer(*receiver.address)))
     assert result.status == StoreStatus.SUCCESS
     assert_spool_consistent(store)
+
+
+def test_a_large_image_is_refused_by_its_announced_size_before_the_disk_fills(
+    tiny_fs: Path, tiny_receiver: tuple[Receiver, Store], inputs: Path
+) -> None:
+    """The Pixel Data length announces 2 MiB where less than that is left above the floor: the
+    image is refused before its pixels are written, and a small one afterwards is stored."""
+    receiver, store = tiny_receiver
+    large = write_sample(inputs / "large.dcm", "ct", seed=3000, rows=1024, columns=1024)
+    small = write_sample(inputs / "small.dcm", "ct", seed=3001, rows=16, columns=16)
+    fill(tiny_fs, leave_bytes=1792 * 1024)
+    room = shutil.disk_usage(tiny_fs).free - store.spool.floor
+    assert small.stat().st_size < room < large.stat().st_size
+
+    [refused] = list(send([large], Peer(*receiver.address)))
+
+    assert refused.status == StoreStatus.OUT_OF_RESOURCES
+    # "incoming": refused on the size announced, not on a write that found the disk full.
+    assert_rejected_audited(store, StoreStatus.OUT_OF_RESOURCES, "less 2.0 MiB incoming")
+    assert shutil.disk_usage(tiny_fs).free - store.spool.floor >= room - 256 * 1024
+    assert_spool_consistent(store)
+
+    [result] = list(send([small], Peer(*receiver.address)))
+    assert result.status == StoreStatus.SUCCESS, result.message
+    assert str(pydicom.dcmread(small).SOPInstanceUID) in indexed_uids(store)

@@ -7,6 +7,11 @@ files live in the spool's tmp folder (same filesystem, so the final rename is at
 write is remembered and its partial bytes dropped at once, and the C-STORE handler answers 0xA700.
 The same happens to a dataset longer than `receiver.max_dataset_mb`: its bytes past the limit are
 never written, so a sender cannot fill the disk with one endless object.
+
+The free-space floor is checked before every write against what is still to come: the size the
+image announces (its Pixel Data length, see announced.py) less what is written already, or just
+this piece when nothing is announced. A transfer that would leave less than the floor stops
+being written at that point (its partial bytes dropped) and is answered 0xA700 at its end.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from typing import Any
 
 from pynetdicom import _config, dimse_messages
 
+from appliance.errors import OutOfSpaceError
+from appliance.receiver.announced import AnnouncedSize
+
 
 class IncomingFile:
     """A write-only file that records the first write error instead of raising it."""
@@ -30,12 +38,13 @@ class IncomingFile:
         self._failures = failures
         self._failed = False
         self._size = 0
+        self._announced = AnnouncedSize()
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         view = memoryview(data)
+        if not self._failed:
+            self._check(view)
         self._size += len(view)
-        if self._size > self._failures.max_bytes and not self._failed:
-            self._fail(TooLargeError(f"more than {self._failures.max_bytes} bytes"))
         while view and not self._failed:
             try:
                 written = self._raw.write(view) or 0
@@ -44,6 +53,18 @@ class IncomingFile:
                 break
             view = view[written:]
         return len(data)
+
+    def _check(self, view: memoryview) -> None:
+        """Stop writing a dataset too large, or one whose rest would cross the floor."""
+        self._announced.feed(view)
+        expected = max(self._size + len(view), self._announced.total or 0)
+        if expected > self._failures.max_bytes:
+            self._fail(TooLargeError(f"more than {self._failures.max_bytes} bytes"))
+            return
+        try:
+            self._failures.check_room(expected - self._size)
+        except OutOfSpaceError as exc:
+            self._fail(exc)
 
     def flush(self) -> None:
         """Writes are unbuffered; durability comes later from the spool's fsync."""
@@ -65,9 +86,16 @@ class IncomingFiles:
     """Creates incoming files where `new_path` says and remembers which ones failed to write
     (or grew past `max_bytes`)."""
 
-    def __init__(self, new_path: Callable[[], Path], max_bytes: int) -> None:
+    def __init__(
+        self,
+        new_path: Callable[[], Path],
+        max_bytes: int,
+        check_room: Callable[[int], None] = lambda incoming_bytes: None,
+    ) -> None:
+        """`check_room(n)` raises OutOfSpaceError when `n` more bytes would cross the floor."""
         self._new_path = new_path
         self.max_bytes = max_bytes
+        self.check_room = check_room
         self._errors: dict[str, Exception] = {}
         self._lock = threading.Lock()
 

@@ -7,6 +7,7 @@ import signal
 import threading
 from types import FrameType
 
+from appliance import notify
 from appliance.config import Settings
 from appliance.imaging.header import read_header
 from appliance.paths import Paths
@@ -33,13 +34,19 @@ def serve(settings: Settings, paths: Paths) -> int:
     host, port = receiver.address
     ae_title = settings.receiver.ae_title
     beat = status.RoleBeat(store, "receiver", host=host, port=port, ae_title=ae_title)
+    tls = receiver.tls_address
+    on_tls = "" if tls is None else f" and {tls[0]}:{tls[1]} (TLS)"
     print(
-        f"receiver: listening as AE {settings.receiver.ae_title!r} on {host}:{port} "
+        f"receiver: listening as AE {settings.receiver.ae_title!r} on {host}:{port}{on_tls} "
         f"(data in {paths.data_dir})",
         flush=True,
     )
+    notify.ready(f"listening on {host}:{port}{on_tls}")
+    watchdog = notify.Watchdog(receiver.serving).start()
     stop.wait()
     log.info("receiver stopping")
+    notify.stopping()
+    watchdog.stop()
     beat.stop()
     receiver.stop()
     store.close()

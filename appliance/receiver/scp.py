@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +34,10 @@ from appliance.config import Settings
 from appliance.domain import Origin, Source, StoreStatus, is_valid_uid
 from appliance.errors import ApplianceError, OutOfSpaceError, RejectedInput
 from appliance.imaging.limits import Limits, check_dataset, over_dataset_limit
+from appliance.receiver.guard import Connections
 from appliance.receiver.incoming import IncomingFiles, TooLargeError
-from appliance.receiver.net import ApplianceServer
+from appliance.receiver.net import ApplianceServer, serve
+from appliance.receiver.tls import server_context
 from appliance.store import Store
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,7 @@ TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.4.91",  # JPEG 2000
     "1.2.840.10008.1.2.5",  # RLE Lossless
 ]
+_LOOP_STALE_S = 10.0  # an accepting loop turns every 0.5 s; this long without a turn is stuck
 _MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR: an index on media, never sent to a store
 # PS3.8 9.3.3.2 result/reason of a refused presentation context
 _CONTEXT_REFUSALS = {
@@ -116,8 +120,18 @@ class Receiver:
         self.store = store
         self.limits = Limits.from_settings(self.settings)
         self.ae = self._make_ae()
-        self.incoming = IncomingFiles(store.spool.new_tmp_path, self.limits.max_dataset_bytes)
+        self.incoming = IncomingFiles(
+            store.spool.new_tmp_path, self.limits.max_dataset_bytes, store.spool.check_space
+        )
+        self.connections = Connections(
+            self.settings.acse_timeout_s,
+            self.settings.max_associations_per_address,
+            on_dropped=self._audit_dropped,
+        )
+        self.connections.on_refused = self._audit_over_cap
         self._server: ApplianceServer | None = None
+        self._tls_server: ApplianceServer | None = None
+        self._threads: list[threading.Thread] = []
 
     @property
     def address(self) -> tuple[str, int]:
@@ -126,35 +140,73 @@ class Receiver:
         host, port = self._server.server_address[:2]
         return str(host), int(port)
 
+    @property
+    def tls_address(self) -> tuple[str, int] | None:
+        """Where DICOM over TLS is served; None when receiver.tls.port is 0."""
+        if self._tls_server is None:
+            return None
+        host, port = self._tls_server.server_address[:2]
+        return str(host), int(port)
+
     def start(self) -> None:
+        """Listen on the plain port (and the TLS port when configured); return at once."""
         self.incoming.install()
+        cfg = self.settings
+        tls_context = server_context(cfg.tls) if cfg.tls.port else None
+        self._server = self._listen(cfg.port, "receiver.port")
+        if tls_context is not None:
+            try:
+                self._tls_server = self._listen(cfg.tls.port, "receiver.tls.port", tls_context)
+            except BaseException:
+                self.ae.shutdown()
+                raise
+        self.connections.start()
+        self._threads = [serve(self._server, "receiver-accept")]
+        if self._tls_server is not None:
+            self._threads.append(serve(self._tls_server, "receiver-accept-tls"))
+
+    def _listen(
+        self, port: int, key: str, tls_context: ssl.SSLContext | None = None
+    ) -> ApplianceServer:
         cfg = self.settings
         try:
             server = self.ae.make_server(
-                (cfg.bind_address, cfg.port),
+                (cfg.bind_address, port),
                 evt_handlers=self._handlers(),
                 server_class=ApplianceServer,
+                connections=self.connections,
+                network_timeout_s=cfg.network_timeout_s,
+                listen_backlog=cfg.listen_backlog,
+                tls_context=tls_context,
                 allowed_networks=[
                     ipaddress.ip_network(n, strict=False) for n in cfg.allowed_networks
                 ],
                 on_refused=self._audit_refused_ip,
                 max_p_data=cfg.max_pdu_bytes or self.limits.max_dataset_bytes,
                 on_pdu_refused=self._audit_pdu_refused,
+                on_tls_failed=self._audit_tls_failed,
             )
         except OSError as exc:
             raise ApplianceError(
-                f"cannot listen on {cfg.bind_address}:{cfg.port} (receiver.bind_address, "
-                f"receiver.port): {exc.strerror or exc}"
+                f"cannot listen on {cfg.bind_address}:{port} (receiver.bind_address, "
+                f"{key}): {exc.strerror or exc}"
             ) from exc
         assert isinstance(server, ApplianceServer)
         self.ae._servers.append(server)  # as start_server does, so ae.shutdown() stops it
-        self._server = server
-        threading.Thread(target=server.serve_forever, name="receiver-accept", daemon=True).start()
+        return server
+
+    def serving(self) -> bool:
+        """Whether every accepting loop is alive and turning (the watchdog's question)."""
+        servers = [s for s in (self._server, self._tls_server) if s is not None]
+        alive = bool(self._threads) and all(t.is_alive() for t in self._threads)
+        return alive and all(s.serving(within_s=_LOOP_STALE_S) for s in servers)
 
     def stop(self) -> None:
         """Stop listening and end the associations in progress."""
+        self.connections.stop()  # first: no association thread may stay blocked in a read
         self.ae.shutdown()
-        self._server = None
+        self._server = self._tls_server = None
+        self._threads = []
 
     def _make_ae(self) -> AE:
         cfg = self.settings
@@ -187,6 +239,8 @@ class Receiver:
         subject = f"instance:{sop_instance}" if is_valid_uid(sop_instance) else "instance:invalid"
         try:
             write_error = self.incoming.take_error(path)
+            if isinstance(write_error, OutOfSpaceError):
+                raise write_error  # the floor, checked before the image was written
             if isinstance(write_error, TooLargeError):
                 raise OutOfSpaceError(over_dataset_limit(self.limits))
             if write_error is not None:
@@ -240,6 +294,15 @@ class Receiver:
 
     def _audit_pdu_refused(self, host: str, reason: str) -> None:
         self.store.audit(f"ip:{host}", "association.aborted", "receiver", reason=reason)
+
+    def _audit_dropped(self, host: str, reason: str) -> None:
+        self.store.audit(f"ip:{host}", "association.dropped", "receiver", reason=reason)
+
+    def _audit_over_cap(self, host: str, reason: str) -> None:
+        self.store.audit(f"ip:{host}", "association.refused", "receiver", reason=reason)
+
+    def _audit_tls_failed(self, host: str, reason: str) -> None:
+        self.store.audit(f"ip:{host}", "association.refused", "receiver", reason=reason)
 
     def _audit_refused_ip(self, host: str) -> None:
         self.store.audit(
