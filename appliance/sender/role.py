@@ -9,6 +9,12 @@ slow never holds up another destination. A lane sleeps until the doorbell rings 
 were queued), its next delivery or back-off falls due, or `sender.poll_s` passes: never a busy
 loop. A destination that is no longer configured keeps its deliveries waiting, and its status
 says so.
+
+The role says READY=1 to its service manager once its lanes run, and pings the watchdog only
+while every lane's thread is alive and none is stuck: a lane goes round its loop within the
+poll interval, and a batch ends within the association's timeouts (connect and negotiate,
+then one DIMSE timeout per object and one for the release). A lane past that is hung in a way
+no timeout catches; the manager restarts the role and the batch is sent again.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import threading
 import time
 from types import FrameType
 
-from appliance.config import Destination, Settings
+from appliance import notify
+from appliance.config import Destination, SenderSettings, Settings
 from appliance.paths import Paths
 from appliance.sender import backoff
 from appliance.sender.deliver import ACTOR, Courier
@@ -33,6 +40,9 @@ from appliance.store.doorbell import Doorbell, Listener
 log = logging.getLogger(__name__)
 MIN_WAIT_S = 0.05  # the shortest sleep of a lane with nothing due right now
 STORE_WAIT_S = 5.0  # between tries while the store cannot be written
+# Added to every deadline of the watchdog: a query may wait out a busy store (its busy
+# timeout is 30 s) a few times before it fails, and that is not a hang.
+STORE_SLACK_S = 120.0
 
 
 def serve(settings: Settings, paths: Paths, stop: threading.Event | None = None) -> int:
@@ -55,10 +65,15 @@ def serve(settings: Settings, paths: Paths, stop: threading.Event | None = None)
     print(f"sender: ready; {describe(settings)}{_taken_back(interrupted)}", flush=True)
     for lane in lanes:
         lane.start()
+    liveness = Liveness(lanes, settings.sender)
+    watchdog = notify.Watchdog(liveness.working).start()
+    notify.ready(describe(settings))
     try:
-        _listen(store, settings, listener, lanes, stop)
+        _listen(store, settings, listener, liveness, stop)
         log.info("sender stopping: objects in flight finish, the others wait")
     finally:
+        notify.stopping()
+        watchdog.stop()
         stop.set()
         for lane in lanes:
             lane.wake()
@@ -87,11 +102,17 @@ def _taken_back(count: int) -> str:
 
 
 def _listen(
-    store: Store, settings: Settings, listener: Listener, lanes: list[Lane], stop: threading.Event
+    store: Store,
+    settings: Settings,
+    listener: Listener,
+    liveness: Liveness,
+    stop: threading.Event,
 ) -> None:
     """Pass rings of the doorbell on to every lane; keep the status of destinations that
     are no longer configured true."""
+    lanes = liveness.lanes
     while not stop.is_set():
+        liveness.round()
         if listener.wait(settings.sender.poll_s):
             for lane in lanes:
                 lane.wake()
@@ -132,6 +153,7 @@ class Lane(threading.Thread):
         self.courier = Courier(store, destination, calling, settings.sender, stop)
         self.crashed = False
         self._wake = threading.Event()
+        self.due_by = time.monotonic() + self.round_s()  # the watchdog's deadline for this lane
 
     def wake(self) -> None:
         self._wake.set()
@@ -139,6 +161,7 @@ class Lane(threading.Thread):
     def run(self) -> None:
         try:
             while not self.stop.is_set():
+                self._expect(self.round_s())
                 self._wake.clear()  # a ring from now on cuts the next sleep short
                 if not self._run_once_tolerant():
                     self._wake.wait(self.idle_wait())
@@ -170,8 +193,21 @@ class Lane(threading.Thread):
         batch = outbox.claim(conn, self.destination_name, self.settings.batch)
         if not batch:
             return False
+        self._expect(batch_limit_s(self.settings, len(batch)))
         self.courier.deliver(batch)
         return True
+
+    def round_s(self) -> float:
+        """The longest one round of the loop takes with nothing to send: a sleep of at most
+        the poll interval, or a wait for a store that cannot be written."""
+        return max(self.settings.poll_s, STORE_WAIT_S)
+
+    def _expect(self, seconds: float) -> None:
+        self.due_by = time.monotonic() + seconds + STORE_SLACK_S
+
+    def answering(self) -> bool:
+        """The lane's thread runs and is not past its deadline."""
+        return self.is_alive() and time.monotonic() <= self.due_by
 
     def idle_wait(self) -> float:
         """Seconds to sleep: the poll interval, or less when a delivery or the end of the
@@ -182,6 +218,36 @@ class Lane(threading.Thread):
             return self.settings.poll_s
         at = max(due, backoff.waiting_until(conn, self.destination_name))
         return max(MIN_WAIT_S, min(self.settings.poll_s, at - time.time()))
+
+
+def batch_limit_s(settings: SenderSettings, count: int) -> float:
+    """Seconds a batch of `count` objects may take at most: the connection and the
+    association's negotiation (a connect timeout each), then a DIMSE timeout per object and
+    one for the release."""
+    return 2 * settings.connect_timeout_s + (count + 1) * settings.dimse_timeout_s
+
+
+class Liveness:
+    """The sender's answer to its watchdog: the listening loop goes round and every lane
+    answers."""
+
+    def __init__(self, lanes: list[Lane], settings: SenderSettings) -> None:
+        self.lanes = lanes
+        self.limit_s = settings.poll_s + STORE_SLACK_S
+        self.round_at = time.monotonic()
+
+    def round(self) -> None:
+        """The listening loop went round once more."""
+        self.round_at = time.monotonic()
+
+    def working(self) -> bool:
+        stuck = [lane.destination_name for lane in self.lanes if not lane.answering()]
+        if stuck:
+            log.error("lanes not answering: %s", ", ".join(stuck))
+        late = time.monotonic() - self.round_at > self.limit_s
+        if late:
+            log.error("the sender's listening loop has not gone round for too long")
+        return not stuck and not late
 
 
 def _on_signals(stop: threading.Event, bell: Doorbell) -> None:
