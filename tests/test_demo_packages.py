@@ -84,7 +84,8 @@ def test_checksums_cover_the_manifest_and_every_named_file(package: str) -> None
         match = re.fullmatch(r"([0-9a-f]{64})  (\S+)", line)
         assert match, f"not sha256sum format: {line!r}"
         listed[match.group(2)] = match.group(1)
-    assert set(listed) == {"manifest.yaml", *manifest(package)["files"].values()}
+    named = manifest(package)
+    assert set(listed) == {"manifest.yaml", *named["files"].values(), named["golden"]["file"]}
     for name, digest in listed.items():
         assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, name
 

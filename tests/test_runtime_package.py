@@ -172,7 +172,12 @@ def test_import_copies_checks_and_seals(tmp_path: Path, capsys: pytest.CaptureFi
     argv = ["model", "import", str(onnx_file), "--manifest", str(manifest), "--out", str(out)]
     assert main(argv) == 0
     assert "imported test-classifier 0.1.0" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["SHA256SUMS", "manifest.yaml", "model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "SHA256SUMS",
+        "golden.npz",
+        "manifest.yaml",
+        "model.onnx",
+    ]
     assert load_package(out).model_hash() == sha256(onnx_file)
     assert main(argv) == 2  # never over an existing package
     assert "already exists and is not empty" in capsys.readouterr().err

@@ -73,7 +73,7 @@ def copy_without_int8(folder: Path) -> Path:
     manifest = yaml.safe_load((target / "manifest.yaml").read_text())
     (target / manifest["files"].pop("int8")).unlink()
     (target / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
-    write_sums(target, ["manifest.yaml", manifest["files"]["fp32"]])
+    write_sums(target, ["manifest.yaml", manifest["files"]["fp32"], manifest["golden"]["file"]])
     return target
 
 

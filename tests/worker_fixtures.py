@@ -158,6 +158,8 @@ def copy_package(source: Path, target: Path, **input_changes: Any) -> Path:
     names = ["manifest.yaml", manifest["files"]["fp32"]]
     if manifest["files"].get("int8"):
         names.append(manifest["files"]["int8"])
+    if manifest.get("golden"):
+        names.append(manifest["golden"]["file"])
     write_sums(target, names)
     return target
 

@@ -1,4 +1,5 @@
-"""`appliance model ...`: list, verify, import, quantize, validate and profile model packages.
+"""`appliance model ...`: list, verify, import, quantize, validate, profile model packages and
+make their golden inputs.
 
 Registering imports nothing heavy: every `appliance` command builds the whole parser, so ONNX
 and OpenCV are imported only by the command that runs. The runtime does the work and returns
@@ -11,10 +12,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from appliance.cli.common import Subcommands, add_models_dir, models_dirs
 from appliance.runtime.errors import PackageError
 from appliance.runtime.package import ModelPackage, find_packages, load_package
+
+if TYPE_CHECKING:
+    from appliance.runtime.golden import GoldenCheck
 
 
 def register(sub: Subcommands) -> None:
@@ -53,6 +58,17 @@ def register(sub: Subcommands) -> None:
     init.add_argument("onnx", type=Path, metavar="MODEL.onnx")
     init.add_argument("--out", type=Path, default=Path("."), metavar="DIR", help="default: .")
     init.set_defaults(func=cmd_model_init)
+    golden = commands.add_parser(
+        "golden",
+        help="(re)make the package's golden inputs and outputs from its FP32 graph, re-seal",
+        description="Make golden.npz: three model-ready inputs (from the package's typical "
+        "image when it has a quality profile, else seeded patterns) and what the FP32 graph "
+        "gives for them on ONNX Runtime's CPU provider; write the manifest's golden section "
+        "(tolerances already written are kept; the INT8 one is raised where the package's "
+        "own INT8 file needs it) and re-seal the package.",
+    )
+    golden.add_argument("package", type=Path, metavar="PKG")
+    golden.set_defaults(func=cmd_model_golden)
     _add_quantize_command(commands)
     _add_validate_command(commands)
     _add_profile_command(commands)
@@ -178,6 +194,7 @@ def _describe(package: ModelPackage) -> str:
 
 
 def cmd_model_verify(args: argparse.Namespace) -> int:
+    from appliance.runtime.golden import NO_GOLDENS, verify_goldens
     from appliance.runtime.graph import check_graph
     from appliance.runtime.scorecheck import check_score_ranges
 
@@ -188,17 +205,33 @@ def cmd_model_verify(args: argparse.Namespace) -> int:
             for precision in package.precisions:
                 check_graph(package.model_file(precision), package.manifest)
                 check_score_ranges(package, precision)
+            checks = verify_goldens(package)
         except PackageError as exc:
             print(f"REFUSED {folder}:\n{exc}", file=sys.stderr)
             failed += 1
             continue
         hashes = ", ".join(f"{p} sha256 {package.model_hash(p)[:16]}" for p in package.precisions)
-        print(f"OK {folder}: {package.manifest.identity} ({hashes})")
+        goldens = "; ".join(_golden_line(c) for c in checks) or NO_GOLDENS
+        print(f"OK {folder}: {package.manifest.identity} ({hashes}); goldens: {goldens}")
     return 1 if failed else 0
+
+
+def _golden_line(check: GoldenCheck) -> str:
+    return f"{check.precision} {check.largest:.2g} <= {check.tolerance:g}"
+
+
+def cmd_model_golden(args: argparse.Namespace) -> int:
+    from appliance.runtime.golden import verify_goldens, write_goldens
+
+    package, _ = write_goldens(args.package)
+    checks = "; ".join(_golden_line(c) for c in verify_goldens(package))
+    print(f"wrote the golden inputs of {package.folder} ({checks}); re-sealed")
+    return 0
 
 
 def cmd_model_quantize(args: argparse.Namespace) -> int:
     from appliance.runtime import quantize
+    from appliance.runtime.golden import write_goldens
 
     result = quantize.quantize_package(
         args.package,
@@ -207,8 +240,11 @@ def cmd_model_quantize(args: argparse.Namespace) -> int:
         variants=quantize.candidate_variants(args.variant, args.reduce_range),
         threads=args.threads,
     )
-    package = result.package
-    written = f"{package.model_file('int8')} (sha256 {package.model_hash('int8')[:16]}...)"
+    package, _ = write_goldens(result.package.folder)  # tolerances for the new INT8 file
+    written = (
+        f"{package.model_file('int8')} (sha256 {package.model_hash('int8')[:16]}...) and "
+        "the golden inputs"
+    )
     _print_resealed(result.warnings, quantize.format_table(result), written, package)
     return 0
 

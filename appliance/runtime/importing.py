@@ -4,6 +4,10 @@ The graph is checked against the manifest before anything is written, the packag
 in a hidden sibling folder, run on synthetic pictures (scores outside [0, 1] are refused: see
 `scorecheck`) and renamed into place, so a failed import leaves nothing behind that
 `find_packages` could pick up.
+
+Golden inputs: a manifest with a `golden` section brings its file (named by `golden.file`,
+beside the manifest), and the package must reproduce it within its tolerances at every
+precision it has; a manifest without one gets golden inputs made here from the FP32 graph.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from appliance.runtime.errors import PackageError
+from appliance.runtime.golden import verify_goldens, write_goldens
 from appliance.runtime.graph import check_graph
 from appliance.runtime.manifest import MANIFEST_NAME, Manifest, load_manifest
 from appliance.runtime.package import ModelPackage, load_package, write_sums
@@ -25,9 +30,13 @@ def import_model(
     """Check, copy and seal a new package in `out` (which must not exist or be empty)."""
     manifest = load_manifest(manifest_file)
     sources = _sources(manifest, manifest_file, onnx_file, int8_file)
+    graphs = list(sources.values())
+    if manifest.golden is not None:  # the maker's golden inputs, beside the manifest
+        sources[manifest.golden.file] = manifest_file.parent / manifest.golden.file
     for source in sources.values():
         if not source.is_file():
-            raise PackageError(f"{source}: no such file")
+            raise PackageError(f"{source}: no such file" + _golden_hint(manifest, source))
+    for source in graphs:
         check_graph(source, manifest)
     _check_target(out)
     stage = out.parent / f".{out.name}.importing-{os.getpid()}"
@@ -44,12 +53,33 @@ def import_model(
                 check_score_ranges(staged, precision)
             except PackageError as exc:  # named by the admin's manifest, not the hidden stage
                 raise PackageError(str(exc).replace(str(stage), str(manifest_file), 1)) from exc
+        try:
+            _goldens(staged)
+        except PackageError as exc:
+            raise PackageError(str(exc).replace(str(stage), str(manifest_file.parent))) from exc
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(stage, out)
     finally:
         _remove(stage)
     return load_package(out)
+
+
+def _goldens(staged: ModelPackage) -> None:
+    """The goldens (made here when the manifest brought none) must come out at every
+    precision."""
+    if staged.manifest.golden is None:
+        staged, _ = write_goldens(staged.folder)
+    verify_goldens(staged)
+
+
+def _golden_hint(manifest: Manifest, source: Path) -> str:
+    if manifest.golden is None or source.name != manifest.golden.file:
+        return ""
+    return (
+        " (golden.file: the golden inputs must lie beside the manifest; remove the golden "
+        "section to have them made from the FP32 graph)"
+    )
 
 
 def _remove(folder: Path) -> None:

@@ -43,6 +43,7 @@ _SEMVER = re.compile(
 )
 _LABEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,122}\.onnx\Z")
+_GOLDEN_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,122}\.npz\Z")
 _FRAMES = re.compile(r"^(first|all|every:[1-9][0-9]{0,5})\Z")
 _CODE_STRING = re.compile(r"^[A-Z0-9 _]{1,16}\Z")  # DICOM CS: Modality, Body Part, View
 
@@ -70,6 +71,7 @@ _model_name = _matching(_MODEL_NAME, "2-64 lowercase letters, digits or '-'")
 _version = _matching(_SEMVER, "a semantic version such as 0.1.0")
 _label_name = _matching(_LABEL_NAME, "1-64 lowercase letters, digits, '_' or '-'")
 _file_name = _matching(_FILE_NAME, "a plain file name ending in .onnx (no folders, no leading dot)")
+_golden_file = _matching(_GOLDEN_FILE, "a plain file name ending in .npz (no folders)")
 _frames = _matching(_FRAMES, "'first', 'all' or 'every:N' with N >= 1")
 
 
@@ -91,6 +93,7 @@ ModelName = Annotated[str, AfterValidator(_model_name)]
 Version = Annotated[str, AfterValidator(_version)]
 LabelName = Annotated[str, AfterValidator(_label_name)]
 FileName = Annotated[str, AfterValidator(_file_name)]
+GoldenFile = Annotated[str, AfterValidator(_golden_file)]
 FrameRule = Annotated[str, AfterValidator(_frames)]
 CodeString = Annotated[str, AfterValidator(_code_string)]
 Uid = Annotated[str, AfterValidator(_uid)]
@@ -246,6 +249,22 @@ class Quality(_Strict):
     reference: tuple[tuple[DisplayValue, ...], ...]
 
 
+class GoldenTolerance(_Strict):
+    """The largest absolute difference from a golden output allowed per precision run (see
+    appliance.runtime.golden for the defaults and why)."""
+
+    fp32: Annotated[float, Field(gt=0.0, le=1.0)] = 0.005
+    fp16: Annotated[float, Field(gt=0.0, le=1.0)] = 0.02
+    int8: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+
+
+class Golden(_Strict):
+    """Golden inputs and the outputs the FP32 graph gives for them, checked at start-up."""
+
+    file: GoldenFile = "golden.npz"
+    tolerance: GoldenTolerance = Field(default_factory=lambda: GoldenTolerance())
+
+
 class Manifest(_Strict):
     """A validated manifest.yaml of format 1."""
 
@@ -264,6 +283,7 @@ class Manifest(_Strict):
     files: Files
     validation: Validation | None = None
     quality: Quality | None = None
+    golden: Golden | None = None
     # Seconds one inference of one image may take on this box before the worker is called
     # hung: its watchdog stops, it is restarted and the job retried, then failed.
     time_limit_s: float = Field(60.0, gt=0, le=3600)

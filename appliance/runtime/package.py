@@ -4,8 +4,9 @@ A package is refused, never half-loaded: SHA256SUMS must list manifest.yaml and 
 manifest names, each listed file must exist and match, and the manifest must be valid. The
 sha256 of the ONNX file actually run is the model hash every finding records.
 
-An INT8 file is added to an existing package by writing it into the folder, naming it as
-`files.int8` in the manifest and calling `seal_package`, which rewrites SHA256SUMS.
+An INT8 file (or the golden inputs, `golden.file`) is added to an existing package by writing
+it into the folder, naming it in the manifest and calling `seal_package`, which rewrites
+SHA256SUMS.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def load_package(folder: Path) -> ModelPackage:
     for key, name in _named_files(manifest).items():
         if name not in sums:
             raise PackageError(
-                f"{folder / MANIFEST_NAME}: files.{key}: {name!r} is not listed in {SUMS_NAME}"
+                f"{folder / MANIFEST_NAME}: {key}: {name!r} is not listed in {SUMS_NAME}"
             )
     return ModelPackage(folder=folder, manifest=manifest, checksums=MappingProxyType(dict(sums)))
 
@@ -159,9 +160,12 @@ def sha256_of(path: Path) -> str:
 
 
 def _named_files(manifest: Manifest) -> dict[str, str]:
-    named = {"fp32": manifest.files.fp32}
+    """The manifest's field (dotted) -> the package file it names."""
+    named = {"files.fp32": manifest.files.fp32}
     if manifest.files.int8 is not None:
-        named["int8"] = manifest.files.int8
+        named["files.int8"] = manifest.files.int8
+    if manifest.golden is not None:
+        named["golden.file"] = manifest.golden.file
     return named
 
 
@@ -183,7 +187,7 @@ def seal_package(folder: Path) -> ModelPackage:
     manifest = load_manifest(folder / MANIFEST_NAME)
     for key, name in _named_files(manifest).items():
         if not (folder / name).is_file():
-            raise PackageError(f"{folder / MANIFEST_NAME}: files.{key}: {name!r} does not exist")
+            raise PackageError(f"{folder / MANIFEST_NAME}: {key}: {name!r} does not exist")
     write_sums(folder, [MANIFEST_NAME, *_named_files(manifest).values()])
     return load_package(folder)
 

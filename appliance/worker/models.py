@@ -1,9 +1,11 @@
-"""The model packages the worker runs, loaded once on the configured backend and warmed up."""
+"""The model packages the worker runs, loaded once on the configured backend and warmed up,
+each checked against its golden inputs (`selftest`) before it is used."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from appliance.runtime.engine import Model
 from appliance.runtime.errors import GraphError
 from appliance.runtime.package import DEFAULT_MODELS_DIR, ModelPackage, find_packages
 from appliance.runtime.precision import choose_precision
+from appliance.worker.selftest import SelfTest, self_test
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +37,17 @@ class ModelSet:
     disabled: list[str] = field(default_factory=list)
     precision: str = "fp32"  # models.precision as resolved on this machine ("auto" chooses)
     precision_reason: str = ""
+    # The golden self-test of every package that loaded (passed, failed or untested), and the
+    # notes of loaded packages (name -> "no golden inputs to check") for the admin page.
+    checks: list[SelfTest] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, settings: ModelSettings, cache_dir: Path) -> ModelSet:
-        """Verify and load every package in the configured folders.
+        """Verify, load and self-test every package in the configured folders.
 
-        A package that fails verification is refused (logged, the others still run). A backend
+        A package that fails verification or its golden self-test is refused (logged, the
+        others still run). A backend
         that cannot load raises BackendError: the worker stops rather than silently running on
         something other than what the site configured.
         """
@@ -65,12 +73,25 @@ class ModelSet:
         return loaded
 
     def open(self, package: ModelPackage, options: BackendOptions) -> None:
-        """Load one package; a graph the backend cannot load refuses that package only (a
-        backend that cannot start at all raises BackendError and stops the worker)."""
+        """Load one package and run its goldens; a graph the backend cannot load, or outputs
+        that differ from the goldens, refuse that package only (a backend that cannot start
+        at all raises BackendError and stops the worker)."""
+        started = time.perf_counter()
         try:
-            self.models.append(Model.open(package, options))
+            model = Model.open(package, options)
         except GraphError as exc:
             self.refuse(package.folder, str(exc))
+            return
+        check = self_test(model, started)
+        self.checks.append(check)
+        if check.failed:
+            model.close()
+            self.refuse(package.folder, check.reason)
+            return
+        if check.outcome == "untested":
+            log.warning("model package %s: %s", package.folder, check.reason)
+            self.notes[package.name] = check.reason
+        self.models.append(model)
 
     def refuse(self, folder: Path, reason: str) -> None:
         log.error("model package %s refused: %s", folder, reason)

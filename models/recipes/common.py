@@ -27,6 +27,7 @@ import yaml
 
 import appliance.phantoms as phantoms
 import appliance.runtime.quantize as runtime_quantize
+from appliance.runtime.golden import write_goldens
 from appliance.runtime.precision import read_cpu_flags
 
 REPO = Path(__file__).resolve().parents[2]
@@ -383,8 +384,10 @@ def finish(
     report: dict[str, Any],
     readme: list[str],
 ) -> None:
-    """Write the package, the report and the README's figures for `section`."""
+    """Write the package (with its golden inputs), the report and the README's figures for
+    `section`."""
     write_package(args.out, manifest)
+    write_goldens(args.out)  # made again by profile_demo.py, from the typical image
     write_report(args.work / f"{prefix}-report.json", report)
     write_readme_results(section, readme)
     log(f"report: {report}")

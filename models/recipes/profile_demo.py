@@ -12,7 +12,8 @@
      saved by `ultrasound_dataset`.
 2. Profiles each package as `appliance model profile PKG --dataset DIR` does (the same
    `profile_package`, default percentile), which writes the manifest's `quality` section and
-   re-seals SHA256SUMS; prints the command's report.
+   re-seals SHA256SUMS; prints the command's report; then makes the golden inputs again as
+   `appliance model golden PKG` does, since they start from the new typical image.
 3. Measures `check_quality` through the runtime's `prepare` on `--check` fresh phantoms per
    package (seeds 310000 and up): as drawn, rotated a quarter turn each way, upside down,
    and near-blank (uniform plus faint noise, min-max window); prints the correlations and how
@@ -36,6 +37,7 @@ from pydicom.dataset import Dataset
 
 from appliance.imaging import DecodedImage, decode
 from appliance.phantoms import chest_dataset, make_chest, make_ultrasound, ultrasound_dataset
+from appliance.runtime.golden import write_goldens
 from appliance.runtime.package import load_package
 from appliance.runtime.preprocess import prepare
 from appliance.runtime.quality import (
@@ -168,6 +170,7 @@ def main_recipe() -> int:
             for warning in result.warnings:
                 print(f"warning: {warning}", file=sys.stderr)
             print(format_report(result), flush=True)
+            write_goldens(result.package.folder)  # inputs made from the new typical image
         for package in MAKERS:
             measure(package, args.check)
     finally:

@@ -8,7 +8,8 @@ shown beside the model are the ones this box measured.
 Per label and precision: `auc`, `sensitivity`, `specificity` at the manifest threshold, `n`
 and `positives` (INT8 with an `_int8` suffix), and `int8_agreement` (decision agreement with
 FP32) when both ran; segmentation labels get `area_error_median_mm2` in place of AUC.
-Undefined figures (no positives, ...) are left out rather than written as 0.
+Undefined figures (no positives, ...) are left out rather than written as 0. A package
+without golden inputs gets them here (`appliance.runtime.golden`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from ruamel.yaml.comments import CommentedMap
 
+from appliance.runtime.golden import write_goldens
 from appliance.runtime.manifest import MANIFEST_NAME
 from appliance.runtime.manifest_edit import edit_manifest, plain, section
 from appliance.runtime.package import ModelPackage, seal_package
@@ -79,4 +81,7 @@ def write_figures(folder: Path, report: Mapping[str, Any]) -> ModelPackage:
             del int8["note"]  # the INT8 figures it asked for are measured now
 
     edit_manifest(Path(folder) / MANIFEST_NAME, change)
-    return seal_package(folder)
+    package = seal_package(folder)
+    if package.manifest.golden is None:  # a validated package carries its goldens
+        package, _ = write_goldens(package.folder)
+    return package
