@@ -326,7 +326,7 @@ def test_the_health_page_shows_disk_queue_roles_and_errors(
     store.audit("ae:X@10.0.0.9", "ingest.rejected", "instance:1.2.3", reason="bad dataset")
     status.record_models(conn, [status.ModelRow("wrong", "refused", "checksum mismatch")])
     page = admin.get("/admin/health").get_data(as_text=True)
-    assert "free; the receiver refuses images below 0 MiB" in page
+    assert "free; the receiver refuses images below 1 MiB" in page
     assert "0 image(s) waiting" in page and "1 studies, 1 images stored" in page
     assert "Listening as APPLIANCE on 0.0.0.0, port 11112." in page
     assert re.search(r"Last image from a modality: \d{4}-\d\d-\d\d \d\d:\d\d", page)

@@ -6,7 +6,8 @@ import argparse
 from datetime import datetime
 
 from appliance.cli.common import Subcommands, settings_from
-from appliance.store import Store, open_store
+from appliance.store import Store, open_store, status
+from appliance.store.backup import last_backup
 from appliance.store.worklist import studies
 
 
@@ -33,6 +34,8 @@ def print_status(store: Store, floor: int, limit: int) -> None:
     free = store.spool.free_bytes() // 2**20
     print(f"data folder: {store.paths.data_dir}")
     print(f"disk free:   {free} MiB (floor {floor} MiB){'  BELOW FLOOR' if free < floor else ''}")
+    print(f"disk left:   {days_left(store, floor)}")
+    print(f"backup:      {backup_line(store)}")
     print(
         f"patients {summary.patients}, studies {summary.studies}, "
         f"instances {summary.instances} (missing {summary.missing_instances})"
@@ -41,6 +44,30 @@ def print_status(store: Store, floor: int, limit: int) -> None:
     print(f"jobs:        {jobs}; queue depth {summary.queue_depth}")
     print(f"last image:  {summary.last_received_at or 'never'}")
     print_worklist(store, limit)
+
+
+def days_left(store: Store, floor_mb: int) -> str:
+    """Days until the floor at the last week's rate, in words."""
+    free = store.spool.free_bytes()
+    outlook = status.disk_outlook(store.conn, free, floor_mb * 2**20)
+    if outlook.bytes_per_day is None:
+        return "too little history to tell"
+    if outlook.days_left is None:
+        return "no images in the last week"
+    rate = outlook.bytes_per_day / 2**20
+    days = "over a year" if outlook.days_left > 365 else f"about {outlook.days_left:.1f} days"
+    return f"{days} at {rate:.1f} MiB a day (last week)"
+
+
+def backup_line(store: Store) -> str:
+    """The last backup's outcome, in words."""
+    entry = last_backup(store.conn)
+    if entry is None:
+        return "never"
+    at = datetime.fromisoformat(entry["at"]).astimezone().strftime("%Y-%m-%d %H:%M")
+    if entry.get("ok"):
+        return f"{at} in {entry['folder']}"
+    return f"FAILED {at} into {entry['folder']}: {entry.get('reason', '')}"
 
 
 def print_worklist(store: Store, limit: int) -> None:

@@ -8,6 +8,7 @@ that dies cannot say so: its heartbeat goes stale, and a stale heartbeat reads a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,7 +16,8 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 from appliance.store.db import transaction, utc_now
@@ -248,6 +250,89 @@ def last_association_at(conn: sqlite3.Connection) -> str | None:
         " AND actor LIKE 'ae:%' ORDER BY id DESC LIMIT 1"
     ).fetchone()
     return None if row is None else str(row["at"])
+
+
+PROBE_KEY = "health.probe"  # kv: rewritten by every write probe
+PROBE_TIMEOUT_S = 5.0  # a store locked for longer than this counts as not writable
+RATE_WINDOW_DAYS = 7.0
+MIN_RATE_SPAN_S = 3600.0  # less history than this says nothing about a daily rate
+
+
+def write_problem(conn: sqlite3.Connection, data_dir: Path) -> str | None:
+    """Why the store cannot be written now, or None when a tiny transaction commits.
+
+    A commit is the only honest test: a full disk, a file system remounted read-only after an
+    error, or a store locked by a stuck process all show here, where reading still works."""
+    read_only = read_only_problem(data_dir)
+    if read_only:
+        return read_only
+    try:
+        conn.execute(f"PRAGMA busy_timeout={int(PROBE_TIMEOUT_S * 1000)}")
+        with transaction(conn):
+            conn.execute(
+                "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE"
+                " SET value = excluded.value",
+                (PROBE_KEY, utc_now()),
+            )
+    except sqlite3.Error as exc:
+        return f"the store cannot be written: {exc}"
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("PRAGMA busy_timeout=30000")
+    return None
+
+
+def read_only_problem(data_dir: Path) -> str | None:
+    """Why nothing can be written in the data folder's file system (mounted or remounted
+    read-only, as the kernel does after an I/O error), or None."""
+    try:
+        read_only = bool(os.statvfs(data_dir).f_flag & os.ST_RDONLY)
+    except OSError:
+        return None  # the store's own error says what is wrong
+    return f"the file system of the data folder {data_dir} is read-only" if read_only else None
+
+
+@dataclass(frozen=True)
+class DiskOutlook:
+    """How long the disk lasts at the rate images (and the objects made of them) arrived."""
+
+    free_bytes: int
+    floor_bytes: int
+    bytes_per_day: float | None  # None: too little history to tell
+    days_left: float | None  # until free space reaches the floor; None: no rate, or none used
+    window_days: float
+
+
+def disk_outlook(
+    conn: sqlite3.Connection, free_bytes: int, floor_bytes: int, now: datetime | None = None
+) -> DiskOutlook:
+    """Bytes received per day over the last week (or since the first image, if sooner),
+    against the free space left above the floor."""
+    now = now or datetime.now(timezone.utc)
+    since = now - timedelta(days=RATE_WINDOW_DAYS)
+    first = conn.execute("SELECT MIN(received_at) FROM instances").fetchone()[0]
+    rate: float | None = None
+    days: float | None = None
+    if first is not None:
+        start = max(since, datetime.fromisoformat(first))
+        span_s = (now - start).total_seconds()
+        stamp = start.isoformat(timespec="microseconds")
+        received = conn.execute(
+            "SELECT COALESCE(SUM(size_bytes), 0) FROM instances WHERE received_at >= ?", (stamp,)
+        ).fetchone()[0]
+        made = conn.execute(
+            "SELECT COALESCE(SUM(size_bytes), 0) FROM outputs WHERE made_at >= ?", (stamp,)
+        ).fetchone()[0]
+        if span_s >= MIN_RATE_SPAN_S:
+            rate = (int(received) + int(made)) * 86400.0 / span_s
+            days = max(0, free_bytes - floor_bytes) / rate if rate > 0 else None
+    return DiskOutlook(free_bytes, floor_bytes, rate, days, RATE_WINDOW_DAYS)
+
+
+def removed_images(conn: sqlite3.Connection) -> int:
+    """Images removed to free disk (retention), as the audit trail records them."""
+    row = conn.execute("SELECT COUNT(*) FROM audit WHERE action = 'retention.removed'").fetchone()
+    return int(row[0])
 
 
 def failed_jobs(conn: sqlite3.Connection, limit: int = 20) -> list[sqlite3.Row]:

@@ -31,6 +31,7 @@ from flask import (
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from appliance.store import status, users
+from appliance.store.backup import last_backup
 from appliance.store.db import transaction
 from appliance.web.db import get_conn, get_settings, get_store
 from appliance.web.health import destination_health, with_sender
@@ -204,6 +205,10 @@ def health() -> str:
         free=free,
         floor=floor,
         low=free < floor,
+        unwritable=status.write_problem(conn, store.paths.data_dir),
+        outlook=status.disk_outlook(conn, free, floor),
+        removed=status.removed_images(conn),
+        backup=last_backup(conn),
         summary=store.summary(),
         roles=[
             (name, states.get(name)) for name in with_sender(_role_names(states), get_settings())

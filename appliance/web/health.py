@@ -1,6 +1,8 @@
 """`/health`: public, for a monitor at a clinic or on a van's dashboard. It says whether the box
 can do its job, not only whether this page answers: 200 `{"status": "ok"}`, or 503 with the
-problems in plain words (a role not running, the disk under its floor, the store unreadable).
+problems in plain words (a role not running, the disk under its floor, the store unreadable,
+or the store not writable: every call commits a tiny transaction, since a full disk or a file
+system remounted read-only still lets the store be read).
 Nothing about patients or studies is in it.
 
 Where destinations are set up, delivering results to them is part of the box's job, so the
@@ -37,7 +39,9 @@ def health() -> tuple[Response, int]:
     try:
         problems = find_problems(store)
     except sqlite3.Error as exc:
-        return jsonify(status="down", problems=[f"the store cannot be read: {exc}"]), 503
+        why = status.read_only_problem(store.paths.data_dir)
+        problems = [f"the store cannot be read: {exc}", *([why] if why else [])]
+        return jsonify(status="down", problems=problems), 503
     if problems:
         return jsonify(status="degraded", problems=problems), 503
     return jsonify(status="ok"), 200
@@ -64,6 +68,9 @@ def find_problems(store: Store) -> list[str]:
             f"disk free {free // 2**20} MiB is under the floor of {floor // 2**20} MiB: "
             "new images are refused"
         )
+    unwritable = status.write_problem(store.conn, store.paths.data_dir)
+    if unwritable:
+        problems.append(unwritable)
     return problems
 
 
