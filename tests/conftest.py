@@ -178,7 +178,7 @@ def make_settings(tmp_path: Path, **sections: Any) -> Settings:
     the site name) replaces the value."""
     receiver_port, ui_port = free_ports(2)
     data: dict[str, Any] = {
-        "storage": {"data_dir": str(tmp_path / "data"), "free_space_floor_mb": 0},
+        "storage": {"data_dir": str(tmp_path / "data"), "free_space_floor_mb": 1},
         "receiver": {"bind_address": "127.0.0.1", "port": receiver_port},
         "ui": {"bind_address": "127.0.0.1", "port": ui_port},
     }

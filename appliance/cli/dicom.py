@@ -61,7 +61,7 @@ def echo_destination(args: argparse.Namespace) -> int:
     from appliance.dicomout.scu import AssociationError, Peer, echo
     from appliance.sender import reasons
 
-    settings = settings_from(args)
+    settings = settings_from(args, announce=False)
     destination = settings.destination(args.peer)
     if destination is None:
         known = ", ".join(d.name for d in settings.destinations) or "none"

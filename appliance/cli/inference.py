@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.cli.common import models_dirs
-from appliance.config import Settings, load_settings
+from appliance.cli.common import models_dirs, settings_from
+from appliance.config import Settings
 from appliance.errors import ApplianceError
 from appliance.explain import explain, mask_overlay_png, overlay_png
 from appliance.imaging import DecodedImage, DecodeError, decode
@@ -68,7 +68,7 @@ class _Models:
 
 def run_infer(args: argparse.Namespace) -> int:
     """Run `appliance infer` (arguments: see `cli.infer.register`)."""
-    settings = load_settings(args.config)
+    settings = settings_from(args, announce=False)  # the box's config, folders and logging
     wanted = args.precision or settings.models.precision
     models = _Models(_packages(args), _options(args, settings), auto=wanted == "auto")
     if args.out is not None:

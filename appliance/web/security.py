@@ -30,7 +30,7 @@ from flask import (
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from appliance.store import users
+from appliance.store import audit, users
 from appliance.web.db import get_conn, get_settings
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ def init_app(app: Flask) -> None:
     app.before_request(_require_sign_in)
     app.before_request(_check_csrf)
     app.after_request(_headers)
+    app.after_request(_audit_sign_in_address)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     app.jinja_env.globals["csrf_token"] = csrf_token
@@ -134,6 +135,27 @@ def _headers(response: Response) -> Response:
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+_SIGN_IN_FORMS = {"auth.signin", "auth.setup"}
+
+
+def _audit_sign_in_address(response: Response) -> Response:
+    """Every sign-in (and set-up) attempt is audited with the address it came from: the
+    screen's own, also through the TLS proxy (see `create_app`'s FromProxy), and whether it
+    came over TLS."""
+    if request.method == "POST" and request.endpoint in _SIGN_IN_FORMS:
+        name = str(request.form.get("username", ""))[:32]
+        audit.append(
+            get_conn(),
+            f"ui:{name}",
+            "signin.address",
+            f"user:{name}",
+            address=request.remote_addr or "",
+            tls=request.is_secure,
+            status=response.status_code,
+        )
     return response
 
 
