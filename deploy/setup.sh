@@ -44,7 +44,7 @@ if command -v apt-get >/dev/null; then
   # Tests: DCMTK as a DICOM peer and SR reader; Orthanc as the clinic's PACS; dicom3tools'
   # dciodvfy to validate every object the box writes; poppler's pdftotext to read reports
   # back; Chromium as the browser.
-  [ $want_test -eq 1 ] && packages+=(dcmtk orthanc dicom3tools poppler-utils chromium)
+  [ $want_test -eq 1 ] && packages+=(dcmtk orthanc dicom3tools poppler-utils chromium nginx)
   apt_install "${packages[@]}"
 fi
 
@@ -62,8 +62,23 @@ if [ -f "deploy/locks/$target.txt" ]; then
 else
   echo "setup: no lock file for $target in deploy/locks/: taking the newest allowed releases" >&2
 fi
-if [ $want_test -eq 1 ]; then
-  .venv/bin/python -m pip install -q "${constraints[@]}" -e '.[test]'
-else
-  .venv/bin/python -m pip install -q "${constraints[@]}" -e .
+# The editable install is built inside this venv (--no-build-isolation) with its own setuptools
+# and wheel, fetched once: pip's default build isolation fetches setuptools from the index at
+# every run, which fails on a machine without a network even when everything is installed.
+if ! .venv/bin/python - <<'PY'; then
+import importlib.metadata as md
+
+def version(name):
+    try:
+        return tuple(int(p) for p in md.version(name).split(".")[:2])
+    except (md.PackageNotFoundError, ValueError):
+        return None
+
+tools = version("setuptools")
+raise SystemExit(0 if tools and tools >= (68, 0) and version("wheel") else 1)
+PY
+  .venv/bin/python -m pip install -q 'setuptools>=68' wheel
 fi
+extras=""
+[ $want_test -eq 1 ] && extras="[test]"
+.venv/bin/python -m pip install -q --no-build-isolation "${constraints[@]}" -e ".$extras"
