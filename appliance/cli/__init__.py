@@ -13,8 +13,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from appliance import __version__, bench
-from appliance.cli import capture, config, demo, dicom, infer, model, roles, status
+from appliance.cli import (
+    backup,
+    capture,
+    config,
+    demo,
+    dicom,
+    infer,
+    model,
+    roles,
+    selftest,
+    status,
+)
 from appliance.cli import export as export_cmd
+from appliance.cli import release as release_cmd
+from appliance.cli.common import find_config
 from appliance.errors import ApplianceError
 
 
@@ -22,7 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="appliance", description="Edge inference appliance for clinics (offline)."
     )
-    parser.add_argument("--config", type=Path, help="YAML configuration file (default: built-in)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="YAML configuration file (default: $APPLIANCE_CONFIG, else "
+        "/etc/appliance/appliance.yaml when it exists, else the built-in defaults)",
+    )
     parser.add_argument("--version", action="version", version=f"appliance {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     roles.register(sub)  # run, receiver, worker, ui
@@ -32,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.register(sub)
     model.register(sub)
     infer.register(sub)
+    selftest.register(sub)  # selftest
+    backup.register(sub)  # backup, restore, retention
+    release_cmd.register(sub)  # update, rollback, releases
     capture.register(sub)  # capture probe
     demo.register(sub)  # demo-data
     export_cmd.register(sub)  # export (a study to a USB stick)
@@ -40,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.config = find_config(args.config)  # every command sees the file that is used
     try:
         code: int = args.func(args)
     except ApplianceError as exc:

@@ -6,11 +6,15 @@ Every view needs a signed-in user unless marked `@public`; admin views need the 
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from flask import Flask, request
+from flask.sessions import SecureCookieSessionInterface
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from appliance.config import Settings
 from appliance.paths import Paths, resolve_paths
@@ -26,6 +30,7 @@ from appliance.web import (
     security,
     sending,
     study,
+    updates,
     worklist,
 )
 from appliance.web.db import SETTINGS, STORE, store_of
@@ -33,6 +38,7 @@ from appliance.web.params import BoundedInt
 
 __all__ = ["TEMPLATES", "create_app", "store_of"]
 
+WSGIApp = Callable[[dict[str, Any], Any], Any]
 _SIGNING_KEY_ROW = "ui_secret"  # the kv row that holds the cookie signing key
 
 
@@ -53,6 +59,9 @@ def create_app(settings: Settings, paths: Paths | None = None, **overrides: Any)
         TEMPLATES_AUTO_RELOAD=False,
     )
     app.config.update(overrides)
+    if settings.ui.behind_tls:
+        app.wsgi_app = FromProxy(app.wsgi_app)  # type: ignore[method-assign]
+        app.session_interface = SecureWhenTLS()
     app.url_map.converters["int"] = BoundedInt  # ids past SQLite's integers: 404, not 500
     i18n.init_app(app)
     security.init_app(app)
@@ -65,11 +74,47 @@ def create_app(settings: Settings, paths: Paths | None = None, **overrides: Any)
         export.bp,
         imports.bp,
         admin.bp,
+        updates.bp,
         live.bp,
     )
     for blueprint in areas:
         app.register_blueprint(blueprint)
     return app
+
+
+class FromProxy:
+    """Trusts X-Forwarded-For and -Proto (one hop, the TLS proxy on this box) only on
+    connections from this machine, so that the audit names the screen's own address and
+    `request.is_secure` says whether it came over TLS. From anywhere else (a UI bound to
+    0.0.0.0 by mistake) the headers are dropped: a client must not choose its own address."""
+
+    def __init__(self, app: WSGIApp) -> None:
+        self.app = app
+        self.fixed = ProxyFix(app, x_for=1, x_proto=1, x_host=0, x_port=0, x_prefix=0)
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if _loopback(environ.get("REMOTE_ADDR", "")):
+            return self.fixed(environ, start_response)
+        for header in ("HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO"):
+            environ.pop(header, None)
+        return self.app(environ, start_response)
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+class SecureWhenTLS(SecureCookieSessionInterface):
+    """Session cookies marked Secure when the request came through the TLS proxy, and not
+    on the box's own touchscreen at http://localhost (which never crosses the network): a
+    Secure cookie over plain HTTP is kept by Chromium on localhost but not by every browser
+    (a kiosk with another one would never stay signed in)."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return super().get_cookie_secure(app) and request.is_secure
 
 
 def _secret_key(store: Store) -> str:
