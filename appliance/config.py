@@ -307,6 +307,35 @@ class CaptureSettings(_Section):
         return value
 
 
+WallField = Literal["priority", "time", "modality", "initials", "accession", "name", "state"]
+
+
+class WallSettings(_Section):
+    """What a locked screen keeps showing: the worklist in a form safe for passers-by."""
+
+    # Columns shown while locked; `name` (the full name) only where nobody else can see the
+    # screen (a reading room).
+    fields: list[WallField] = Field(
+        default_factory=lambda: ["priority", "time", "modality", "initials", "state"]
+    )
+    # Seconds between refreshes of the locked worklist.
+    refresh_s: int = Field(10, ge=2, le=600)
+    # A short tone when an urgent study arrives while locked.
+    sound: bool = False
+
+
+class PinPolicy(_Section):
+    """Which PINs are refused when a user sets one."""
+
+    min_digits: int = Field(4, ge=4, le=8)
+    # 1111, 0000: one digit repeated.
+    refuse_repeated: bool = True
+    # 1234, 9876, 0123: a straight run up or down.
+    refuse_sequences: bool = True
+    # Further PINs refused by the site (e.g. a birth year everyone uses).
+    refuse: list[str] = Field(default_factory=list)
+
+
 class UISettings(_Section):
     """The touchscreen web UI."""
 
@@ -326,6 +355,12 @@ class UISettings(_Section):
     # Set when a TLS proxy serves the UI: session cookies are then sent over TLS only.
     behind_tls: bool = False
     threads: int = Field(8, ge=1, le=64)
+    # The screen's language until a user picks their own (en, fr).
+    language: Literal["en", "fr"] = "en"
+    # One time format on every page: 24-hour (14:05) or 12-hour (2:05 PM).
+    time_format: Literal["24h", "12h"] = "24h"
+    wall: WallSettings = Field(default_factory=lambda: WallSettings())
+    pin_policy: PinPolicy = Field(default_factory=lambda: PinPolicy())
 
 
 SendKind = Literal["sr", "heatmaps", "report", "images"]
