@@ -308,6 +308,7 @@ class CaptureSettings(_Section):
 
 
 WallField = Literal["priority", "time", "modality", "initials", "accession", "name", "state"]
+_WALL_FIELDS: tuple[WallField, ...] = ("priority", "time", "modality", "initials", "state")
 
 
 class WallSettings(_Section):
@@ -315,9 +316,7 @@ class WallSettings(_Section):
 
     # Columns shown while locked; `name` (the full name) only where nobody else can see the
     # screen (a reading room).
-    fields: list[WallField] = Field(
-        default_factory=lambda: ["priority", "time", "modality", "initials", "state"]
-    )
+    fields: list[WallField] = Field(default_factory=lambda: list(_WALL_FIELDS))
     # Seconds between refreshes of the locked worklist.
     refresh_s: int = Field(10, ge=2, le=600)
     # A short tone when an urgent study arrives while locked.

@@ -57,6 +57,7 @@ class Installed:
     release: Path
     output: str
     seconds: float
+    config: str  # the configuration as the installer wrote it (tests may edit the file later)
 
 
 def run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -103,7 +104,9 @@ def installed(here: Built, tmp_path_factory: pytest.TempPathFactory) -> Installe
     seconds = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr
     print(f"offline install of {here.bundle.name}: {seconds:.1f} s")
-    return Installed(root, root / "opt/appliance/releases" / VERSION, result.stdout, seconds)
+    config = (root / "etc/appliance/appliance.yaml").read_text()
+    release = root / "opt/appliance/releases" / VERSION
+    return Installed(root, release, result.stdout, seconds, config)
 
 
 def test_the_bundle_holds_its_members_in_order(here: Built) -> None:
@@ -135,7 +138,7 @@ def test_the_release_is_installed_without_a_network(installed: Installed, here: 
     assert (root / "etc/systemd/system/appliance-receiver.service").is_file()
     # The example, with only the three folders moved into the root.
     example = (REPO / "deploy/appliance.example.yaml").read_text().splitlines()
-    config = (root / "etc/appliance/appliance.yaml").read_text().splitlines()
+    config = installed.config.splitlines()
     changed = [(a, b) for a, b in zip(example, config, strict=True) if a != b]
     assert changed == [
         ("  data_dir: null", f'  data_dir: "{root}/var/lib/appliance"'),
