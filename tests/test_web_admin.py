@@ -329,7 +329,7 @@ def test_the_health_page_shows_disk_queue_roles_and_errors(
     assert "free; the receiver refuses images below 1 MiB" in page
     assert "0 image(s) waiting" in page and "1 studies, 1 images stored" in page
     assert "Listening as APPLIANCE on 0.0.0.0, port 11112." in page
-    assert re.search(r"Last image from a modality: \d{4}-\d\d-\d\d \d\d:\d\d", page)
+    assert re.search(r"Last image from a modality: \d\d:\d\d\.", page)  # today: the time only
     assert "The worker is not running." in page
     assert re.search(r'data-role="receiver" class="running"', page)
     assert re.search(r'data-role="worker" class="not-running"', page)

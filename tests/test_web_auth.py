@@ -74,7 +74,7 @@ def test_setup_refuses_a_short_pin_or_two_different_pins(app: Flask, client: Fla
 def admin_and_tech(app: Flask, client: FlaskClient) -> str:
     """An administrator and technologist "tech" (PIN 1234); the sign-in page's CSRF token."""
     add_user(app, "admin", "admin")
-    add_user(app, "tech", "technologist", pin="1234")
+    add_user(app, "tech", "technologist", pin="2580")
     return csrf_of(client)
 
 
@@ -85,10 +85,10 @@ def test_sign_in_with_the_right_pin_and_not_with_a_wrong_one(
     wrong = client.post("/signin", data={"username": "tech", "pin": "4321", "csrf_token": token})
     assert wrong.status_code == 401 and "not right" in wrong.get_data(as_text=True)
     unknown = client.post(
-        "/signin", data={"username": "nobody", "pin": "1234", "csrf_token": token}
+        "/signin", data={"username": "nobody", "pin": "2580", "csrf_token": token}
     )
     assert unknown.status_code == 401  # the same answer: no probing for user names
-    sign_in(client, "tech", "1234")
+    sign_in(client, "tech", "2580")
     page = client.get("/")
     html = page.get_data(as_text=True)
     assert page.status_code == 200
@@ -111,24 +111,24 @@ def test_repeated_wrong_pins_lock_the_account_even_for_the_right_pin(
         )
     locked = client.post("/signin", data={"username": "tech", "pin": "0000", "csrf_token": token})
     assert locked.status_code == 429 and "locked" in locked.get_data(as_text=True)
-    right = client.post("/signin", data={"username": "tech", "pin": "1234", "csrf_token": token})
+    right = client.post("/signin", data={"username": "tech", "pin": "2580", "csrf_token": token})
     assert right.status_code == 429
     conn = store_conn(app)
     assert [r["action"] for r in audit.recent(conn, "user.locked")] == ["user.locked"]
     conn.execute("UPDATE users SET locked_until = ? WHERE username = 'tech'", (time.time() - 1,))
-    sign_in(client, "tech", "1234")  # the lock runs out
+    sign_in(client, "tech", "2580")  # the lock runs out
 
 
 def test_state_changes_without_the_csrf_token_are_refused(app: Flask, client: FlaskClient) -> None:
     add_user(app, "admin", "admin")
-    add_user(app, "tech", "technologist", pin="1234")
-    no_token = client.post("/signin", data={"username": "tech", "pin": "1234"})
+    add_user(app, "tech", "technologist", pin="2580")
+    no_token = client.post("/signin", data={"username": "tech", "pin": "2580"})
     assert no_token.status_code == 400 and "expired" in no_token.get_data(as_text=True)
     forged = client.post(
-        "/signin", data={"username": "tech", "pin": "1234", "csrf_token": "forged"}
+        "/signin", data={"username": "tech", "pin": "2580", "csrf_token": "forged"}
     )
     assert forged.status_code == 400
-    sign_in(client, "tech", "1234")
+    sign_in(client, "tech", "2580")
     assert client.post("/signout").status_code == 400  # signing out needs the token too
     assert client.get("/").status_code == 200
 

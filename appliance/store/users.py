@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import itertools
 import re
 import secrets
 import sqlite3
@@ -18,6 +19,7 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 
+from appliance.config import PinPolicy
 from appliance.store import audit
 from appliance.store.db import utc_now
 from appliance.store.refused import Refused
@@ -65,10 +67,33 @@ def check_username(username: str) -> str:
     return username
 
 
-def check_pin(pin: str) -> str:
+def check_pin(pin: str, policy: PinPolicy | None = None) -> str:
+    """`pin` when it may be set: 4 to 8 digits and not refused by the policy (`ui.pin_policy`;
+    without one, the default policy). Only for PINs being set: sign-in takes any PIN a user
+    already has, so a stricter policy never locks anyone out."""
     if not _PIN.fullmatch(pin):
         raise UserError("a PIN has 4 to 8 digits", "bad_pin")
+    rules = policy or PinPolicy()
+    if len(pin) < rules.min_digits:
+        raise UserError(
+            f"a PIN has at least {rules.min_digits} digits", "short_pin", n=rules.min_digits
+        )
+    if weak_pin(pin, rules):
+        raise UserError(
+            "choose a PIN that is not one digit repeated or a straight run like 1234", "weak_pin"
+        )
     return pin
+
+
+def weak_pin(pin: str, policy: PinPolicy) -> bool:
+    """Whether the policy refuses `pin` as too easy to guess: one digit repeated (1111), a
+    straight run up or down (1234, 9876, 0123; 9 and 0 do not wrap), or one of its list."""
+    if pin in policy.refuse:
+        return True
+    if policy.refuse_repeated and len(set(pin)) == 1:
+        return True
+    steps = {int(b) - int(a) for a, b in itertools.pairwise(pin)}
+    return policy.refuse_sequences and len(steps) == 1 and steps <= {1, -1}
 
 
 def hash_pin(pin: str) -> str:
@@ -96,11 +121,17 @@ def _pin_matches(pin: str, stored: str) -> bool:
 
 
 def create_user(
-    conn: sqlite3.Connection, username: str, display_name: str, role: str, pin: str, actor: str
+    conn: sqlite3.Connection,
+    username: str,
+    display_name: str,
+    role: str,
+    pin: str,
+    actor: str,
+    policy: PinPolicy | None = None,
 ) -> User:
-    """Add a user (inside the caller's transaction, or on its own)."""
+    """Add a user (inside the caller's transaction, or on its own); `policy` as check_pin."""
     check_username(username)
-    check_pin(pin)
+    check_pin(pin, policy)
     if role not in ROLES:
         raise UserError(f"role must be one of {', '.join(ROLES)}", "bad_role")
     name = display_name.strip()[:64] or username
@@ -253,8 +284,11 @@ def set_active(conn: sqlite3.Connection, user_id: int, active: bool, actor: str)
     audit.append(conn, actor, action, _subject(conn, user_id))
 
 
-def set_pin(conn: sqlite3.Connection, user_id: int, pin: str, actor: str) -> None:
-    check_pin(pin)
+def set_pin(
+    conn: sqlite3.Connection, user_id: int, pin: str, actor: str, policy: PinPolicy | None = None
+) -> None:
+    """A new PIN for a user (`policy` as check_pin); a lock-out ends with it."""
+    check_pin(pin, policy)
     conn.execute(
         "UPDATE users SET pin_hash = ?, failed_attempts = 0, locked_until = 0 WHERE id = ?",
         (hash_pin(pin), user_id),

@@ -30,6 +30,7 @@ from appliance.web import (
     security,
     sending,
     study,
+    timefmt,
     updates,
     worklist,
 )
@@ -64,6 +65,7 @@ def create_app(settings: Settings, paths: Paths | None = None, **overrides: Any)
         app.session_interface = SecureWhenTLS()
     app.url_map.converters["int"] = BoundedInt  # ids past SQLite's integers: 404, not 500
     i18n.init_app(app)
+    timefmt.init_app(app)
     security.init_app(app)
     areas = (
         auth.bp,

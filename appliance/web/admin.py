@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
 from flask import (
     Blueprint,
+    Flask,
     Response,
     abort,
     flash,
@@ -30,9 +32,11 @@ from flask import (
 )
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from appliance.config import PinPolicy
 from appliance.store import status, users
 from appliance.store.backup import last_backup
 from appliance.store.db import transaction
+from appliance.web import timefmt
 from appliance.web.db import get_conn, get_settings, get_store
 from appliance.web.health import destination_health, with_sender
 from appliance.web.i18n import error_text, t
@@ -40,6 +44,8 @@ from appliance.web.params import whole_number
 from appliance.web.security import ViewResult
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
+# The time filter for every page, until create_app registers it itself (init_app runs once).
+bp.record_once(lambda state: timefmt.init_app(cast(Flask, state.app)))
 
 PAGE_SIZE = 50  # audit rows per page
 MAX_PAGE = 10**9  # past any real audit trail; keeps OFFSET within SQLite's integers
@@ -60,8 +66,16 @@ def _admins_only() -> None:
 
 
 @bp.context_processor
-def _helpers() -> dict[str, Callable[..., str]]:
-    return {"local_time": local_time, "duration": duration, "size": size}
+def _helpers() -> dict[str, Callable[..., Any]]:
+    return {
+        "local_time": local_time,
+        "duration": duration,
+        "size": size,
+        "plain": plain,
+        "details": details,
+        "fast_int8": fast_int8,
+        "short_hash": short_hash,
+    }
 
 
 # --- users -------------------------------------------------------------------------------------
@@ -96,6 +110,7 @@ def create_user() -> ViewResult:
                 form.get("role", ""),
                 pin,
                 _actor(),
+                _pin_policy(),
             )
     except users.UserError as exc:
         flash(error_text(exc, "admin.user_"))
@@ -109,7 +124,11 @@ def _new_pin(form: Mapping[str, str]) -> str:
     pin = form.get("pin", "")[:16]
     if pin != form.get("pin_again", "")[:16]:
         raise users.UserError(t("admin.pins_differ"))
-    return users.check_pin(pin)
+    return users.check_pin(pin, _pin_policy())
+
+
+def _pin_policy() -> PinPolicy:
+    return get_settings().ui.pin_policy
 
 
 @bp.route("/users/<int:user_id>/active", methods=["POST"])
@@ -150,7 +169,7 @@ def reset_pin(user_id: int) -> ViewResult:
     try:
         pin = _new_pin(request.form)
         with transaction(conn):
-            users.set_pin(conn, user.id, pin, _actor())
+            users.set_pin(conn, user.id, pin, _actor(), _pin_policy())
     except users.UserError as exc:
         reason = error_text(exc, "admin.user_")
         flash(t("admin.pin_not_changed", username=user.username, reason=reason))
@@ -163,12 +182,20 @@ def reset_pin(user_id: int) -> ViewResult:
 
 
 @dataclass(frozen=True)
+class Figures:
+    """One label's validation figures, each under a plain name (`metric_*` in the catalogue)."""
+
+    label: str
+    figures: list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
 class Validation:
-    """A manifest's validation figures as a table: one row per label, one column per metric."""
+    """A manifest's validation figures: the dataset, one block per label, the raw values."""
 
     dataset: str
-    columns: list[str]
-    rows: list[tuple[str, list[Any]]]
+    labels: list[Figures]
+    raw: str
 
 
 @bp.route("/models")
@@ -182,12 +209,77 @@ def _validation(manifest: Mapping[str, Any]) -> Validation | None:
     figures = manifest.get("validation")
     if not isinstance(figures, dict):
         return None
-    metrics: dict[str, dict[str, Any]] = figures.get("metrics") or {}
-    columns: list[str] = []
-    for values in metrics.values():
-        columns += [name for name in values if name not in columns]
-    rows = [(label, [values.get(c, "") for c in columns]) for label, values in metrics.items()]
-    return Validation(str(figures.get("dataset", "")), columns, rows)
+    metrics = figures.get("metrics")
+    names = _label_names(manifest)
+    labels = [
+        Figures(names.get(str(label), str(label)), _plain_figures(values))
+        for label, values in (metrics.items() if isinstance(metrics, dict) else ())
+        if isinstance(values, dict)
+    ]
+    raw = json.dumps(figures, indent=1, ensure_ascii=False, default=str)
+    return Validation(str(figures.get("dataset", "")), labels, raw)
+
+
+def _plain_figures(values: Mapping[str, Any]) -> list[tuple[str, str]]:
+    return [(plain("admin.metric_", str(name)), _figure(value)) for name, value in values.items()]
+
+
+def _label_names(manifest: Mapping[str, Any]) -> dict[str, str]:
+    """label name -> the name the package shows people (`display`), from its outputs."""
+    names: dict[str, str] = {}
+    for output in manifest.get("outputs") or ():
+        for label in (output.get("labels") or ()) if isinstance(output, dict) else ():
+            if isinstance(label, dict) and label.get("name"):
+                names[str(label["name"])] = str(label.get("display") or label["name"])
+    return names
+
+
+def _figure(value: Any) -> str:
+    """A figure as people read it: fractions with up to 3 decimals, counts as they are."""
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+def plain(prefix: str, name: str) -> str:
+    """The catalogue's plain words for a technical name (`prefix` + name), else the name."""
+    key = prefix + name
+    try:
+        text = t(key)
+    except KeyError:  # under test a missing key raises; a name without words shows as it is
+        return name
+    return name if text == key else text
+
+
+def details(text: str | None) -> list[tuple[str, str]]:
+    """A stored JSON detail (audit rows) as key/value lines; other text as one line."""
+    if not text:
+        return []
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return [("", text)]
+    if not isinstance(value, dict):
+        return [("", text)]
+    return [
+        (str(k), v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))
+        for k, v in value.items()
+    ]
+
+
+def fast_int8(reason: str) -> bool | None:
+    """Whether the worker's precision reason says this CPU has fast 8-bit arithmetic (the
+    instruction names are shown only under details); None when the reason does not say."""
+    if "has no 8-bit" in reason:
+        return False
+    if "has 8-bit" in reason:
+        return True
+    return None
+
+
+def short_hash(value: str) -> str:
+    """The first 12 characters of a long hash, enough to compare at a glance."""
+    return value if len(value) <= 16 else value[:12] + "…"
 
 
 # --- system health -----------------------------------------------------------------------------
@@ -322,10 +414,8 @@ def safe_cell(value: str) -> str:
 
 
 def local_time(value: str | None) -> str:
-    """A stored UTC time as the box's local time (DESIGN.md: the UI shows local time)."""
-    if not value:
-        return t("admin.none")
-    return datetime.fromisoformat(value).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    """A stored UTC time as the box's local time, in the site's one format (timefmt.when)."""
+    return timefmt.when(value)
 
 
 def duration(seconds: float | None) -> str:
