@@ -10,6 +10,7 @@ their own in 127.0.0.0/8, as separate machines would.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
@@ -125,10 +126,10 @@ def test_eleven_stalled_connections_are_dropped_and_a_modality_stores(
     )
     assert sorted(row["actor"] for row in dropped) == sorted(f"ip:{s}" for s in sources)
     for row in dropped:
-        assert (
-            "no association within 1 s of connecting (6 bytes received)"
-            in (row["detail"]["reason"])
-        )
+        # The count is what the receiver had read when the deadline struck: the 6 bytes, or
+        # none yet on a busy machine; the deadline applies either way.
+        reason = row["detail"]["reason"]
+        assert re.search(r"no association within 1 s of connecting \([06] bytes received\)", reason)
     # Only the peers that stalled are named: never the modality that was turned away.
     assert "ip:127.0.0.1" not in {row["actor"] for row in audit_rows(store, "association.dropped")}
     assert not audit_rows(store, "association.refused")
