@@ -204,7 +204,7 @@ def test_pictures_need_valid_details(app: Flask, tech: FlaskClient) -> None:
     picture = png_bytes(np.full((8, 8), 100, dtype=np.uint8))
     missing = upload(tech, [(picture, "a.png")])
     assert missing.status_code == 400
-    assert "Enter this." in missing.get_data(as_text=True)  # from the strings catalogue
+    assert "Enter this: pictures need it." in missing.get_data(as_text=True)  # the catalogue
     bad = upload(tech, [(picture, "a.png")], **{**DETAILS, "patient_id": "A\\B"})
     assert bad.status_code == 400
     page = bad.get_data(as_text=True)

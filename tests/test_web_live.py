@@ -255,7 +255,7 @@ def test_status_is_stopped_without_files(tech: FlaskClient) -> None:
 
     assert answer["status"] == {"state": "stopped"}
     assert answer["overlay"] is None
-    assert answer["streams"] == {"open": 0, "max": 2}
+    assert answer["streams"] == {"open": 0, "max": 2, "refused": False}
 
 
 def test_status_merges_the_worker_files(tech: FlaskClient, live_dir: Path) -> None:
@@ -266,6 +266,17 @@ def test_status_merges_the_worker_files(tech: FlaskClient, live_dir: Path) -> No
     assert answer["status"] == status
     assert answer["overlay"] == overlay
     assert abs(answer["server_wall"] - time.time()) < 60
+
+
+def test_a_held_back_frame_is_explained_in_plain_words(tech: FlaskClient, live_dir: Path) -> None:
+    write_live(live_dir, 7)
+    overlay = write_overlay(live_dir, 7)
+    why = "the image is almost blank (contrast 0.4% of the display range, below 2.0%): check it"
+    overlay.update(held_back=why, outlines=[])
+    write_atomically(live_dir / "overlay.json", json.dumps(overlay).encode())
+    answer = tech.get("/api/live/status").get_json()["overlay"]
+    assert answer["held_back"] == why  # kept for the record
+    assert answer["held_back_text"] == "The image is almost blank."
 
 
 @pytest.mark.parametrize("state", ["no_signal", "black", "frozen"])
@@ -280,7 +291,7 @@ def test_stale_or_broken_files_mean_stopped(tech: FlaskClient, live_dir: Path) -
     assert tech.get("/api/live/status").get_json() == {
         "status": {"state": "stopped"},
         "overlay": None,
-        "streams": {"open": 0, "max": 2},
+        "streams": {"open": 0, "max": 2, "refused": False},
         "server_wall": pytest.approx(time.time(), abs=60),
     }
     (live_dir / "status.json").write_text("{not json", encoding="utf-8")
@@ -385,13 +396,18 @@ def test_a_third_viewer_is_refused_with_a_message(
         assert third.status_code == 503
         assert third.mimetype == "text/plain"
         assert "already shows on 2 screens" in third.get_data(as_text=True)
-        assert tech.get("/api/live/status").get_json()["streams"] == {"open": 2, "max": 2}
+        # the third page asks why its <img> failed: refused (other screens), not "lost"
+        refused = tech.get("/api/live/status?viewer=viewer-three").get_json()["streams"]
+        assert refused == {"open": 2, "max": 2, "refused": True}
+        assert not tech.get("/api/live/status?viewer=viewer-one").get_json()["streams"]["refused"]
+        assert not tech.get("/api/live/status").get_json()["streams"]["refused"]
         assert tech.get("/live").status_code == 200  # the rest of the UI still answers
     finally:
         first.close()
     again = tech.get("/live/stream.mjpg?viewer=viewer-three", buffered=False)
     try:
         assert again.status_code == 200  # a closed stream gave its slot back
+        assert not tech.get("/api/live/status?viewer=viewer-three").get_json()["streams"]["refused"]
     finally:
         again.close()
         second.close()
@@ -561,9 +577,12 @@ def test_a_request_is_followed_until_done_with_its_study(
 
 def test_a_failed_request_gives_its_reason(app: Flask, tech: FlaskClient) -> None:
     request_id = post_command(tech, kind="save_clip", patient_id="N-2").get_json()["request_id"]
-    capture.finish_request(store_of(app).conn, request_id, None, "no frames yet")
+    why = "not saved: no image has come from the capture device yet"  # as the worker writes
+    capture.finish_request(store_of(app).conn, request_id, None, why)
     answer = tech.get(f"/api/live/request/{request_id}").get_json()
-    assert (answer["state"], answer["reason"]) == ("failed", "no frames yet")
+    assert answer["state"] == "failed" and answer["detail"] == why
+    assert answer["reason"].startswith("No picture has come from the ultrasound machine yet.")
+    assert "cable" in answer["reason"]  # what to check
     assert tech.get("/api/live/request/999").status_code == 404
 
 

@@ -8,6 +8,12 @@ present, else found by keyword rules in the descriptions (`routing.body_part_key
 local word in BodyPartExamined (THORAX) maps through the same rules to the name models list
 (CHEST). PNG and JPEG pictures carry no tags; the caller supplies them (`appliance infer
 --modality ...`), and a picture without them only reaches models whose rules are empty.
+
+A Secondary Capture image (a picture imported through the UI, or a workstation's capture) has
+no SOP class of its own modality: when its declared Modality is one the model takes, it counts
+as that modality's image for the SOP class rule, with a note. A picture imported as ultrasound
+is so analysed like an ultrasound frame; the plausibility check still holds back one that does
+not look like the model's input.
 """
 
 from __future__ import annotations
@@ -26,6 +32,17 @@ from appliance.runtime.errors import InputError
 from appliance.runtime.manifest import AppliesTo
 
 Keywords = Mapping[str, Sequence[str]]
+
+# Secondary Capture Image Storage: single frame, and the multi-frame grayscale and true colour
+# classes (PS3.4 B.5). Their Modality says what the picture shows.
+SECONDARY_CAPTURE = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.7",
+        "1.2.840.10008.5.1.4.1.1.7.2",
+        "1.2.840.10008.5.1.4.1.1.7.3",
+        "1.2.840.10008.5.1.4.1.1.7.4",
+    }
+)
 
 # Where body-part words are looked for when BodyPartExamined is empty, in this order.
 DESCRIPTIONS = (
@@ -94,7 +111,12 @@ def route(
     for what, allowed, value, keyword in checks:
         if not allowed or value in allowed:
             continue
-        if not value and keyword == "ViewPosition":
+        if keyword == "SOPClassUID" and _picture_of_modality(rules, tags):
+            notes.append(
+                f"a Secondary Capture image declared as {tags.modality}: taken as a "
+                f"{tags.modality} image for the SOP class rule"
+            )
+        elif not value and keyword == "ViewPosition":
             notes.append("the image has no ViewPosition; accepted without checking the view")
         elif not value:
             failures.append(f"{what} unknown ({keyword} missing); needs {', '.join(allowed)}")
@@ -114,6 +136,15 @@ def route(
     if failures:
         return Route(False, tuple(failures), tuple(failed_on))
     return Route(True, tuple(notes))
+
+
+def _picture_of_modality(rules: AppliesTo, tags: ImageTags) -> bool:
+    """A Secondary Capture whose declared modality the model takes (and names)."""
+    return (
+        tags.sop_class in SECONDARY_CAPTURE
+        and bool(tags.modality)
+        and (tags.modality in rules.modalities)
+    )
 
 
 def _body_part_check(rules: AppliesTo, found: BodyPart) -> tuple[str, str]:

@@ -35,12 +35,16 @@ from appliance.domain import Origin, Source
 from appliance.errors import OutOfSpaceError, RejectedInput
 from appliance.imaging.limits import Limits, check_dataset
 from appliance.store import Store
+from appliance.web import reasons
 from appliance.web.db import get_settings, get_store
 from appliance.web.i18n import t
 from appliance.web.security import ViewResult
 
 log = logging.getLogger(__name__)
 bp = Blueprint("imports", __name__)
+# Every page may show stored reasons in plain words (templates/_reason.html); registered with
+# this always-present area so that the app factory needs no change.
+bp.record_once(lambda state: reasons.init_app(state.app))
 
 BODY_PARTS = (
     "CHEST",
@@ -92,18 +96,25 @@ def upload() -> ViewResult:
             details = _details_from(request.form)
         except DetailsError as exc:
             message = t(f"imports.detail_{exc.key}", **exc.values)
-            return _render_form(request.form, {exc.field: message}), 400
+            chosen = [(f.filename or t("imports.unnamed"))[:200] for f in files]
+            return _render_form(request.form, {exc.field: message}, chosen), 400
     origin = Origin(Source.IMPORT, user=g.user.username)
     results = [_import_one(f, kind, details, origin) for f, kind in zip(files, kinds, strict=True)]
     _audit(results, origin)
     return render_template("imports/result.html", results=results)
 
 
-def _render_form(values: Mapping[str, str], errors: dict[str, str]) -> str:
+def _render_form(
+    values: Mapping[str, str], errors: dict[str, str], chosen: list[str] | None = None
+) -> str:
+    """The form; after a refusal, what was typed is kept and the errors are listed at the top
+    (the page opens on them), with the names of the files that must be chosen again: a browser
+    never lets a page fill in a file field."""
     return render_template(
         "imports/form.html",
         values=values,
         errors=errors,
+        chosen=chosen or [],
         modalities=MODALITIES,
         body_parts=BODY_PARTS,
         views=VIEWS,

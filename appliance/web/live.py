@@ -52,6 +52,7 @@ from appliance.web.i18n import t
 from appliance.web.live_files import frame_bytes, fresh_status, live_state, still_picture
 from appliance.web.live_forms import Refused, parse_calibration, posted, save_target
 from appliance.web.live_stream import BOUNDARY, FrameStream, StreamSlots
+from appliance.web.reasons import describe
 from appliance.web.security import ViewResult, roles_required
 from appliance.web.worklist import patient_name, utc_text
 
@@ -96,10 +97,12 @@ def _slots() -> StreamSlots:
 def _viewer_key() -> str:
     """The page names itself (`viewer`, random per page load) so that its reconnects take
     over its own slot; the user is part of the key, so nobody can take over another's."""
+    return _named_viewer() or f"{g.user.id}:anonymous:{secrets.token_hex(8)}"
+
+
+def _named_viewer() -> str:
     viewer = request.args.get("viewer", "")
-    if _VIEWER.match(viewer):
-        return f"{g.user.id}:{viewer}"
-    return f"{g.user.id}:anonymous:{secrets.token_hex(8)}"
+    return f"{g.user.id}:{viewer}" if _VIEWER.match(viewer) else ""
 
 
 @bp.route("/live/stream.mjpg")
@@ -136,12 +139,27 @@ def frame() -> Response:
 @bp.route("/api/live/status")
 def status() -> Response:
     """status.json and overlay.json together, or {"status": {"state": "stopped"}}; with the
-    stream slots (so the page can say why it has no stream) and the server's clock."""
+    stream slots and, for the page that names itself (`viewer`), whether its last try for a
+    stream was refused (so it says why it has no stream), and the server's clock."""
     now = time.time()
     answer = live_state(_live_dir(), now)
     slots = _slots()
-    answer.update(streams={"open": slots.open, "max": slots.limit}, server_wall=now)
+    viewer = _named_viewer()
+    streams = {"open": slots.open, "max": slots.limit}
+    answer.update(streams={**streams, "refused": bool(viewer) and slots.was_refused(viewer)})
+    answer["server_wall"] = now
+    _plain_held_back(answer.get("overlay"))
     return jsonify(answer)
+
+
+def _plain_held_back(overlay: Any) -> None:
+    """Why the live picture has no outline, in plain words (the check's own text stays)."""
+    if (
+        isinstance(overlay, dict)
+        and isinstance(overlay.get("held_back"), str)
+        and overlay["held_back"]
+    ):
+        overlay["held_back_text"] = describe(overlay["held_back"], "held_back").plain
 
 
 # --- the page -----------------------------------------------------------------------------------
@@ -235,7 +253,8 @@ def request_state(request_id: int) -> Response:
         abort(404)
     answer: dict[str, Any] = {"id": row["id"], "kind": row["kind"], "state": row["state"]}
     if row["state"] == "failed":
-        answer["reason"] = row["result"]
+        reason = describe(row["result"] or "", "capture")
+        answer.update(reason=f"{reason.plain} {reason.advice}", detail=reason.detail)
     elif row["state"] == "done":
         answer.update(_done(conn, row["result"]))
     return jsonify(answer)

@@ -18,6 +18,7 @@ from appliance.web.live_files import frame_bytes, fresh_status, number
 
 KEEPALIVE_S = 1.0  # an unchanged picture is sent again this often: a closed client shows up
 BOUNDARY = "frame"
+REFUSED_KEPT = 256  # viewers remembered as refused (pages reload with a new key each time)
 PART_HEAD = b"Content-Type: image/jpeg\r\n\r\n"
 STREAM_START = f"--{BOUNDARY}\r\n".encode("ascii") + PART_HEAD
 PART_END = f"\r\n--{BOUNDARY}\r\n".encode("ascii") + PART_HEAD
@@ -41,14 +42,27 @@ class StreamSlots:
         self._lock = threading.Lock()
         self._current: dict[str, int] = {}
         self._generation = 0
+        # Viewers whose last try was refused: the page cannot read the status of a failed
+        # <img> stream, so it asks (`was_refused`) to say "other screens" rather than "lost".
+        self._refused: dict[str, None] = {}
 
     def take(self, key: str) -> Ticket | None:
         with self._lock:
             if key not in self._current and len(self._current) >= self.limit:
+                self._refused.pop(key, None)
+                self._refused[key] = None
+                while len(self._refused) > REFUSED_KEPT:  # the oldest go first
+                    del self._refused[next(iter(self._refused))]
                 return None
+            self._refused.pop(key, None)
             self._generation += 1
             self._current[key] = self._generation
             return Ticket(key, self._generation)
+
+    def was_refused(self, key: str) -> bool:
+        """Whether this viewer's last try for a stream was refused (all slots taken)."""
+        with self._lock:
+            return key in self._refused
 
     def holds(self, ticket: Ticket) -> bool:
         with self._lock:

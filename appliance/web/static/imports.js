@@ -15,6 +15,18 @@
     return files;
   }
 
+  // After a refusal the page opens on what is wrong: the list at the top in view, and the
+  // first field to correct focused (a touch keyboard then opens on it) unless it is a file
+  // field, which only a tap may open.
+  function showErrors() {
+    const summary = document.getElementById("import-errors");
+    if (!summary) return;
+    summary.scrollIntoView({ block: "start" });
+    const first = document.querySelector('[aria-invalid="true"]');
+    if (first && first.type !== "file") first.focus({ preventScroll: true });
+    else summary.focus({ preventScroll: true });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     const form = document.getElementById("import-form");
     const details = document.getElementById("picture-details");
@@ -43,5 +55,6 @@
       input.addEventListener("change", update);
     });
     update();
+    showErrors();
   });
 })();

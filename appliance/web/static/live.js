@@ -90,17 +90,31 @@
     this.image.removeAttribute("src");
   };
 
+  // An <img> cannot tell why its stream failed: the server remembers a viewer it refused
+  // (every stream slot taken), and the page asks before it says "other screens" or "lost".
   Live.prototype.imageFailed = function () {
     if (this.mode !== "stream") return; // a still that failed is simply tried again
-    clearTimeout(this.timers.renew);
-    const busy = this.last && this.last.streams && this.last.streams.open >= this.last.streams.max;
-    this.note.textContent = busy ? this.note.dataset.busy : this.note.dataset.lost;
-    this.note.hidden = false;
-    this.mode = "stills";
-    this.showStill();
-    this.later("retry", function () {
+    const self = this;
+    clearTimeout(self.timers.renew);
+    self.mode = "stills";
+    self.showStill();
+    window.appFetch(self.statusUrl(), { cache: "no-store", headers: { "X-Poll": "1" } })
+      .then(function (response) { return response.ok ? response.json() : null; })
+      .catch(function () { return null; })
+      .then(function (data) {
+        if (self.mode !== "stills") return;
+        const refused = !!(data && data.streams && data.streams.refused);
+        self.note.textContent = refused ? self.note.dataset.busy : self.note.dataset.lost;
+        self.note.dataset.why = refused ? "busy" : "lost";
+        self.note.hidden = false;
+      });
+    self.later("retry", function () {
       if (this.mode === "stills") { this.note.hidden = true; this.openStream(); }
     }, STREAM_RETRY_MS);
+  };
+
+  Live.prototype.statusUrl = function () {
+    return this.urls.status + "?viewer=" + encodeURIComponent(this.viewer);
   };
 
   Live.prototype.showStill = function () {
@@ -109,10 +123,11 @@
     this.later("still", this.showStill, STILL_MS);
   };
 
-  // A screen nobody touches must time out like the others: status requests say X-Poll (not
-  // someone's use), and the page stops asking shortly before the session would end.
+  // A screen nobody touches times out like the others: status requests say X-Poll (not
+  // someone's use), so the session ends on time and app.js shows the locked wall view. The
+  // video keeps going until then; past the timeout it stops, should the wall not open.
   Live.prototype.idle = function () {
-    return this.idleMs > 0 && Date.now() - this.lastUse > this.idleMs - 30000;
+    return this.idleMs > 0 && Date.now() - this.lastUse > this.idleMs;
   };
 
   Live.prototype.pause = function () {
@@ -140,7 +155,7 @@
   Live.prototype.poll = function () {
     const self = this;
     if (self.idle()) return self.pause();
-    window.appFetch(self.urls.status, { cache: "no-store", headers: { "X-Poll": "1" } })
+    window.appFetch(self.statusUrl(), { cache: "no-store", headers: { "X-Poll": "1" } })
       .then(function (response) {
         if (response.status === 401) { window.location.reload(); return null; }
         if (!response.ok) throw new Error("HTTP " + response.status);
@@ -231,7 +246,7 @@
   // What the model sees now, in words: "Anechoic fluid 412 mm²", "none", or why nothing is
   // drawn (the worker holds back an image unlike those the model knows).
   function findingText(overlay, texts) {
-    if (overlay.held_back) return withReason(texts.heldBack, overlay.held_back);
+    if (overlay.held_back) return withReason(texts.heldBack, overlay.held_back_text || "");
     const name = overlay.display || overlay.label || "";
     const outlined = (overlay.outlines || []).length > 0;
     if (finite(overlay.area_mm2) && overlay.area_mm2 > 0) {
