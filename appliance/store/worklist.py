@@ -416,3 +416,14 @@ def finding_in_study(conn: sqlite3.Connection, study_id: int, finding_id: int) -
         (finding_id, study_id),
     ).fetchone()
     return None if row is None else _finding(row)
+
+
+def accession_numbers(conn: sqlite3.Connection, study_ids: Sequence[int]) -> dict[int, str]:
+    """Study id -> its accession number (the locked wall view may show it instead of a name)."""
+    if not study_ids:
+        return {}
+    rows = conn.execute(
+        "SELECT id, accession_number FROM studies WHERE id IN (SELECT value FROM json_each(?))",
+        (json.dumps(list(study_ids)),),
+    )
+    return {int(row[0]): str(row[1] or "") for row in rows}
