@@ -17,13 +17,16 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from markupsafe import escape
 from pydicom.dataset import Dataset
 
 from appliance.config import Settings
 from appliance.phantoms import chest_dataset, make_chest, make_ultrasound_clip, ultrasound_dataset
-from appliance.store import Store, open_store, users
+from appliance.store import Store, jobs, open_store, users
 from appliance.store.worklist import WorklistQuery, escape_like, search_words, worklist
 from appliance.web import create_app
+from appliance.web.reasons import describe
+from appliance.web.timefmt import when
 from appliance.web.worklist import patient_name, start_of_today
 
 from conftest import make_settings, sign_in
@@ -62,9 +65,22 @@ EXPECTED_STATE = {
     "failed": "failed",
     "ultrasound": "findings",
     "blank": "held_back",
-    "normal": "findings",
+    "normal": "no_findings",  # analysed: nothing found above the thresholds
     "hand": "no_model",
 }
+# The State column's words (from the catalogue): one for each state, never the colour alone.
+STATE_WORDS = {
+    "findings": "Findings",
+    "no_findings": "No findings",
+    "held_back": "Held back",
+    "no_model": "No AI for this image",
+    "failed": "Analysis failed",
+    "received": "Waiting",
+    "analysing": "Analysing",
+}
+# Words for the record, not for the technologist's screen (the study page has them, under
+# "Details").
+TECHNICAL = ("correlation", "photometric", "threshold", "UID", "pixels", "SOP", "JSON", "sha256")
 HOSTILE = "%' OR 1=1 --"
 USERS = {"admin": "admin0", "technologist": "tech1", "clinician": "doc1"}  # PIN 2468
 
@@ -248,33 +264,84 @@ def test_studies_are_listed_by_triage_then_arrival_with_state_and_top_finding(
     for row, name in zip(rows, EXPECTED_ORDER, strict=True):
         assert row["state"] == EXPECTED_STATE[name]
         assert row["link"] == f"/study/{seeded.studies[name]}"
-    assert rows[0]["top"].startswith("Pleural effusion")
+    assert rows[0]["top"] == "Pleural effusion"  # its score and threshold: on the study page
     assert "mm²" in rows[2]["top"]  # the ultrasound's fluid area
-    assert "no applicable model" in rows[5]["top"]
+    assert rows[4]["top"] == ""  # nothing found: the State column says so
 
 
-def test_held_back_and_failed_rows_say_why(seeded: Seeded) -> None:
+def row_html(seeded: Seeded, html: str, name: str) -> str:
+    row = html[html.index(f'data-study-id="{seeded.studies[name]}"') :]
+    return row[: row.index("</tr>")]
+
+
+def test_each_state_has_its_own_plain_words(seeded: Seeded) -> None:
     seeded.sign_in("technologist")
     html = page(seeded)
-    blank = html[html.index(f'data-study-id="{seeded.studies["blank"]}"') :]
-    blank = blank[: blank.index("</tr>")]
-    assert "held back" in blank and "check that it is" in blank and "retake" not in blank
-    failed = html[html.index(f'data-study-id="{seeded.studies["failed"]}"') :]
-    failed = failed[: failed.index("</tr>")]
-    assert ">failed<" in failed and "test-broken" in failed
-    hand = html[html.index(f'data-study-id="{seeded.studies["hand"]}"') :]
-    assert "no model for this body part" in hand[: hand.index("</tr>")]
+    for name, state in EXPECTED_STATE.items():
+        row = row_html(seeded, html, name)
+        label = re.search(r'<span class="state-label state-([a-z_]+)">([^<]+)</span>', row)
+        assert label is not None, row
+        assert (label.group(1), label.group(2)) == (state, STATE_WORDS[state])
+    assert len(set(STATE_WORDS.values())) == len(STATE_WORDS)
 
 
-def test_times_are_utc_in_a_data_attribute_with_a_server_side_fallback(seeded: Seeded) -> None:
+def test_held_back_failed_and_no_model_rows_say_why_in_plain_words(seeded: Seeded) -> None:
     seeded.sign_in("technologist")
     html = page(seeded)
-    times = re.findall(r'<time class="local-time" datetime="([^"]+)">([^<]+)</time>', html)
+    conn = seeded.store.conn
+    with seeded.app.test_request_context():
+        for name in ("blank", "failed", "hand"):
+            stored, state = conn.execute(
+                "SELECT reason, state FROM analyses WHERE instance_ref = ?",
+                (seeded.instances[name],),
+            ).fetchone()
+            plain = describe(stored, state).plain
+            row = row_html(seeded, html, name)
+            assert plain and str(escape(plain)) in row, (name, row)
+            assert str(escape(stored)) not in row  # the stored text is for the study page
+    assert "test-broken" not in row_html(seeded, html, "failed")  # the model's name
+
+
+def test_the_technologists_worklist_has_no_technical_words(seeded: Seeded) -> None:
+    seeded.sign_in("technologist")
+    text = re.sub(r"<[^>]+>", " ", page(seeded).split("<main>", 1)[1])
+    found = [word for word in TECHNICAL if re.search(rf"\b{word}\b", text, re.I)]
+    assert found == [], text
+
+
+def test_a_study_waiting_for_analysis_and_one_being_analysed_say_so(seeded: Seeded) -> None:
+    seeded.sign_in("technologist")
+    worker_store = open_store(seeded.settings)  # as the receiver would, in its own process
+    try:
+        for number, key in enumerate(("waiting", "analysing")):
+            ds = chest(30 + number, EFFUSION, "effusion", study_key=key)
+            ds.PatientID, ds.PatientName = f"NEW-{key}", f"NEW^{key.upper()}"
+            put_dataset(worker_store, ds, seeded.root, f"{key}.dcm")
+        job = jobs.claim(worker_store.conn, "test:1:0", lease_s=600)
+        assert job is not None
+    finally:
+        worker_store.close()
+    html = page(seeded)
+    states = {row["study"]: row["state"] for row in rows_of(html)}
+    assert sorted(states.values()).count("received") == 1
+    assert sorted(states.values()).count("analysing") == 1
+    for state in ("received", "analysing"):
+        [study] = [study for study, shown in states.items() if shown == state]
+        row = html[html.index(f'data-study-id="{study}"') :]
+        assert f'<span class="state-label state-{state}">{STATE_WORDS[state]}</span>' in row
+
+
+def test_times_are_in_the_sites_one_format_with_the_utc_time_for_scripts(
+    seeded: Seeded,
+) -> None:
+    seeded.sign_in("technologist")
+    html = page(seeded)
+    times = re.findall(r'<time datetime="([^"]+)" data-when>([^<]+)</time>', html)
     assert len(times) == len(EXPECTED_ORDER)
-    for iso, text in times:
-        when = datetime.fromisoformat(iso)
-        assert when.utcoffset() == timedelta(0)
-        assert text == when.strftime("%Y-%m-%d %H:%M UTC")
+    with seeded.app.app_context():
+        for iso, text in times:
+            assert datetime.fromisoformat(iso).utcoffset() == timedelta(0)
+            assert text == when(iso)
 
 
 def test_the_page_has_no_inline_script_or_style_and_loads_its_own_assets(seeded: Seeded) -> None:
@@ -502,3 +569,32 @@ def csrf_of_page(html: str) -> str:
     match = re.search(r'<meta name="csrf-token" content="([^"]+)"', html)
     assert match is not None
     return match.group(1)
+
+
+# --- nothing to show --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("query", ["q=nobody", "priority=pending", "state=failed&priority=urgent"])
+def test_a_search_or_filter_without_match_says_so_and_offers_to_clear_it(
+    seeded: Seeded, query: str
+) -> None:
+    seeded.sign_in("technologist")
+    html = page(seeded, f"/?{query}")
+    assert rows_of(html) == []
+    assert "No studies match this search." in html and "No studies yet." not in html
+    assert re.search(r'<a class="button clear-filters" href="/">', html)
+    data = api(seeded, **dict(part.split("=") for part in query.split("&"))).json
+    assert "No studies match this search." in data["html"]
+
+
+def test_the_filters_toggle_counts_the_filters_set(seeded: Seeded) -> None:
+    seeded.sign_in("technologist")
+
+    def count(query: str) -> str:
+        found = re.search(r'<span class="filters-count"[^>]*>(\d+)</span>', page(seeded, query))
+        return found.group(1) if found else ""
+
+    assert count("/") == ""
+    assert count("/?q=doe") == ""  # the search is in sight: not behind the toggle
+    assert count("/?state=failed") == "1"
+    assert count("/?state=failed&priority=review&day=today") == "3"

@@ -1,14 +1,18 @@
-// The worklist page: local times, filters that apply at once, and rows that update by themselves.
+// The worklist page: filters that apply at once, and rows that update by themselves.
 // Every second it asks /api/worklist with the version it shows; the server answers 304 while
-// nothing changed, else the rows rendered by the page's own template.
+// nothing changed, else the rows rendered by the page's own template. It asks for as long as
+// the page is open: polls (X-Poll) are not use, so the session still ends, and app.js then
+// shows the locked wall view (window.appFetch answers a 401 itself).
 "use strict";
 
 (function () {
   const POLL_MS = 1000; // unless the page says (data-poll-ms, from worklist.POLL_S)
   const RETRY_MS = 5000;
 
+  // Times come written by the server in the site's one format (the `when` filter); time.js,
+  // where the page has it, writes them again (a row listed yesterday says its day today).
   function localTimes(root) {
-    window.appLocalTimes(root, false);
+    if (window.appWhenAll) window.appWhenAll(root);
   }
 
   function setUpFilters(form) {
@@ -18,6 +22,18 @@
     form.querySelectorAll("select, input[type=checkbox]").forEach(function (el) {
       el.addEventListener("change", function () { form.requestSubmit(); });
     });
+    // The filter panel lies over the rows: a tap outside it, or Escape, closes it.
+    const more = form.querySelector("details.filters-more");
+    if (!more) return;
+    document.addEventListener("pointerdown", function (event) {
+      if (more.open && !more.contains(event.target)) more.open = false;
+    });
+    document.addEventListener("keydown", function (event) {
+      if (event.key === "Escape" && more.open) {
+        more.open = false;
+        more.querySelector("summary").focus();
+      }
+    });
   }
 
   function Poller(table) {
@@ -25,9 +41,8 @@
     this.body = table.tBodies[0];
     this.status = document.getElementById("worklist-status");
     this.note = document.getElementById("worklist-count");
-    this.idleMs = parseInt(table.dataset.idleMs || "0", 10);
+    this.more = document.getElementById("worklist-more");
     this.pollMs = parseInt(table.dataset.pollMs || "", 10) || POLL_MS;
-    this.lastUse = Date.now();
     // "Today" needs the browser's time zone: if the page was made without it, list again.
     const params = new URLSearchParams(window.location.search);
     this.version = params.get("day") && !params.get("tzo") ? "" : table.dataset.version;
@@ -46,12 +61,6 @@
     if (this.status) this.status.dataset.state = key;
   };
 
-  // A screen nobody touches must time out: the server does not count polls (X-Poll) as use,
-  // and polling pauses shortly before the session would end anyway.
-  Poller.prototype.idle = function () {
-    return this.idleMs > 0 && Date.now() - this.lastUse > this.idleMs - 30000;
-  };
-
   Poller.prototype.schedule = function (ms) {
     clearTimeout(this.timer);
     this.timer = setTimeout(this.poll.bind(this), ms);
@@ -60,9 +69,7 @@
   Poller.prototype.poll = function () {
     const self = this;
     if (document.hidden) return self.schedule(self.pollMs);
-    if (self.idle()) { self.say("paused"); return; }
     window.appFetch(self.url(), { cache: "no-store", headers: { "X-Poll": "1" } }).then(function (response) {
-      if (response.status === 401) { window.location.reload(); return null; }
       if (response.status === 304) return null;
       if (!response.ok) throw new Error("HTTP " + response.status);
       return response.json();
@@ -82,12 +89,7 @@
     this.body.innerHTML = data.html; // the server's own template, escaped there
     localTimes(this.body);
     if (this.note && data.note) this.note.textContent = data.note;
-  };
-
-  Poller.prototype.touched = function () {
-    const wasIdle = this.idle();
-    this.lastUse = Date.now();
-    if (wasIdle) this.poll();
+    if (this.more) this.more.hidden = !data.more;
   };
 
   document.addEventListener("DOMContentLoaded", function () {
@@ -97,9 +99,6 @@
     if (!table) return;
     localTimes(table);
     const poller = new Poller(table);
-    ["pointerdown", "keydown"].forEach(function (name) {
-      document.addEventListener(name, function () { poller.touched(); }, { passive: true });
-    });
     document.addEventListener("visibilitychange", function () {
       if (!document.hidden) poller.schedule(0);
     });
