@@ -25,6 +25,7 @@ from appliance.web.i18n import error_text, t
 from appliance.web.security import ViewResult, roles_required
 from appliance.web.sending import SENDERS
 from appliance.web.study import findings_visible
+from appliance.web.study_notes import leave_note
 from appliance.web.worklist import patient_name
 
 log = logging.getLogger(__name__)
@@ -98,11 +99,11 @@ def write(study_id: int) -> ViewResult:
         files=result.files,
         size_bytes=result.size_bytes,
     )
-    flash(t("export.done", n=result.files, folder=str(result.folder)))
+    leave_note(study_id, "export", t("export.done", n=result.files, folder=str(result.folder)))
     return redirect(url_for("study.view", study_id=study_id) + "#sending")
 
 
 def _read_first(study_id: int) -> ViewResult:
     """In "read first" mode the stick would carry the findings the page still hides."""
-    flash(t("export.read_first"))
+    leave_note(study_id, "export", t("export.read_first"), error=True)
     return redirect(url_for("study.view", study_id=study_id))

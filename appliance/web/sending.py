@@ -20,7 +20,7 @@ from io import BytesIO
 from pathlib import Path
 
 import pydicom
-from flask import Blueprint, abort, flash, g, redirect, request, send_file, url_for
+from flask import Blueprint, abort, g, redirect, request, send_file, url_for
 from pydicom.errors import InvalidDicomError
 from werkzeug.wrappers import Response as WerkzeugResponse
 
@@ -32,6 +32,7 @@ from appliance.store.worklist import ImageRow
 from appliance.web.db import get_conn, get_settings, get_store
 from appliance.web.i18n import t
 from appliance.web.security import roles_required
+from appliance.web.study_notes import leave_note
 
 log = logging.getLogger(__name__)
 bp = Blueprint("sending", __name__)
@@ -246,8 +247,9 @@ def send_again(study_id: int) -> WerkzeugResponse:
     name = request.form.get("destination", "")
     back = url_for("study.view", study_id=study_id) + "#sending"
     if settings.destination(name) is None:
-        flash(t("sending.unknown_destination", name=name[:64]))
+        leave_note(study_id, "sending", t("sending.unknown_destination", name=name[:64]), True)
         return redirect(back)
+    place = f"destination:{name}"  # the message shows beside the button pressed
     with transaction(conn):
         queued = outbox.request_outputs(
             conn, study_id, f"manual:{name}", settings.jobs.max_attempts
@@ -262,11 +264,11 @@ def send_again(study_id: int) -> WerkzeugResponse:
         )
     if queued:
         get_store().doorbell.ring()
-        flash(t("sending.again_queued", name=name))
+        leave_note(study_id, place, t("sending.again_queued", name=name))
     elif any(i.state not in UNANALYSED for i in stored.study_images(conn, study_id)):
-        flash(t("sending.again_pending", name=name))
+        leave_note(study_id, place, t("sending.again_pending", name=name))
     else:
-        flash(t("sending.again_nothing"))
+        leave_note(study_id, place, t("sending.again_nothing"), error=True)
     return redirect(back)
 
 

@@ -17,11 +17,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pydicom
 from flask import (
     Blueprint,
     Response,
     abort,
-    flash,
     g,
     jsonify,
     redirect,
@@ -30,6 +30,7 @@ from flask import (
     send_file,
     url_for,
 )
+from pydicom.errors import InvalidDicomError
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from appliance.imaging import DecodeError, Window
@@ -43,7 +44,8 @@ from appliance.web.params import whole_number
 from appliance.web.pictures import cached_render, render_frame
 from appliance.web.security import roles_required
 from appliance.web.sending import SENDERS, sending_panel
-from appliance.web.worklist import patient_name, utc_text
+from appliance.web.study_notes import leave_note, take_note
+from appliance.web.worklist import patient_name
 
 log = logging.getLogger(__name__)
 bp = Blueprint("study", __name__)
@@ -52,6 +54,8 @@ FINALIZERS = ("clinician", "admin")  # who may mark an impression final
 # look at the image, and those who read it.
 ANYWAY_ROLES = ("technologist", "clinician", "admin")
 _MAX_WINDOW_VALUE = 1e7  # beyond any stored pixel value (32-bit floats scaled by slope)
+DEFAULT_FPS = 10.0  # a clip that does not say its frame rate plays at this rate
+_FPS_RANGE = (1.0, 60.0)  # a rate outside this is a broken header, not a real clip
 
 
 # --- who may see what -------------------------------------------------------------------------
@@ -85,6 +89,7 @@ class LabelView:
     positive: bool
     priority: str
     explanation: str
+    detail: str  # the measure behind the sentence (score and threshold, area), for "Details"
     score: float | None
     threshold: float
     bar_score: float  # 0..100 on the bar (scores only: a mask's measure is its area)
@@ -128,15 +133,19 @@ def view(study_id: int) -> str:
     actor = f"ui:{g.user.username}"
     audit.append(conn, actor, "study.viewed", f"study:{study_id}", patient_id=header.patient_id)
     views = _finding_views(conn, findings)
+    flagged = [label.display for view in views for label in view.labels if label.positive]
     return render_template(
         "study/view.html",
         study=header,
         patient=patient_name(header.patient_name),
-        received_text=utc_text(header.received_at),
         images=images,
         selected=selected,
         frame=frame,
         display=_display_info(selected, frame),
+        fps=_frame_rate(selected),
+        outcome=image_outcome(selected, views, visible),
+        flagged=flagged,
+        note=take_note(study_id),
         visible=visible,
         findings=views,
         layer=_first_layer(views),
@@ -147,7 +156,6 @@ def view(study_id: int) -> str:
         may_send=g.user.role in SENDERS,
         sending=sending_panel(conn, study_id, get_settings(), images),
         site_name=get_settings().site_name,
-        utc_text=utc_text,
     )
 
 
@@ -172,6 +180,42 @@ def _page_frame(image: ImageRow | None, findings: Sequence[FindingRow], wanted: 
         return wanted
     key = findings[0].key_frame if findings else 0
     return key if 0 <= key < image.frames else 0
+
+
+def image_outcome(image: ImageRow | None, views: Sequence[FindingView], visible: bool) -> str:
+    """The selected image's state in the page's words (study.outcome_*): findings and no
+    findings are told apart by whether any label was flagged; while "read first" hides the
+    findings, only that the image was analysed."""
+    if image is None:
+        return ""
+    if image.state in ("received", "analysing", "held_back", "no_model", "failed"):
+        return image.state
+    if not visible:
+        return "analysed"
+    return "findings" if any(lb.positive for v in views for lb in v.labels) else "no_findings"
+
+
+def _frame_rate(image: ImageRow | None) -> float:
+    """Frames per second to play a clip at: the file's recommended rate, its cine rate, or
+    1000 / its frame time, else DEFAULT_FPS. Only the header is read."""
+    if image is None or image.frames < 2:
+        return DEFAULT_FPS
+    try:
+        ds = pydicom.dcmread(
+            get_store().file_of(image.instance_id),
+            stop_before_pixels=True,
+            specific_tags=["RecommendedDisplayFrameRate", "CineRate", "FrameTime"],
+        )
+        rates = [ds.get("RecommendedDisplayFrameRate"), ds.get("CineRate")]
+        if ds.get("FrameTime"):
+            rates.append(1000.0 / float(ds.FrameTime))
+    except (OSError, KeyError, ValueError, TypeError, ZeroDivisionError, InvalidDicomError):
+        return DEFAULT_FPS
+    low, high = _FPS_RANGE
+    for rate in rates:
+        if rate not in (None, "") and low <= float(rate) <= high:
+            return round(float(rate), 2)
+    return DEFAULT_FPS
 
 
 def _display_info(image: ImageRow | None, frame: int) -> dict[str, Any]:
@@ -265,6 +309,7 @@ def _label_view(
         positive=bool(item.get("positive")),
         priority=str(item.get("priority", "")),
         explanation=explain(item, kind),
+        detail=measure(item, kind),
         score=score,
         threshold=threshold,
         bar_score=_percent(score or 0.0),
@@ -276,32 +321,33 @@ def _label_view(
 
 
 def explain(item: Mapping[str, Any], kind: str) -> str:
-    """One plain sentence: what the model measured against what, and what that means here.
-    e.g. "Pleural effusion: score 0.91, above the operating threshold 0.45: flagged urgent"."""
+    """One plain sentence: what the model says and what that means here, e.g. "Pleural
+    effusion: flagged urgent". The measure behind it is `measure`, shown under "Details"."""
     name = str(item.get("display") or item["label"])
     outcome = (
         t(f"study.flag_{item.get('priority')}") if item.get("positive") else t("study.unflagged")
     )
     if kind == "mask":
-        return _explain_mask(item, name, outcome)
-    key = "study.explain_above" if item.get("positive") else "study.explain_below"
-    return t(
-        key,
-        label=name,
-        score=f"{float(item['score']):.2f}",
-        threshold=f"{float(item['threshold']):.2f}",
-        outcome=outcome,
-    )
+        if not item.get("positive"):
+            return t("study.explain_mask_none", label=name, outcome=outcome)
+        if item.get("area_mm2") is not None:
+            area = f"{float(item['area_mm2']):.0f}"
+            return t("study.explain_mask", label=name, area=area, outcome=outcome)
+        return t("study.explain_outlined", label=name, outcome=outcome)
+    return t("study.explain", label=name, outcome=outcome)
 
 
-def _explain_mask(item: Mapping[str, Any], name: str, outcome: str) -> str:
-    if not item.get("positive"):
-        return t("study.explain_mask_none", label=name, outcome=outcome)
-    if item.get("area_mm2") is None:
-        return t("study.explain_mask_px", label=name, area=item.get("area_px", 0), outcome=outcome)
-    return t(
-        "study.explain_mask", label=name, area=f"{float(item['area_mm2']):.0f}", outcome=outcome
-    )
+def measure(item: Mapping[str, Any], kind: str) -> str:
+    """The technical measure behind a label's sentence: its score against the operating
+    threshold, or its outlined area in pixels where the image has no calibrated spacing."""
+    name = str(item.get("display") or item["label"])
+    if kind == "mask":
+        if not item.get("positive") or item.get("area_mm2") is not None:
+            return ""
+        return t("study.measure_mask_px", label=name, area=item.get("area_px", 0))
+    key = "study.measure_above" if item.get("positive") else "study.measure_below"
+    score, threshold = f"{float(item['score']):.2f}", f"{float(item['threshold']):.2f}"
+    return t(key, label=name, score=score, threshold=threshold)
 
 
 def _percent(value: float) -> float:
@@ -429,7 +475,7 @@ def add_feedback(study_id: int) -> WerkzeugResponse:
     except feedback.FeedbackError:
         abort(400)
     if _wants_json():
-        html = render_template("study/_recorded.html", recorded=entry, utc_text=utc_text)
+        html = render_template("study/_recorded.html", recorded=entry)
         return jsonify(feedback=_feedback_json(entry), html=html)
     target = url_for("study.view", study_id=study_id, image=finding.instance_id)
     return redirect(f"{target}#finding-{finding.finding_id}-{label}")
@@ -481,13 +527,16 @@ def add_impression(study_id: int) -> WerkzeugResponse | tuple[WerkzeugResponse, 
         if _wants_json():
             abort(400)
         too_long = exc.reason == "too_long"
-        flash(t("study.impression_too_long" if too_long else "study.impression_needs_text"))
-        return redirect(url_for("study.view", study_id=study_id) + "#impression")
+        words = t("study.impression_too_long" if too_long else "study.impression_needs_text")
+        leave_note(study_id, "impression", words, error=True)
+        image = request.args.get("image", type=int)
+        return redirect(url_for("study.view", study_id=study_id, image=image) + "#impression")
     if entry.outputs_queued:  # final: the worker rebuilds the SR and report with it
         get_store().doorbell.ring()
     if _wants_json():
         saved = {"id": entry.impression_id, "final": entry.final, "user": entry.username}
         return jsonify(impression={**saved, "at": entry.at})
+    leave_note(study_id, "impression", t("study.impression_saved"))
     image = request.args.get("image", type=int)
     return redirect(url_for("study.view", study_id=study_id, image=image) + "#impression")
 
@@ -510,9 +559,10 @@ def analyse_anyway(study_id: int, instance_id: int) -> WerkzeugResponse:
     try:
         asked = held_back.request_analysis_anyway(conn, instance_id, actor, max_attempts)
     except Refused as exc:
-        flash(error_text(exc, "study.anyway_"))
+        leave_note(study_id, "image", error_text(exc, "study.anyway_"), error=True)
     else:
         if asked.queued:
             get_store().doorbell.ring()
-        flash(t("study.anyway_queued" if asked.queued else "study.anyway_pending"))
-    return redirect(url_for("study.view", study_id=study_id, image=instance_id))
+        words = t("study.anyway_queued" if asked.queued else "study.anyway_pending")
+        leave_note(study_id, "image", words)
+    return redirect(url_for("study.view", study_id=study_id, image=instance_id) + "#image-state")

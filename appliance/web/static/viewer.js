@@ -1,15 +1,26 @@
 // The study viewer: zoom and pan by touch (pointer events: drag with one finger, pinch with
 // two), window/level for grayscale images (rendered by the server at the window asked for),
-// the AI overlay on/off with its opacity, stepping through frames, and feedback without a
-// page reload. Every control also works with a mouse; nothing depends on hover.
+// the AI overlay on/off with its opacity, stepping through frames and playing a clip, and
+// feedback without a page reload. Every control also works with a mouse and the keyboard
+// (space plays and pauses, the arrows step); nothing depends on hover. The page is sized to
+// the window so that the image and its tools never need scrolling on a 800 x 480 panel.
 "use strict";
 
 (function () {
   const MAX_SCALE = 16;
   const KEEP_VISIBLE_PX = 40; // panning never pushes the image entirely out of view
+  const PRELOAD_MAX = 400; // frames fetched ahead when a clip starts playing
+  const PAGE_BOTTOM_PX = 8; // main's padding below the study
 
+  // Times the server rendered (when_tag) in the box's one time format; fetched HTML too.
   function localTimes(root) {
-    window.appLocalTimes(root, true);
+    if (window.appWhenAll) window.appWhenAll(root);
+  }
+
+  // A save this page refuses (a form-error note, see study_notes.py) keeps the drafts of the
+  // forms (app.js reads body[data-drafts] when the document is ready: this runs before).
+  if (document.querySelector(".form-error[data-note-place]")) {
+    document.body.dataset.drafts = "keep";
   }
 
   function number(value, fallback) {
@@ -45,6 +56,10 @@
     this.loading = false;
     this.wanted = null;
     this.overlayOn = true;
+    this.fps = Math.min(Math.max(number(data.fps, 10), 1), 60);
+    this.playing = false;
+    this.timer = null;
+    this.preloaded = [];
   }
 
   Viewer.prototype.fit = function () {
@@ -202,10 +217,63 @@
     if (label) {
       label.textContent = (this.root.dataset.frameText || "").replace("{n}", this.frame + 1);
     }
+    if (!this.playing) this.rememberFrame(); // not at every frame of a playing clip
+    this.showOverlay();
+  };
+
+  // The frame goes into the address, so a reload (or the way back) shows the same frame.
+  Viewer.prototype.rememberFrame = function () {
     const params = new URLSearchParams(window.location.search);
     params.set("frame", String(this.frame));
-    window.history.replaceState(null, "", "?" + params.toString());
-    this.showOverlay();
+    window.history.replaceState(null, "", "?" + params.toString() + window.location.hash);
+  };
+
+  // A step by hand stops a playing clip first.
+  Viewer.prototype.step = function (by) {
+    if (this.playing) this.setPlaying(false);
+    this.setFrame(this.frame + by);
+  };
+
+  // --- playing a clip: at the file's frame rate, looping; a frame still loading is waited
+  // for (the clip slows down rather than skips) ---------------------------------------------
+
+  Viewer.prototype.setPlaying = function (on) {
+    if (this.frames < 2) return;
+    this.playing = on;
+    const button = document.getElementById("play-pause");
+    const data = this.root.dataset;
+    if (button) {
+      button.setAttribute("aria-pressed", on ? "true" : "false");
+      button.textContent = on ? data.pauseText : data.playText;
+      button.setAttribute("aria-label", on ? data.pauseLabel : data.playLabel);
+    }
+    window.clearTimeout(this.timer);
+    this.timer = null;
+    if (on) {
+      this.preload();
+      this.tick();
+    } else {
+      this.rememberFrame();
+    }
+  };
+
+  Viewer.prototype.tick = function () {
+    if (!this.playing) return;
+    if (!this.loading) this.setFrame((this.frame + 1) % this.frames);
+    this.timer = window.setTimeout(this.tick.bind(this), 1000 / this.fps);
+  };
+
+  // Every frame asked for once, so that playing shows them from the browser's memory.
+  Viewer.prototype.preload = function () {
+    if (this.preloaded.length) return;
+    const keep = this.frame;
+    for (let n = 0; n < Math.min(this.frames, PRELOAD_MAX); n += 1) {
+      this.frame = n;
+      const picture = new Image();
+      picture.src = this.imageUrl();
+      this.preloaded.push(picture);
+    }
+    this.frame = keep;
   };
 
   // --- the AI overlay -------------------------------------------------------------------------
@@ -281,13 +349,60 @@
     on("width-down", "click", function () { v.nudge(0, 1 / 1.25); });
     on("width-up", "click", function () { v.nudge(0, 1.25); });
     on("window-reset", "click", function () { v.resetWindow(); });
-    on("prev-frame", "click", function (event) { event.preventDefault(); v.setFrame(v.frame - 1); });
-    on("next-frame", "click", function (event) { event.preventDefault(); v.setFrame(v.frame + 1); });
+    on("prev-frame", "click", function (event) { event.preventDefault(); v.step(-1); });
+    on("next-frame", "click", function (event) { event.preventDefault(); v.step(1); });
+    const play = on("play-pause", "click", function () { v.setPlaying(!v.playing); });
+    if (play) play.hidden = false; // it needs this script: without it there is no button
+    document.addEventListener("keydown", function (event) { keyboard(v, event); });
     document.querySelectorAll("li.finding button.show-layer").forEach(function (button) {
       button.addEventListener("click", function () {
         v.chooseLayer(button.closest("li.finding"), button);
       });
     });
+  }
+
+  // Space plays and pauses a clip, the arrows step frames; not while typing or on a control
+  // that the key already means something to.
+  function keyboard(v, event) {
+    if (event.altKey || event.ctrlKey || event.metaKey || event.defaultPrevented) return;
+    const target = event.target && event.target.closest ? event.target : null;
+    if (target && target.closest("input, textarea, select, [contenteditable]")) return;
+    const pressable = target && target.closest("button, a, summary"); // space presses these
+    if (event.key === " " && v.frames > 1 && !pressable) {
+      v.setPlaying(!v.playing);
+    } else if (event.key === "ArrowRight" && v.frames > 1) {
+      v.step(1);
+    } else if (event.key === "ArrowLeft" && v.frames > 1) {
+      v.step(-1);
+    } else {
+      return;
+    }
+    event.preventDefault();
+  }
+
+  // --- the page fits the window -----------------------------------------------------------
+
+  // The study takes the window's height below the head, so the image and its tools need no
+  // scrolling and the findings panel scrolls on its own. A narrow window (one column, see
+  // study.css) scrolls as a page instead.
+  function fitPage() {
+    const body = document.getElementById("study-body");
+    if (!body) return;
+    if (getComputedStyle(body).gridTemplateColumns.split(" ").length < 2) {
+      body.style.height = "";
+      return;
+    }
+    const top = body.getBoundingClientRect().top + window.scrollY;
+    body.style.height = Math.max(240, window.innerHeight - top - PAGE_BOTTOM_PX) + "px";
+  }
+
+  // A message the last form left (study_notes): brought into view; a refused field gets the
+  // focus so that the user can type at once.
+  function showNote() {
+    const note = document.querySelector("[data-note-place]");
+    if (note) note.scrollIntoView({ block: "center" });
+    const field = document.querySelector("textarea[data-focus-now], input[data-focus-now]");
+    if (field) field.focus({ preventScroll: true });
   }
 
   // --- feedback -------------------------------------------------------------------------------
@@ -321,6 +436,7 @@
         });
         if (comment) comment.value = "";
         if (error) error.hidden = true;
+        if (window.appDrafts) window.appDrafts.clear(form);
       }).catch(function () {
         if (error) error.hidden = false;
       });
@@ -330,6 +446,11 @@
   document.addEventListener("DOMContentLoaded", function () {
     localTimes(document);
     document.querySelectorAll("form.feedback-form").forEach(wireFeedback);
+    fitPage();
+    window.addEventListener("resize", fitPage);
+    showNote();
+    // The browser's own jump to the address's #fragment comes after: show the note again.
+    window.addEventListener("load", function () { window.setTimeout(showNote, 0); });
     const root = document.getElementById("viewer");
     if (!root) return;
     const viewer = new Viewer(root);
