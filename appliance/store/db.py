@@ -319,6 +319,11 @@ MIGRATIONS: list[str] = [
         checked_at TEXT NOT NULL
     );
     """,
+    # 8: each user's language for the UI ('' = the screen's language, ui.language). No CHECK
+    # on the codes: a language added later needs no table rebuild (preferences.py checks).
+    """
+    ALTER TABLE users ADD COLUMN language TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 

@@ -20,6 +20,7 @@ from appliance.config import Settings
 from appliance.paths import Paths, resolve_paths
 from appliance.store import Store, kv, open_store, users
 from appliance.web import (
+    account,
     admin,
     auth,
     export,
@@ -32,6 +33,7 @@ from appliance.web import (
     study,
     timefmt,
     updates,
+    wall,
     worklist,
 )
 from appliance.web.db import SETTINGS, STORE, store_of
@@ -68,6 +70,7 @@ def create_app(settings: Settings, paths: Paths | None = None, **overrides: Any)
     timefmt.init_app(app)
     security.init_app(app)
     areas = (
+        wall.bp,  # before auth: the sign-in page hands a locked screen to the wall
         auth.bp,
         health.bp,
         worklist.bp,
@@ -77,6 +80,7 @@ def create_app(settings: Settings, paths: Paths | None = None, **overrides: Any)
         imports.bp,
         admin.bp,
         updates.bp,
+        account.bp,
         live.bp,
     )
     for blueprint in areas:
