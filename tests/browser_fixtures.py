@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,14 +153,18 @@ class Guarded:
 
 
 @contextmanager
-def guarded_context(browser: Any) -> Iterator[Guarded]:
-    """A fresh context at 800x480 whose requests all pass the guard; checked when it closes."""
-    width, height = SIZES["800x480"]
+def guarded_context(
+    browser: Any, size: str = "800x480", *, touch: bool = False, zone: str = "UTC"
+) -> Iterator[Guarded]:
+    """A fresh context the size of a panel (SIZES) whose requests all pass the guard; checked
+    when it closes. `touch` gives it touch input, `zone` its time zone."""
+    width, height = SIZES[size]
     context = browser.new_context(
         viewport={"width": width, "height": height},
+        has_touch=touch,
         service_workers="block",  # a service worker's fetches would bypass the route
         locale="en-GB",
-        timezone_id="UTC",
+        timezone_id=zone,
     )
     context.set_default_timeout(30_000)
     guard = NetworkGuard()
@@ -170,6 +174,22 @@ def guarded_context(browser: Any) -> Iterator[Guarded]:
     finally:
         context.close()
     guard.assert_clean()
+
+
+def touch_panel(browser: Any, size: str, zone: str = "UTC") -> AbstractContextManager[Guarded]:
+    """A guarded context the size of a panel, with touch input."""
+    return guarded_context(browser, size, touch=True, zone=zone)
+
+
+def sign_in_page(page: Any, base_url: str, username: str, pin: str) -> None:
+    """Sign in through the sign-in form and wait for the worklist."""
+    from playwright.sync_api import expect
+
+    page.goto(base_url + "/signin")
+    page.fill("#username", username)
+    page.fill("#pin", pin)
+    page.click("form.signin button[type=submit]")
+    expect(page).to_have_url(base_url + "/")
 
 
 class Screenshots:

@@ -11,6 +11,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -23,14 +25,18 @@ from appliance.bench.harness import BenchError
 from appliance.bench.harness.processes import free_ports
 from appliance.bench.peers import dcmtk as dcmtk  # re-exported for the DCMTK tests
 from appliance.config import Settings
+from appliance.domain import Origin, Source
+from appliance.imaging.header import read_header
 from appliance.paths import Paths, resolve_paths
 from appliance.receiver import Receiver
+from appliance.samples import write_sample
 from appliance.store import Store, open_store, users
 from appliance.web import create_app
 
 from browser_fixtures import Guarded, Screenshots, guarded_context, launch_chromium
 
 REPO = Path(__file__).resolve().parent.parent
+DICOM_PEER = Origin(Source.DICOM, calling_aet="MODALITY", peer_address="127.0.0.1")
 T = TypeVar("T")
 
 
@@ -202,6 +208,33 @@ def store(settings: Settings) -> Iterator[Store]:
     opened.close()
 
 
+def receive_sample(store: Store, folder: Path, seed: int) -> int:
+    """A small sample CT image into the store as a DICOM peer's would come; its instance id."""
+    source = write_sample(folder / f"image-{seed}.dcm", "ct", seed=seed, rows=16, columns=16)
+    incoming = store.spool.new_tmp_path()
+    incoming.write_bytes(source.read_bytes())
+    return store.ingest(incoming, read_header(incoming), DICOM_PEER).instance_id
+
+
+@contextmanager
+def mounted_tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (as mount takes it: "8m") at mount_point (needs root: the test is
+    skipped without); lazily unmounted afterwards."""
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
 @pytest.fixture
 def start_receiver(tmp_path: Path) -> Iterator[Callable[..., tuple[Receiver, Store]]]:
     """Start an in-process receiver with the given config sections; stopped at teardown."""
@@ -331,6 +364,30 @@ def read_only(proc: RoleProcess) -> sqlite3.Connection:
     conn = sqlite3.connect(f"file:{proc.paths.database}?mode=ro", uri=True, timeout=30)
     conn.row_factory = sqlite3.Row
     return conn
+
+
+@dataclass(frozen=True)
+class UIProcess:
+    """`appliance ui` as a child process and where it listens."""
+
+    proc: RoleProcess
+    base_url: str
+
+    def url(self, path: str = "/") -> str:
+        return self.base_url + path
+
+
+@contextmanager
+def serve_ui(root: Path, settings: Settings) -> Iterator[UIProcess]:
+    """`appliance ui` on `settings` (written to root/appliance.yaml), stopped when done."""
+    config = root / "appliance.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    proc = RoleProcess(config, settings, role="ui", ready="ui: serving on")
+    proc.start()
+    try:
+        yield UIProcess(proc, f"http://{settings.ui.bind_address}:{settings.ui.port}")
+    finally:
+        proc.stop()
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ from appliance.store.backup import (
     verify_backup,
 )
 
-from conftest import RoleProcess, make_settings, wait_for
+from conftest import RoleProcess, make_settings, receive_sample, wait_for
 
 ORIGIN = Origin(Source.DICOM, calling_aet="MODALITY", peer_address="127.0.0.1")
 
@@ -47,19 +47,12 @@ def settings_for(tmp_path: Path, data: str = "data", **sections: Any) -> Setting
     return make_settings(tmp_path, storage=storage, **sections)
 
 
-def receive(store: Store, folder: Path, seed: int) -> int:
-    source = write_sample(folder / f"image-{seed}.dcm", "ct", seed=seed, rows=16, columns=16)
-    incoming = store.spool.new_tmp_path()
-    incoming.write_bytes(source.read_bytes())
-    return store.ingest(incoming, read_header(incoming), ORIGIN).instance_id
-
-
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     opened = open_store(settings_for(tmp_path, backup={"keep": 2}))
     (tmp_path / "in").mkdir()
     for seed in range(3):
-        receive(opened, tmp_path / "in", seed)
+        receive_sample(opened, tmp_path / "in", seed)
     yield opened
     opened.close()
 
@@ -189,7 +182,7 @@ def test_later_backups_link_unchanged_files_and_only_the_newest_are_kept(
     first = make_backup(store)
     assert first.folder.parent == store.paths.data_dir / "backups"
     assert (first.copied, first.linked) == (3, 0)
-    receive(store, tmp_path / "in", 10)
+    receive_sample(store, tmp_path / "in", 10)
     second = make_backup(store)
     assert (second.copied, second.linked) == (1, 3)
     name = next(iter(first.manifest["files"]))
@@ -269,7 +262,7 @@ def test_a_damaged_or_incomplete_backup_is_refused(store: Store, tmp_path: Path)
 
 def test_a_restore_puts_the_database_it_replaces_aside(store: Store, tmp_path: Path) -> None:
     made = make_backup(store)
-    late = receive(store, tmp_path / "in", 20)
+    late = receive_sample(store, tmp_path / "in", 20)
     late_file = store.file_of(late)
     store.close()
 
@@ -300,7 +293,7 @@ def test_the_commands_back_up_and_restore(
     config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
     store = open_store(settings)
     (tmp_path / "in").mkdir()
-    receive(store, tmp_path / "in", 1)
+    receive_sample(store, tmp_path / "in", 1)
     store.close()
 
     assert run_cli(config, "backup", str(tmp_path / "nightly")) == 0

@@ -16,16 +16,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from appliance.config import Settings
-from appliance.domain import Origin, Source
-from appliance.imaging.header import read_header
-from appliance.samples import write_sample
 from appliance.store import Store, status
 from appliance.store.backup import make_backup
 from appliance.web import create_app
 
-from conftest import add_user, make_settings, sign_in
+from conftest import add_user, make_settings, mounted_tmpfs, receive_sample, sign_in
 
-ORIGIN = Origin(Source.DICOM, calling_aet="MODALITY", peer_address="127.0.0.1")
 MIB = 2**20
 
 
@@ -59,33 +55,14 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
-def receive(store: Store, folder: Path, seed: int) -> int:
-    source = write_sample(folder / f"image-{seed}.dcm", "ct", seed=seed, rows=16, columns=16)
-    incoming = store.spool.new_tmp_path()
-    incoming.write_bytes(source.read_bytes())
-    return store.ingest(incoming, read_header(incoming), ORIGIN).instance_id
-
-
 # --- a store that cannot be written ---------------------------------------------------------
 
 
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     """A small tmpfs mounted under tmp_path (needs root); lazily unmounted afterwards."""
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {mounted.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "tiny", "8m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def remount(mount_point: Path, mode: str) -> None:
@@ -169,7 +146,7 @@ def test_days_left_follow_the_last_weeks_rate(store_with_history: Store) -> None
 def test_too_little_history_tells_no_rate(store: Store, tmp_path: Path) -> None:
     assert status.disk_outlook(store.conn, 10 * MIB, MIB).bytes_per_day is None  # no images
     (tmp_path / "in").mkdir()
-    receive(store, tmp_path / "in", 1)  # just now: less than an hour of history
+    receive_sample(store, tmp_path / "in", 1)  # just now: less than an hour of history
     assert status.disk_outlook(store.conn, 10 * MIB, MIB).days_left is None
 
 
@@ -188,7 +165,7 @@ def store_with_history(store: Store, tmp_path: Path) -> Store:
     (tmp_path / "in").mkdir(exist_ok=True)
     now = datetime.now(timezone.utc)
     for seed, days in enumerate((10, 6, 3, 1)):
-        instance = receive(store, tmp_path / "in", seed)
+        instance = receive_sample(store, tmp_path / "in", seed)
         when = (now - timedelta(days=days)).isoformat(timespec="microseconds")
         store.conn.execute("UPDATE instances SET received_at = ? WHERE id = ?", (when, instance))
     return store
@@ -201,7 +178,7 @@ def test_the_admin_page_shows_days_left_the_last_backup_and_a_write_problem(
     (tmp_path / "in").mkdir()
     now = datetime.now(timezone.utc)
     for seed in range(3):
-        instance = receive(store, tmp_path / "in", seed)
+        instance = receive_sample(store, tmp_path / "in", seed)
         when = (now - timedelta(days=2 * seed + 1)).isoformat(timespec="microseconds")
         store.conn.execute("UPDATE instances SET received_at = ? WHERE id = ?", (when, instance))
     add_user(app, "admin", "admin")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,7 +32,7 @@ from appliance.samples import CR, CT, make_dataset, sample_uid, write_sample
 from appliance.store import Store
 from appliance.store.audit import recent
 
-from conftest import needs_dcmtk, storescu, wait_for
+from conftest import mounted_tmpfs, needs_dcmtk, storescu, wait_for
 
 StartReceiver = Callable[..., tuple[Receiver, Store]]
 Address = tuple[str, int]
@@ -534,20 +533,8 @@ def test_free_space_under_the_floor_refuses_with_a700_and_keeps_nothing(
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     """A 3 MiB tmpfs mounted under tmp_path (needs root); lazily unmounted afterwards."""
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {mounted.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "tiny", "3m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,8 +14,8 @@ import yaml
 
 from appliance.store import open_store, status, users
 
-from browser_fixtures import SIZES, Guarded, NetworkGuard, needs_chromium, playwright_api
-from conftest import RoleProcess, make_settings
+from browser_fixtures import SIZES, needs_chromium, playwright_api, sign_in_page, touch_panel
+from conftest import UIProcess, make_settings, serve_ui
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -30,17 +28,8 @@ CHEST = Path(__file__).parents[1] / "models" / "demo-chest-xray" / "manifest.yam
 ENTRIES = 120  # more than two pages of the audit log
 
 
-@dataclass(frozen=True)
-class RunningUI:
-    proc: RoleProcess
-    base_url: str
-
-    def url(self, path: str = "/") -> str:
-        return self.base_url + path
-
-
 @pytest.fixture(scope="module")
-def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningUI]:
+def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIProcess]:
     """`appliance ui` with an admin, a long audit trail and the demo chest package recorded."""
     root = tmp_path_factory.mktemp("keypad-browser")
     settings = make_settings(root)
@@ -62,43 +51,12 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningUI]:
         status.record_models(store.conn, [row])
     finally:
         store.close()
-    config = root / "appliance.yaml"
-    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
-    proc = RoleProcess(config, settings, role="ui", ready="ui: serving on")
-    proc.start()
-    try:
-        yield RunningUI(proc, f"http://{settings.ui.bind_address}:{settings.ui.port}")
-    finally:
-        proc.stop()
+    with serve_ui(root, settings) as served:
+        yield served
 
 
-@contextmanager
-def touch_panel(browser: Any, size: str, zone: str = "UTC") -> Iterator[Guarded]:
-    """A guarded context the size of a panel, with touch input."""
-    width, height = SIZES[size]
-    context = browser.new_context(
-        viewport={"width": width, "height": height},
-        has_touch=True,
-        service_workers="block",
-        locale="en-GB",
-        timezone_id=zone,
-    )
-    context.set_default_timeout(30_000)
-    guard = NetworkGuard()
-    context.route("**/*", guard.handle)
-    try:
-        yield Guarded(context, guard)
-    finally:
-        context.close()
-    guard.assert_clean()
-
-
-def sign_in(page: Page, ui: RunningUI) -> None:
-    page.goto(ui.url("/signin"))
-    page.fill("#username", ADMIN)
-    page.fill("#pin", ADMIN_PIN)
-    page.click("form.signin button[type=submit]")
-    expect(page).to_have_url(ui.url("/"))
+def sign_in(page: Page, ui: UIProcess) -> None:
+    sign_in_page(page, ui.base_url, ADMIN, ADMIN_PIN)
 
 
 _OVERFLOW_JS = """
@@ -119,7 +77,7 @@ def overflow(page: Page, selector: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("size", list(SIZES))
 def test_the_keypad_types_into_a_pin_field_without_covering_it(
-    ui: RunningUI, browser: Any, size: str
+    ui: UIProcess, browser: Any, size: str
 ) -> None:
     with touch_panel(browser, size) as panel:
         page = panel.new_page()
@@ -163,7 +121,7 @@ def test_the_keypad_types_into_a_pin_field_without_covering_it(
 
 
 def test_a_decimal_field_gets_a_point_and_the_sign_in_pad_still_works(
-    ui: RunningUI, browser: Any
+    ui: UIProcess, browser: Any
 ) -> None:
     with touch_panel(browser, "800x480") as panel:
         page = panel.new_page()
@@ -191,7 +149,7 @@ def test_a_decimal_field_gets_a_point_and_the_sign_in_pad_still_works(
 
 @pytest.mark.parametrize("size", list(SIZES))
 def test_the_audit_page_fits_the_panel_and_details_open_on_a_tap(
-    ui: RunningUI, browser: Any, size: str
+    ui: UIProcess, browser: Any, size: str
 ) -> None:
     with touch_panel(browser, size, zone="America/New_York") as panel:
         page = panel.new_page()
@@ -221,7 +179,7 @@ def test_the_audit_page_fits_the_panel_and_details_open_on_a_tap(
 
 @pytest.mark.parametrize("size", list(SIZES))
 def test_the_models_page_fits_the_panel_in_plain_words(
-    ui: RunningUI, browser: Any, size: str
+    ui: UIProcess, browser: Any, size: str
 ) -> None:
     with touch_panel(browser, size) as panel:
         page = panel.new_page()

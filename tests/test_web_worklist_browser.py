@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import yaml
 
 from appliance.bench.ui.seed import seed_store
 from appliance.store import open_store, users
@@ -24,13 +21,14 @@ from appliance.store import open_store, users
 from browser_fixtures import (
     SIZES,
     Guarded,
-    NetworkGuard,
     Screenshots,
     layout_problems,
     needs_chromium,
     playwright_api,
+    sign_in_page,
+    touch_panel,
 )
-from conftest import RoleProcess, make_settings
+from conftest import UIProcess, make_settings, serve_ui
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -46,17 +44,8 @@ USER, PIN = "tina", "5820"
 ADMIN, ADMIN_PIN = "chief", "13572468"
 
 
-@dataclass(frozen=True)
-class RunningUI:
-    proc: RoleProcess
-    base_url: str
-
-    def url(self, path: str = "/") -> str:
-        return self.base_url + path
-
-
 @pytest.fixture(scope="module")
-def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningUI]:
+def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIProcess]:
     """`appliance ui` on a store seeded with STUDIES studies and one technologist."""
     root = tmp_path_factory.mktemp("worklist-browser")
     settings = make_settings(root)
@@ -67,44 +56,12 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningUI]:
         seed_store(store, STUDIES, user.id)
     finally:
         store.close()
-    config = root / "appliance.yaml"
-    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
-    proc = RoleProcess(config, settings, role="ui", ready="ui: serving on")
-    proc.start()
-    try:
-        ui = settings.ui
-        yield RunningUI(proc, f"http://{ui.bind_address}:{ui.port}")
-    finally:
-        proc.stop()
+    with serve_ui(root, settings) as served:
+        yield served
 
 
-@contextmanager
-def touch_panel(browser: Any, size: str) -> Iterator[Guarded]:
-    """A guarded context (browser_fixtures) the size of a panel, with touch input."""
-    width, height = SIZES[size]
-    context = browser.new_context(
-        viewport={"width": width, "height": height},
-        has_touch=True,
-        service_workers="block",
-        locale="en-GB",
-        timezone_id="UTC",
-    )
-    context.set_default_timeout(30_000)
-    guard = NetworkGuard()
-    context.route("**/*", guard.handle)
-    try:
-        yield Guarded(context, guard)
-    finally:
-        context.close()
-    guard.assert_clean()
-
-
-def sign_in(page: Page, ui: RunningUI) -> None:
-    page.goto(ui.url("/signin"))
-    page.fill("#username", USER)
-    page.fill("#pin", PIN)
-    page.click("form.signin button[type=submit]")
-    expect(page).to_have_url(ui.url("/"))
+def sign_in(page: Page, ui: UIProcess) -> None:
+    sign_in_page(page, ui.base_url, USER, PIN)
 
 
 def rows_fully_visible(page: Page) -> int:
@@ -139,7 +96,7 @@ def small_targets(page: Page) -> list[str]:
 
 @pytest.mark.parametrize("size", list(SIZES))
 def test_six_rows_fit_above_the_fold_under_a_short_filter_bar(
-    ui: RunningUI, browser: Any, screenshots: Screenshots, size: str
+    ui: UIProcess, browser: Any, screenshots: Screenshots, size: str
 ) -> None:
     with touch_panel(browser, size) as panel:
         page = panel.new_page()
@@ -166,7 +123,7 @@ def test_six_rows_fit_above_the_fold_under_a_short_filter_bar(
 
 
 @pytest.mark.parametrize("size", list(SIZES))
-def test_tapping_a_rows_time_opens_its_study(ui: RunningUI, browser: Any, size: str) -> None:
+def test_tapping_a_rows_time_opens_its_study(ui: UIProcess, browser: Any, size: str) -> None:
     with touch_panel(browser, size) as panel:
         page = panel.new_page()
         sign_in(page, ui)
@@ -180,7 +137,7 @@ def test_tapping_a_rows_time_opens_its_study(ui: RunningUI, browser: Any, size: 
         expect(page).to_have_url(ui.url(f"/study/{study}"))
 
 
-def test_a_row_opens_from_the_keyboard(ui: RunningUI, guarded: Guarded) -> None:
+def test_a_row_opens_from_the_keyboard(ui: UIProcess, guarded: Guarded) -> None:
     page = guarded.new_page()
     sign_in(page, ui)
     first = page.locator("#worklist tr.study-row").first
@@ -195,7 +152,7 @@ def test_a_row_opens_from_the_keyboard(ui: RunningUI, guarded: Guarded) -> None:
     expect(page).to_have_url(ui.url(f"/study/{study}"))
 
 
-def test_more_rows_are_a_tap_away(ui: RunningUI, browser: Any) -> None:
+def test_more_rows_are_a_tap_away(ui: UIProcess, browser: Any) -> None:
     with touch_panel(browser, "800x480") as panel:
         page = panel.new_page()
         sign_in(page, ui)
@@ -209,7 +166,7 @@ def test_more_rows_are_a_tap_away(ui: RunningUI, browser: Any) -> None:
 
 @pytest.mark.parametrize("size", list(SIZES))
 def test_a_search_that_finds_nothing_says_so_and_offers_to_clear_it(
-    ui: RunningUI, browser: Any, size: str
+    ui: UIProcess, browser: Any, size: str
 ) -> None:
     with touch_panel(browser, size) as panel:
         page = panel.new_page()
@@ -227,7 +184,7 @@ def test_a_search_that_finds_nothing_says_so_and_offers_to_clear_it(
 
 
 def test_the_filters_open_on_demand_and_count_what_is_set(
-    ui: RunningUI, browser: Any, screenshots: Screenshots
+    ui: UIProcess, browser: Any, screenshots: Screenshots
 ) -> None:
     with touch_panel(browser, "800x480") as panel:
         page = panel.new_page()

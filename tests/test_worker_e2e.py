@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -19,6 +20,7 @@ from appliance.store import open_store
 from conftest import RoleProcess, dcmtk, needs_dcmtk, read_only, wait_for
 from runtime_models import write_package
 from worker_fixtures import (
+    analyse_job,
     analysis_of,
     artifacts_of,
     audit_rows,
@@ -95,12 +97,7 @@ def test_a_worker_killed_mid_job_finishes_it_exactly_once(
     store = open_store(proc.settings)
     instance = put_dataset(store, cr_of("PELVIS"), tmp_path, "p.dcm")
     conn = read_only(proc)
-
-    def job() -> sqlite3.Row:
-        row: sqlite3.Row = conn.execute(
-            "SELECT * FROM jobs WHERE instance_ref = ? AND kind = 'analyse'", (instance,)
-        ).fetchone()
-        return row
+    job = partial(analyse_job, conn, instance)  # the job as it stands at each call
 
     wait_for(lambda: job()["state"] == "running", 60)
     proc.kill()

@@ -11,6 +11,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from appliance.worker.watch import disk_full
 
 from conftest import RoleProcess, make_settings, read_only, wait_for
 from runtime_models import _save, classifier_manifest, write_package
-from worker_fixtures import analysis_of, audit_rows, cr_of, open_worker, put_dataset
+from worker_fixtures import analyse_job, analysis_of, audit_rows, cr_of, open_worker, put_dataset
 
 FLOOR = {"free_space_floor_mb": 1}  # config refuses 0
 
@@ -207,12 +208,7 @@ def test_a_hung_inference_gets_the_worker_restarted_then_the_job_failed_as_hung(
     instance = put_dataset(store, cr_of("PELVIS"), tmp_path, "p.dcm")
     store.close()
     conn = read_only(proc)
-
-    def job() -> sqlite3.Row:
-        row: sqlite3.Row = conn.execute(
-            "SELECT * FROM jobs WHERE instance_ref = ? AND kind = 'analyse'", (instance,)
-        ).fetchone()
-        return row
+    job = partial(analyse_job, conn, instance)  # the job as it stands at each call
 
     restarts = 0
     deadline = time.monotonic() + 90
@@ -286,10 +282,7 @@ def test_a_store_full_mid_job_is_waited_out_without_a_restart_or_a_used_attempt(
     worker_role._work(worker, listener, stop)  # as serve() runs it
     listener.close()
     watcher.join()
-    job = conn.execute(
-        "SELECT * FROM jobs WHERE instance_ref = ? AND kind = 'analyse'", (instance,)
-    )
-    row = job.fetchone()
+    row = analyse_job(conn, instance)
     assert (row["state"], row["attempts"]) == ("done", 1)
     assert analysis_of(conn, instance)["state"] == "findings"
     [waiting] = audit_rows(conn, "job.waiting")

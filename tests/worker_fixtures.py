@@ -67,6 +67,15 @@ def analysis_of(conn: sqlite3.Connection, instance_id: int) -> sqlite3.Row:
     return row
 
 
+def analyse_job(conn: sqlite3.Connection, instance_id: int) -> sqlite3.Row:
+    """The instance's analyse job, as it stands now."""
+    row = conn.execute(
+        "SELECT * FROM jobs WHERE instance_ref = ? AND kind = 'analyse'", (instance_id,)
+    ).fetchone()
+    assert isinstance(row, sqlite3.Row), f"instance {instance_id} has no analyse job"
+    return row
+
+
 def findings_of(conn: sqlite3.Connection, instance_id: int) -> list[dict[str, Any]]:
     rows = conn.execute(
         "SELECT * FROM findings WHERE instance_ref = ? ORDER BY id", (instance_id,)
