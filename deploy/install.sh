@@ -58,11 +58,13 @@ fingerprint() {
 
 # --- look at the members before anything is unpacked -------------------------------------------
 listing=$(tar -tvf "$bundle" 2>/dev/null) || fail "$bundle is not a bundle (tar cannot read it)"
-if echo "$listing" | cut -c1 | grep -qv '[-d]'; then
+# grep reads all its input (no -q): under pipefail an early exit would make echo fail and
+# the refusal be skipped.
+if cut -c1 <<<"$listing" | grep -v '[-d]' >/dev/null; then
   fail "$bundle holds links or devices: not a bundle made by bundle.sh; refused"
 fi
 names=$(tar -tf "$bundle")
-if echo "$names" | grep -qE '^/|(^|/)\.\.(/|$)'; then
+if grep -E '^/|(^|/)\.\.(/|$)' <<<"$names" >/dev/null; then
   fail "$bundle names files outside its own folder; refused"
 fi
 [ "$(echo "$names" | head -1)" = install.sh ] || fail "$bundle does not start with install.sh: not a bundle"
@@ -100,7 +102,9 @@ if ! openssl pkeyutl -verify -pubin -inkey "$key" -rawin -in "$incoming/SHA256SU
   fail "the signature of $bundle does not match $whose (fingerprint $(fingerprint "$key")): the bundle was changed after it was signed, or another key signed it; refused"
 fi
 # Every member must be listed and match: an unlisted extra wheel would be installed too.
-(cd "$incoming" && find . -type f ! -name SHA256SUMS ! -name SHA256SUMS.sig -printf '%P\n' | LC_ALL=C sort) >"$incoming/.members"
+# Only plain files and folders may have come out of the tar, whatever its listing said.
+[ -z "$(find "$incoming" ! -type f ! -type d -print -quit)" ] || fail "$bundle unpacked into links or devices; refused"
+(cd "$incoming" && find . -type f ! -path ./SHA256SUMS ! -path ./SHA256SUMS.sig -printf '%P\n' | LC_ALL=C sort) >"$incoming/.members"
 sed 's/^[0-9a-f]\{64\} [ *]//' "$incoming/SHA256SUMS" | LC_ALL=C sort >"$incoming/.listed"
 unlisted=$(LC_ALL=C comm -23 "$incoming/.members" "$incoming/.listed" | grep -vxE '\.members|\.listed' || true)
 [ -z "$unlisted" ] || fail "$bundle holds files its signed SHA256SUMS does not list: $(echo $unlisted); refused"

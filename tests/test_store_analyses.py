@@ -127,6 +127,19 @@ def test_an_exhausted_pictures_job_leaves_the_findings_and_triage_alone(
     assert store.conn.execute("SELECT triage FROM studies").fetchone()[0] == "urgent"
     actions = [r[0] for r in store.conn.execute("SELECT action FROM audit")]
     assert "pictures.failed" in actions
+    # The report still goes, without its pictures.
+    queued = store.conn.execute("SELECT kind, purpose FROM jobs WHERE state = 'queued'")
+    assert [tuple(r) for r in queued] == [("outputs", "findings")]
+
+
+def test_an_analysis_the_reaper_fails_still_gets_its_report(store: Store, tmp_path: Path) -> None:
+    put(store, tmp_path, "cr", seed=1)
+    store.conn.execute("UPDATE jobs SET max_attempts = 1")
+    assert jobs.claim(store.conn, "w", lease_s=0) is not None
+    assert jobs.reap_stale(store.conn, now=time.time() + 1, on_failed=store.record_failure) == 1
+    assert store.conn.execute("SELECT state FROM analyses").fetchone()[0] == "failed"
+    queued = store.conn.execute("SELECT kind FROM jobs WHERE state = 'queued'").fetchall()
+    assert [r[0] for r in queued] == ["outputs"]
 
 
 def test_a_transaction_the_database_ended_itself_raises_the_first_error(store: Store) -> None:

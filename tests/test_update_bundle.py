@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from appliance.config import Settings
-from appliance.release.bundle import BundleRefused, verify
+from appliance.release.bundle import BundleRefused, private_copy, verify
 from appliance.release.incoming import take_incoming
-from appliance.release.journal import Journal, back_up, restore, schema_version
+from appliance.release.journal import Journal, back_up, give_owner_of, restore, schema_version
 from appliance.release.layout import Layout
 from appliance.release.rollback import RollbackRefused, roll_back
 from appliance.release.update import Options
@@ -236,3 +236,33 @@ def test_rollback_by_hand_restores_the_database_only_when_asked_and_needed(tmp_p
     # Going forward again needs no restore: the newer release migrates the store itself.
     assert roll_back(options).backup is None
     assert layout.current_version() == "1.1"
+
+
+def test_the_update_works_on_a_private_copy_and_never_follows_a_link(tmp_path: Path) -> None:
+    """A bundle dropped where the UI's user can write is copied before it is checked, so it
+    cannot be swapped between the check and the install; a link is refused outright."""
+    dropped = tmp_path / "incoming" / "appliance-1.bundle"
+    dropped.parent.mkdir()
+    dropped.write_bytes(b"bundle bytes")
+    copy = private_copy(dropped, tmp_path / "private")
+    assert copy.read_bytes() == b"bundle bytes" and copy.parent == tmp_path / "private"
+    assert (copy.parent.stat().st_mode & 0o777) == 0o700
+    dropped.write_bytes(b"swapped")  # what happens to the original no longer matters
+    assert copy.read_bytes() == b"bundle bytes"
+    link = tmp_path / "incoming" / "appliance-2.bundle"
+    link.symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").write_bytes(b"x")
+    with pytest.raises(BundleRefused, match="cannot open it as a plain file"):
+        private_copy(link, tmp_path / "private")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands files to another owner")
+def test_side_files_that_are_links_are_never_handed_over(tmp_path: Path) -> None:
+    database = tmp_path / "appliance.sqlite3"
+    database.write_bytes(b"")
+    os.chown(database, 4321, 4321)
+    precious = tmp_path / "shadow"
+    precious.write_bytes(b"secret")
+    (tmp_path / "appliance.sqlite3-journal").symlink_to(precious)
+    give_owner_of(database)
+    assert precious.stat().st_uid == 0

@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from appliance.store import Store, audit
-from appliance.web import create_app, updates
+from appliance.web import create_app
 
 from conftest import add_user, csrf_of, make_settings, sign_in
 
@@ -24,8 +24,6 @@ PAGE = "/admin/updates/"
 def page_app(tmp_path: Path) -> Iterator[Flask]:
     """The UI with the update page (registered here too until create_app does it)."""
     app = create_app(make_settings(tmp_path, storage={"free_space_floor_mb": 1}), TESTING=True)
-    if "updates" not in app.blueprints:
-        app.register_blueprint(updates.bp)
     yield app
     _store(app).close()
 
@@ -112,3 +110,14 @@ def test_the_page_shows_how_the_last_update_ended(page_app: Flask, admin: FlaskC
     page = admin.get(PAGE).get_data(as_text=True)
     assert 'data-outcome="update.rolled_back"' in page
     assert "Failed and rolled back" in page and reason in page
+
+
+def test_only_a_signed_in_admin_may_send_a_body_past_the_ui_upload_limit(
+    page_app: Flask, client: FlaskClient
+) -> None:
+    """Nobody else gets the bundle-sized limit, so an anonymous post cannot make the UI read
+    gigabytes before it is turned away."""
+    big = b"x" * (page_app.config["MAX_CONTENT_LENGTH"] + 2**20)
+    form = {"bundle": (io.BytesIO(big), "appliance-9.bundle")}
+    anonymous = client.post(PAGE, data=form, content_type="multipart/form-data")
+    assert anonymous.status_code == 413

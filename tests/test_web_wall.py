@@ -157,6 +157,15 @@ def test_signing_out_on_purpose_ends_the_wall(seeded: Seeded) -> None:
     assert seeded.client.get("/").headers["Location"].startswith("/signin")
 
 
+def test_signing_out_after_a_time_out_also_ends_the_wall(seeded: Seeded) -> None:
+    lock(seeded)
+    token = csrf_of(seeded.client, "/signin")
+    response = seeded.client.post("/signout", data={"csrf_token": token})
+    assert response.headers["Location"].startswith("/signin")
+    assert seeded.client.get_cookie(WALL_COOKIE) is None
+    assert seeded.client.get("/api/wall").status_code == 401
+
+
 def test_a_timed_out_screen_shows_the_wall_and_a_touch_asks_for_the_pin(seeded: Seeded) -> None:
     lock(seeded)
     client = seeded.client

@@ -104,8 +104,11 @@ class IncomingFiles:
         return IncomingFile(self._new_path(), self)
 
     def record(self, name: str, exc: Exception) -> None:
+        # Kept without its traceback: the frames would keep the open file alive, for ever
+        # when the association aborts before its C-STORE handler takes the error.
+        exc.__context__ = None
         with self._lock:
-            self._errors[name] = exc
+            self._errors[name] = exc.with_traceback(None)
 
     def take_error(self, path: Path) -> Exception | None:
         """The write error of this file, if any (forgotten once taken)."""

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
+import shutil
+import stat
 import subprocess
 import sys
 import tarfile
@@ -197,3 +200,27 @@ def _parse_manifest(raw: bytes) -> dict[str, str]:
     if "/" in version or version.startswith(".") or len(version) > 64:
         raise BundleRefused(f"the bundle's version {version!r} is not a usable folder name")
     return {key: str(value) for key, value in values.items()}
+
+
+def private_copy(bundle: Path, folder: Path) -> Path:
+    """A copy of `bundle` in `folder` (made 0700), which nobody but the updater can change.
+
+    A bundle dropped by the admin page lies in a folder the UI's user owns: that user could
+    replace the file between its check and its use, or make it a link. The update checks and
+    installs this copy instead. The original is opened without following links and must be a
+    plain file."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    try:
+        fd = os.open(bundle, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        reason = f"{bundle.name}: cannot open it as a plain file: {exc.strerror}"
+        raise BundleRefused(reason) from exc
+    with os.fdopen(fd, "rb") as source:
+        if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+            raise BundleRefused(f"{bundle.name} is not a plain file")
+        copy = folder / bundle.name
+        copy.unlink(missing_ok=True)
+        with open(copy, "xb") as target:
+            shutil.copyfileobj(source, target, _CHUNK)
+    return copy

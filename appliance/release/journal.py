@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,12 +103,18 @@ def give_owner_of(database: Path, *others: Path) -> None:
     """Files beside `database` (and `others`) get its owner; only root can, and needs to."""
     if os.geteuid() != 0:
         return
+    # The data folder belongs to the appliance user: a name there may be a link planted to
+    # make root hand over another file. Only plain files are given, and links never followed.
     try:
-        owner = database.stat()
+        owner = database.lstat()
     except OSError:
+        return
+    if not stat.S_ISREG(owner.st_mode):
         return
     for path in (*(database.with_name(database.name + s) for s in _SIDE_FILES), *others):
         try:
-            os.chown(path, owner.st_uid, owner.st_gid)
+            if not stat.S_ISREG(path.lstat().st_mode):
+                continue
+            os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
         except FileNotFoundError:
             continue

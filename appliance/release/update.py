@@ -8,6 +8,7 @@ the admin's update page reads from the store.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -16,7 +17,7 @@ from pathlib import Path
 from appliance.config import Settings
 from appliance.paths import resolve_paths
 from appliance.release import checks
-from appliance.release.bundle import BundleInfo, BundleRefused, verify
+from appliance.release.bundle import BundleInfo, BundleRefused, private_copy, verify
 from appliance.release.install import InstallFailed, install_release
 from appliance.release.journal import Journal, back_up, restore
 from appliance.release.layout import Layout
@@ -65,12 +66,27 @@ class _Failed(Exception):
 
 def update(bundle: Path, options: Options) -> Outcome:
     """Update the box to `bundle`; the outcome says what happened (never raises for a
-    refused or failed update: it is reported and audited)."""
+    refused or failed update: it is reported and audited). What is checked and installed is
+    a private copy (`bundle.private_copy`), removed afterwards."""
+    folder = options.layout.opt / ".bundle"
+    try:
+        try:
+            copy = private_copy(bundle, folder)
+        except (BundleRefused, OSError) as exc:
+            return _update(bundle, options, refused=str(exc))
+        return _update(copy, options)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _update(bundle: Path, options: Options, refused: str = "") -> Outcome:
     layout, say = options.layout, options.say
     settings, database = options.settings, options.database
     current = layout.current_version()
     journal = Journal(database, f"{current or 'none'} -> {bundle.name}")
     try:
+        if refused:
+            raise BundleRefused(refused)
         info = verify(bundle, layout.release_key)
         if current is None:
             raise BundleRefused(

@@ -301,4 +301,6 @@ def _requeue_or_fail(
         audit.append(conn, "system", f"{row['kind']}.failed", f"job:{row['id']}", reason=error)
     elif on_failed is not None:
         on_failed(conn, row["id"], row["instance_ref"], error)
+    if row["kind"] != OUTPUTS:  # the report goes without its pictures, or says it failed
+        enqueue(conn, row["instance_ref"], row["max_attempts"], kind=OUTPUTS, purpose="findings")
     return state

@@ -85,7 +85,9 @@ def csrf_token() -> str:
 
 
 def init_app(app: Flask) -> None:
-    app.before_request(_load_user)
+    # The user is known before any blueprint's own preprocessing (the update page raises its
+    # upload limit for a signed-in admin only).
+    app.url_value_preprocessor(lambda endpoint, values: _load_user())
     app.before_request(_require_sign_in)
     app.before_request(_check_csrf)
     app.after_request(_headers)
@@ -136,6 +138,10 @@ def _require_sign_in() -> WerkzeugResponse | None:
         return None
     if getattr(view, "locked_screen", False) and wall_user() is not None:
         return None
+    if request.endpoint == "auth.signout":  # after a time-out too: this screen shows no wall
+        response = redirect(url_for("auth.signin"))
+        forget_wall_cookie(response)
+        return response
     target = request.full_path.rstrip("?")
     if request.method in _UNSAFE and request.blueprint != "auth":
         # A save after the session ended: nothing was saved; after the PIN the user goes back

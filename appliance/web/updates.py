@@ -64,7 +64,8 @@ def _helpers() -> dict[str, Any]:
 def _bundle_sized_uploads(endpoint: str | None, values: dict[str, object] | None) -> None:
     """A bundle is larger than the UI's usual upload limit: this page's POST may be as large
     as a bundle. Runs before the CSRF check reads the form, so the limit holds for it too."""
-    if endpoint == "updates.upload":
+    user = g.get("user")  # loaded already (security.init_app): nobody else may send 4 GiB
+    if endpoint == "updates.upload" and user is not None and user.role == "admin":
         request.max_content_length = MAX_BUNDLE_BYTES
 
 
