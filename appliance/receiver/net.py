@@ -97,18 +97,7 @@ class QuickAckSocket(socket.socket):
     connection: Connection | None = None
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        # pynetdicom reads PDU bodies in 4 KiB chunks; a shorter read is a PDU header or the
-        # end of a PDU, where the peer may be waiting for our ACK. Skipping the call on the
-        # full chunks saves a system call per 4 KiB of large images.
-        if bufsize < _FULL_CHUNK and _QUICKACK is not None:
-            self.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-        try:
-            data = super().recv(bufsize, flags)
-        except TimeoutError:
-            _timed_out(self)
-            raise
-        _account(self, data)
-        return data
+        return _read(self, super().recv, bufsize, flags)
 
 
 class QuickAckSSLSocket(ssl.SSLSocket):
@@ -122,15 +111,28 @@ class QuickAckSSLSocket(ssl.SSLSocket):
     connection: Connection | None = None
 
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
-        if buflen < _FULL_CHUNK and _QUICKACK is not None:
-            self.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-        try:
-            data = super().recv(buflen, flags)
-        except TimeoutError:
-            _timed_out(self)
-            raise
-        _account(self, data)
-        return data
+        return _read(self, super().recv, buflen, flags)
+
+
+def _read(
+    sock: QuickAckSocket | QuickAckSSLSocket,
+    recv: Callable[[int, int], bytes],
+    size: int,
+    flags: int,
+) -> bytes:
+    """One read of either socket class: quick ACK, time-out audit, PDU limits."""
+    # pynetdicom reads PDU bodies in 4 KiB chunks; a shorter read is a PDU header or the
+    # end of a PDU, where the peer may be waiting for our ACK. Skipping the call on the
+    # full chunks saves a system call per 4 KiB of large images.
+    if size < _FULL_CHUNK and _QUICKACK is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+    try:
+        data = recv(size, flags)
+    except TimeoutError:
+        _timed_out(sock)
+        raise
+    _account(sock, data)
+    return data
 
 
 def _account(sock: QuickAckSocket | QuickAckSSLSocket, data: bytes) -> None:
